@@ -1,0 +1,491 @@
+package jsguard
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ErrTimeout is matched by every *TimeoutError: errors.Is(err, ErrTimeout).
+var ErrTimeout = errors.New("jsguard: timeout")
+
+// ErrEmitTimeout is passed to Hooks.OnSinkError when a sink did not return
+// within the guard's emit bound.
+var ErrEmitTimeout = errors.New("jsguard: audit emit exceeded its bound")
+
+// TimeoutError reports a guarded call that ran out of time. It matches both
+// ErrTimeout and context.DeadlineExceeded with errors.Is.
+type TimeoutError struct {
+	Category  Category
+	Code      string // e.g. TIMEOUT_KV_GET
+	Level     Level  // LevelNone outside the hierarchy
+	Operation string
+	Budget    time.Duration // the budget that applied
+	Elapsed   time.Duration
+	// ParentBound is true when the parent context's deadline came before
+	// the category's budget, so the parent's budget ran out.
+	ParentBound bool
+	// Abandoned is true when the function ignored its context and was left
+	// running.
+	Abandoned bool
+	// EventID is the id of the audit event describing this timeout.
+	EventID string
+
+	source  string
+	started time.Time
+	audited bool
+}
+
+// Error returns e.g. "TIMEOUT_KV_GET: kv get b/k timed out after 5.001s (budget 5s)".
+func (e *TimeoutError) Error() string {
+	s := fmt.Sprintf("%s: %s timed out after %s (budget %s", e.Code, e.Operation, e.Elapsed.Round(time.Millisecond), e.Budget)
+	if e.ParentBound {
+		s += ", bound by parent deadline"
+	}
+	if e.Abandoned {
+		s += ", abandoned"
+	}
+	return s + ")"
+}
+
+// Unwrap returns ErrTimeout and context.DeadlineExceeded.
+func (e *TimeoutError) Unwrap() []error { return []error{ErrTimeout, context.DeadlineExceeded} }
+
+// Outcome is how a guarded call ended, as reported to Hooks.OnCall.
+type Outcome int
+
+// The outcomes.
+const (
+	OK        Outcome = iota // fn returned nil
+	Failed                   // fn returned an error before the deadline
+	TimedOut                 // the deadline fired and fn returned
+	Abandoned                // the deadline fired and fn was left running
+	Canceled                 // the parent was cancelled (not a deadline)
+)
+
+var outcomeNames = [...]string{"ok", "error", "timeout", "abandoned", "canceled"}
+
+// String returns ok, error, timeout, abandoned or canceled.
+func (o Outcome) String() string {
+	if o < 0 || int(o) >= len(outcomeNames) {
+		return fmt.Sprintf("Outcome(%d)", int(o))
+	}
+	return outcomeNames[o]
+}
+
+// CallInfo describes one finished guarded call.
+type CallInfo struct {
+	Category  Category
+	Operation string
+	Budget    time.Duration
+	Duration  time.Duration
+	Outcome   Outcome
+}
+
+// Hooks are called synchronously by a Guard; they must be fast and safe for
+// concurrent use. Any of them may be nil.
+type Hooks struct {
+	// OnCall is called after every guarded call.
+	OnCall func(CallInfo)
+	// OnTimeout is called with every timeout event before it is emitted.
+	OnTimeout func(Event)
+	// OnSinkError is called when the sink returned an error or overran the
+	// emit bound (err wraps ErrEmitTimeout then). The event may be lost
+	// unless the sink spooled it.
+	OnSinkError func(Event, error)
+	// OnPolicyRejected is called when a PolicyStore receives a policy that
+	// does not validate; the old policy stays in force.
+	OnPolicyRejected func(error)
+}
+
+// Option configures a Guard.
+type Option func(*Guard)
+
+// WithPolicy sets the initial policy (default DefaultPolicy). New returns
+// the policy's validation error when it is invalid.
+func WithPolicy(p Policy) Option { return func(g *Guard) { pp := p.Clone(); g.initial = &pp } }
+
+// WithSink sets where timeout events go. Without a sink, events are only
+// counted and passed to Hooks.OnTimeout.
+func WithSink(s Sink) Option { return func(g *Guard) { g.sink.Store(&sinkBox{s}) } }
+
+// WithHooks sets the observability hooks.
+func WithHooks(h Hooks) Option { return func(g *Guard) { g.hooks = h } }
+
+// WithEmitBound sets how long emitting one event may hold the caller after
+// its deadline (default 100ms).
+func WithEmitBound(d time.Duration) Option { return func(g *Guard) { g.emitBound = d } }
+
+// WithAbandonGrace sets how long after a deadline a call waits for its
+// function to return before it abandons it (default 10ms). A function that
+// honours its context returns well within it.
+func WithAbandonGrace(d time.Duration) Option { return func(g *Guard) { g.abandonGrace = d } }
+
+// WithLogger sets the logger for the few things a Guard logs itself: a
+// rejected policy update in a PolicyStore. Default slog.Default().
+func WithLogger(l *slog.Logger) Option { return func(g *Guard) { g.log = l } }
+
+type sinkBox struct{ Sink }
+
+// Guard runs calls under deadlines taken from its policy and reports every
+// timeout as an audit event. A Guard is safe for concurrent use; its policy
+// can be swapped at run time without disturbing calls in flight.
+type Guard struct {
+	policy       atomic.Pointer[Policy]
+	sink         atomic.Pointer[sinkBox]
+	hooks        Hooks
+	emitBound    time.Duration
+	abandonGrace time.Duration
+	log          *slog.Logger
+	initial      *Policy
+
+	stats      sync.Map // Category -> *catStats
+	sinkErrors atomic.Uint64
+	rejected   atomic.Uint64
+}
+
+// New returns a Guard. It returns an error wrapping ErrInvalidPolicy when
+// the policy given with WithPolicy does not validate.
+func New(opts ...Option) (*Guard, error) {
+	g := &Guard{emitBound: 100 * time.Millisecond, abandonGrace: 10 * time.Millisecond, log: slog.Default()}
+	for _, o := range opts {
+		o(g)
+	}
+	p := DefaultPolicy()
+	if g.initial != nil {
+		p = *g.initial
+		g.initial = nil
+	}
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	g.policy.Store(&p)
+	return g, nil
+}
+
+var defaultGuard atomic.Pointer[Guard]
+
+func init() {
+	g, _ := New()
+	defaultGuard.Store(g)
+}
+
+// Default returns the package's default Guard, used by the package-level Do
+// and wherever a nil *Guard is passed. It starts with DefaultPolicy and no sink.
+func Default() *Guard { return defaultGuard.Load() }
+
+// SetDefault replaces the default Guard; nil is ignored.
+func SetDefault(g *Guard) {
+	if g != nil {
+		defaultGuard.Store(g)
+	}
+}
+
+func orDefault(g *Guard) *Guard {
+	if g == nil {
+		return Default()
+	}
+	return g
+}
+
+// Policy returns a copy of the policy in force.
+func (g *Guard) Policy() Policy { return g.policy.Load().Clone() }
+
+// Budget returns the budget of c under the policy in force.
+func (g *Guard) Budget(c Category) time.Duration { return g.policy.Load().Budget(c) }
+
+// SetPolicy validates p and makes it the policy for calls that start from now
+// on; calls in flight keep the budget they started with. It returns the
+// validation error (wrapping ErrInvalidPolicy) and keeps the old policy when p
+// is invalid.
+func (g *Guard) SetPolicy(p Policy) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	pp := p.Clone()
+	g.policy.Store(&pp)
+	return nil
+}
+
+// SetSink replaces the sink; nil removes it. Safe while calls run.
+func (g *Guard) SetSink(s Sink) {
+	if s == nil {
+		g.sink.Store(nil)
+		return
+	}
+	g.sink.Store(&sinkBox{s})
+}
+
+// CallOption adjusts one guarded call.
+type CallOption func(*callOpts)
+
+type callOpts struct {
+	budget   time.Duration
+	details  map[string]string
+	strategy Strategy
+}
+
+// WithBudget shortens the call's budget to d when d is below the category's
+// budget; it never lengthens it.
+func WithBudget(d time.Duration) CallOption { return func(o *callOpts) { o.budget = d } }
+
+// WithDetail adds a key and value to the audit event's additional_context.
+func WithDetail(key, value string) CallOption {
+	return func(o *callOpts) {
+		if o.details == nil {
+			o.details = map[string]string{}
+		}
+		o.details[key] = value
+	}
+}
+
+// WithStrategy overrides the policy's fallback strategy for this call.
+func WithStrategy(s Strategy) CallOption { return func(o *callOpts) { o.strategy = s } }
+
+// Do runs fn under the default Guard; see Guard.Do.
+func Do(ctx context.Context, c Category, op string, fn func(context.Context) error, opts ...CallOption) error {
+	return Default().Do(ctx, c, op, fn, opts...)
+}
+
+// Do runs fn with a context whose deadline is the earliest of ctx's, the
+// category's budget and a WithBudget override. It never retries.
+//
+// It returns fn's error when fn fails before the deadline; ctx.Err() without
+// auditing when ctx is cancelled (not by a deadline) or was already done;
+// and a *TimeoutError (errors.Is ErrTimeout and context.DeadlineExceeded)
+// when the deadline fires, after emitting exactly one audit event. A fn that
+// ignores its context is abandoned: Do returns at the deadline and the event
+// says abandoned. An error from a nested guarded call that was already
+// audited is returned as it is, without a second event.
+func (g *Guard) Do(ctx context.Context, c Category, op string, fn func(context.Context) error, opts ...CallOption) error {
+	_, err := DoValue(ctx, g, c, op, func(ctx context.Context) (struct{}, error) { return struct{}{}, fn(ctx) }, opts...)
+	return err
+}
+
+// DoValue is Do for a function that returns a value. g may be nil for the
+// default Guard. It returns the zero T with any error Do would return.
+func DoValue[T any](ctx context.Context, g *Guard, c Category, op string, fn func(context.Context) (T, error), opts ...CallOption) (T, error) {
+	g = orDefault(g)
+	o := callOpts{}
+	for _, f := range opts {
+		f(&o)
+	}
+	v, te, err := run(ctx, g, c, op, fn, &o)
+	if te != nil {
+		g.emit(ctx, te, &o, false)
+		var zero T
+		return zero, te
+	}
+	return v, err
+}
+
+// Result is what DoFallback returns: the value and, when it came from a
+// fallback, why.
+type Result[T any] struct {
+	Value T
+	// Degraded is true when Value came from the fallback or a stale cache.
+	Degraded bool
+	// Cause is the timeout that made the result degraded, else nil.
+	Cause *TimeoutError
+}
+
+// Level returns the hierarchy level of a degraded result, else LevelNone.
+func (r Result[T]) Level() Level {
+	if r.Cause == nil {
+		return LevelNone
+	}
+	return r.Cause.Level
+}
+
+// DoFallback runs fn like DoValue. When the deadline fires and the strategy
+// (the policy's, or WithStrategy) is graceful, it calls fallback with the
+// timeout and returns its value marked degraded, with a nil error; the audit
+// event is still emitted, with fallback_used set. Under strict the
+// *TimeoutError returns and fallback is never called; under none fallbacks
+// are off and the *TimeoutError returns. A nil fallback behaves as strict.
+// Errors other than timeouts return as from DoValue; an error from fallback
+// is returned joined with the timeout.
+func DoFallback[T any](ctx context.Context, g *Guard, c Category, op string, fn func(context.Context) (T, error), fallback func(ctx context.Context, cause *TimeoutError) (T, error), opts ...CallOption) (Result[T], error) {
+	g = orDefault(g)
+	o := callOpts{}
+	for _, f := range opts {
+		f(&o)
+	}
+	v, te, err := run(ctx, g, c, op, fn, &o)
+	if te == nil {
+		return Result[T]{Value: v}, err
+	}
+	if fallback == nil || g.strategy(&o) != Graceful {
+		g.emit(ctx, te, &o, false)
+		return Result[T]{}, te
+	}
+	g.emit(ctx, te, &o, true)
+	fv, ferr := fallback(context.WithoutCancel(ctx), te)
+	if ferr != nil {
+		return Result[T]{}, errors.Join(te, fmt.Errorf("fallback: %w", ferr))
+	}
+	return Result[T]{Value: fv, Degraded: true, Cause: te}, nil
+}
+
+func (g *Guard) strategy(o *callOpts) Strategy {
+	if o.strategy != "" {
+		return o.strategy
+	}
+	return g.policy.Load().Strategy
+}
+
+type outcome[T any] struct {
+	v   T
+	err error
+}
+
+// run executes fn under its deadline. It returns a non-nil *TimeoutError when
+// this call's deadline fired (the caller emits it), else fn's value and error
+// or the parent's cancellation error.
+func run[T any](ctx context.Context, g *Guard, c Category, op string, fn func(context.Context) (T, error), o *callOpts) (T, *TimeoutError, error) {
+	var zero T
+	if err := ctx.Err(); err != nil {
+		return zero, nil, err
+	}
+	p := g.policy.Load()
+	budget := p.Budget(c)
+	source := SourceCategory
+	if c.Level() != LevelNone {
+		source = SourceLevel
+	}
+	if o.budget > 0 && o.budget < budget {
+		budget, source = o.budget, SourceOverride
+	}
+	start := time.Now()
+	deadline := start.Add(budget)
+	parentBound := false
+	if pd, ok := ctx.Deadline(); ok && !pd.After(deadline) {
+		deadline, parentBound, source = pd, true, SourceParent
+	}
+	cctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+
+	done := make(chan outcome[T], 1)
+	go func() {
+		v, err := fn(cctx)
+		done <- outcome[T]{v, err}
+	}()
+
+	var res outcome[T]
+	abandoned := false
+	select {
+	case res = <-done:
+	case <-cctx.Done():
+		if ctx.Err() == context.Canceled {
+			g.record(c, op, budget, time.Since(start), Canceled)
+			return zero, nil, ctx.Err()
+		}
+		grace := time.NewTimer(g.abandonGrace)
+		select {
+		case res = <-done:
+			grace.Stop()
+		case <-grace.C:
+			abandoned = true
+		}
+	}
+	elapsed := time.Since(start)
+	if !abandoned {
+		if res.err == nil {
+			g.record(c, op, budget, elapsed, OK)
+			return res.v, nil, nil
+		}
+		if cctx.Err() != context.DeadlineExceeded {
+			if ctx.Err() == context.Canceled {
+				g.record(c, op, budget, elapsed, Canceled)
+				return zero, nil, res.err
+			}
+			g.record(c, op, budget, elapsed, Failed)
+			return res.v, nil, res.err
+		}
+		var inner *TimeoutError
+		if errors.As(res.err, &inner) && inner.audited {
+			g.record(c, op, budget, elapsed, TimedOut)
+			return zero, nil, res.err
+		}
+	}
+	outc := TimedOut
+	if abandoned {
+		outc = Abandoned
+	}
+	g.record(c, op, budget, elapsed, outc)
+	return zero, &TimeoutError{
+		Category:    c,
+		Code:        c.Code(),
+		Level:       c.Level(),
+		Operation:   op,
+		Budget:      budget,
+		Elapsed:     elapsed,
+		ParentBound: parentBound,
+		Abandoned:   abandoned,
+		source:      source,
+		started:     start,
+	}, nil
+}
+
+// emit builds the event for te, passes it to the hook and the sink, bounded by
+// the emit bound, and marks te audited.
+func (g *Guard) emit(ctx context.Context, te *TimeoutError, o *callOpts, fallbackUsed bool) {
+	ev := Event{
+		EventType:         EventType,
+		Code:              te.Code,
+		Operation:         te.Operation,
+		TimeoutSeconds:    te.Budget.Seconds(),
+		TenantID:          Tenant(ctx),
+		CorrelationID:     CorrelationID(ctx),
+		TraceID:           TraceID(ctx),
+		AdditionalContext: maps.Clone(o.details),
+		StartedAt:         te.started.UTC(),
+		Timestamp:         te.started.Add(te.Elapsed).UTC(),
+		Level:             te.Level.String(),
+		ElapsedSeconds:    te.Elapsed.Seconds(),
+		BudgetSource:      te.source,
+		Abandoned:         te.Abandoned,
+		FallbackUsed:      fallbackUsed,
+	}
+	ev.EventID = EventID(ev.Code, ev.Operation, ev.TenantID, ev.CorrelationID, ev.TraceID, te.started)
+	te.EventID = ev.EventID
+	te.audited = true
+	g.stat(te.Category).events.Add(1)
+	g.Emit(ctx, ev)
+}
+
+// Emit hands an event to the hooks and the sink, bounded by the guard's emit
+// bound, without running any call: for events a caller produces itself (an
+// approval that expired, a timeout reported by another service). A sink
+// error or overrun is counted and passed to Hooks.OnSinkError, never
+// returned.
+func (g *Guard) Emit(ctx context.Context, ev Event) {
+	if g.hooks.OnTimeout != nil {
+		g.hooks.OnTimeout(ev)
+	}
+	sb := g.sink.Load()
+	if sb == nil {
+		return
+	}
+	ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.emitBound)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- sb.Emit(ectx, ev) }()
+	var err error
+	select {
+	case err = <-errc:
+	case <-ectx.Done():
+		err = fmt.Errorf("%w (%s)", ErrEmitTimeout, g.emitBound)
+	}
+	if err != nil {
+		g.sinkErrors.Add(1)
+		if g.hooks.OnSinkError != nil {
+			g.hooks.OnSinkError(ev, err)
+		}
+	}
+}

@@ -1,0 +1,226 @@
+package jsguard
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Connect dials NATS under NATSConnect. The connection attempt runs until the
+// budget ends; if it is abandoned and succeeds later, the late connection is
+// closed. It returns nats.Connect's error, or a *TimeoutError.
+func (g *Guard) Connect(ctx context.Context, url string, opts ...nats.Option) (*nats.Conn, error) {
+	g = orDefault(g)
+	budget := g.Budget(NATSConnect)
+	opts = append([]nats.Option{nats.Timeout(budget)}, opts...)
+	var late = make(chan *nats.Conn, 1)
+	nc, err := DoValue(ctx, g, NATSConnect, "nats connect "+redactURL(url), func(ctx context.Context) (*nats.Conn, error) {
+		nc, err := nats.Connect(url, opts...)
+		if err == nil && ctx.Err() != nil {
+			late <- nc
+			return nil, ctx.Err()
+		}
+		return nc, err
+	})
+	go func() {
+		// Close a connection that arrived after the call was given up.
+		select {
+		case c := <-late:
+			c.Close()
+		case <-time.After(budget + time.Second):
+		}
+	}()
+	return nc, err
+}
+
+func redactURL(u string) string {
+	for i := 0; i < len(u); i++ {
+		if u[i] == '@' {
+			j := 0
+			for k := 0; k+2 < len(u) && k < i; k++ {
+				if u[k:k+3] == "://" {
+					j = k + 3
+				}
+			}
+			return u[:j] + "***" + u[i:]
+		}
+	}
+	return u
+}
+
+// Publish publishes to a JetStream stream under NATSPublish and waits for the
+// ack. It returns the jetstream error (e.g. jetstream.ErrNoStreamResponse) or
+// a *TimeoutError.
+func (g *Guard) Publish(ctx context.Context, js jetstream.JetStream, subject string, data []byte, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	return DoValue(ctx, g, NATSPublish, "publish "+subject, func(ctx context.Context) (*jetstream.PubAck, error) {
+		return js.Publish(ctx, subject, data, opts...)
+	})
+}
+
+// PublishMsg is Publish for a message with headers.
+func (g *Guard) PublishMsg(ctx context.Context, js jetstream.JetStream, msg *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	return DoValue(ctx, g, NATSPublish, "publish "+msg.Subject, func(ctx context.Context) (*jetstream.PubAck, error) {
+		return js.PublishMsg(ctx, msg, opts...)
+	})
+}
+
+// Subscribe subscribes to subject under NATSSubscribe and flushes, so the
+// server has the interest when Subscribe returns. On a timeout or flush error
+// the subscription is removed. It returns the nats error or a *TimeoutError.
+func (g *Guard) Subscribe(ctx context.Context, nc *nats.Conn, subject string, cb nats.MsgHandler) (*nats.Subscription, error) {
+	return DoValue(ctx, g, NATSSubscribe, "subscribe "+subject, func(ctx context.Context) (*nats.Subscription, error) {
+		sub, err := nc.Subscribe(subject, cb)
+		if err != nil {
+			return nil, err
+		}
+		if err := nc.FlushWithContext(ctx); err != nil {
+			_ = sub.Unsubscribe()
+			return nil, err
+		}
+		return sub, nil
+	})
+}
+
+// Request sends a core NATS request under APIRequest and returns the reply.
+// It returns nats.ErrNoResponders when nobody listens, or a *TimeoutError.
+func (g *Guard) Request(ctx context.Context, nc *nats.Conn, msg *nats.Msg) (*nats.Msg, error) {
+	return DoValue(ctx, g, APIRequest, "request "+msg.Subject, func(ctx context.Context) (*nats.Msg, error) {
+		return nc.RequestMsgWithContext(ctx, msg)
+	})
+}
+
+// EnsureStream creates the stream or updates it to cfg, under
+// NATSStreamCreate. It returns the jetstream error (an update the server
+// refuses comes back as *jetstream.APIError) or a *TimeoutError.
+func (g *Guard) EnsureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	return DoValue(ctx, g, NATSStreamCreate, "ensure stream "+cfg.Name, func(ctx context.Context) (jetstream.Stream, error) {
+		return js.CreateOrUpdateStream(ctx, cfg)
+	})
+}
+
+// EnsureConsumer creates the durable consumer or updates it to cfg, under
+// NATSSubscribe. It returns the jetstream error or a *TimeoutError.
+func (g *Guard) EnsureConsumer(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
+	return DoValue(ctx, g, NATSSubscribe, "ensure consumer "+stream+"/"+cfg.Durable, func(ctx context.Context) (jetstream.Consumer, error) {
+		return js.CreateOrUpdateConsumer(ctx, stream, cfg)
+	})
+}
+
+// EnsureKV creates the bucket or updates it to cfg, under KVCreate, and
+// returns a guarded handle. It returns the jetstream error or a *TimeoutError.
+func (g *Guard) EnsureKV(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (*KV, error) {
+	kv, err := DoValue(ctx, g, KVCreate, "ensure kv "+cfg.Bucket, func(ctx context.Context) (jetstream.KeyValue, error) {
+		return js.CreateOrUpdateKeyValue(ctx, cfg)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return g.KV(kv), nil
+}
+
+// KV wraps a bucket so that each operation runs under its category: Get and
+// Keys under KVGet; Create, Put and Update under KVPut; Delete and Purge
+// under KVDelete. A KV is safe for concurrent use.
+type KV struct {
+	g  *Guard
+	kv jetstream.KeyValue
+}
+
+// KV returns a guarded handle for kv.
+func (g *Guard) KV(kv jetstream.KeyValue) *KV { return &KV{g: orDefault(g), kv: kv} }
+
+// Bucket returns the bucket's name.
+func (k *KV) Bucket() string { return k.kv.Bucket() }
+
+// Raw returns the underlying bucket, for what KV does not wrap (Watch with a
+// caller-managed context, Status).
+func (k *KV) Raw() jetstream.KeyValue { return k.kv }
+
+func (k *KV) op(verb, key string) string { return "kv " + verb + " " + k.kv.Bucket() + "/" + key }
+
+// Get returns the key's latest entry. It returns jetstream.ErrKeyNotFound
+// (also for a deleted key) or a *TimeoutError.
+func (k *KV) Get(ctx context.Context, key string, opts ...CallOption) (jetstream.KeyValueEntry, error) {
+	return DoValue(ctx, k.g, KVGet, k.op("get", key), func(ctx context.Context) (jetstream.KeyValueEntry, error) {
+		return k.kv.Get(ctx, key)
+	}, opts...)
+}
+
+// Create writes key only if it does not exist (or was deleted), optionally
+// with jetstream.KeyTTL, and returns the revision. It returns
+// jetstream.ErrKeyExists or a *TimeoutError.
+func (k *KV) Create(ctx context.Context, key string, value []byte, opts ...jetstream.KVCreateOpt) (uint64, error) {
+	return DoValue(ctx, k.g, KVPut, k.op("create", key), func(ctx context.Context) (uint64, error) {
+		return k.kv.Create(ctx, key, value, opts...)
+	})
+}
+
+// Put writes key unconditionally and returns the revision. It returns the
+// jetstream error or a *TimeoutError.
+func (k *KV) Put(ctx context.Context, key string, value []byte) (uint64, error) {
+	return DoValue(ctx, k.g, KVPut, k.op("put", key), func(ctx context.Context) (uint64, error) {
+		return k.kv.Put(ctx, key, value)
+	})
+}
+
+// Update writes key if its latest revision is last (compare-and-set) and
+// returns the new revision. It returns an error matching
+// jetstream.ErrKeyRevisionMismatch when another writer won, or a
+// *TimeoutError.
+func (k *KV) Update(ctx context.Context, key string, value []byte, last uint64, opts ...CallOption) (uint64, error) {
+	return DoValue(ctx, k.g, KVPut, k.op("update", key), func(ctx context.Context) (uint64, error) {
+		return k.kv.Update(ctx, key, value, last)
+	}, opts...)
+}
+
+// Delete places a delete marker on key. It returns the jetstream error or a
+// *TimeoutError.
+func (k *KV) Delete(ctx context.Context, key string, opts ...jetstream.KVDeleteOpt) error {
+	return k.g.Do(ctx, KVDelete, k.op("delete", key), func(ctx context.Context) error {
+		return k.kv.Delete(ctx, key, opts...)
+	})
+}
+
+// Purge removes key's history, leaving one purge marker (give
+// jetstream.PurgeTTL so the marker expires too). It returns the jetstream
+// error or a *TimeoutError.
+func (k *KV) Purge(ctx context.Context, key string, opts ...jetstream.KVDeleteOpt) error {
+	return k.g.Do(ctx, KVDelete, k.op("purge", key), func(ctx context.Context) error {
+		return k.kv.Purge(ctx, key, opts...)
+	})
+}
+
+// Keys returns the keys matching the filters (all keys when none are given)
+// under KVGet. It returns jetstream.ErrNoKeysFound for an empty result, or a
+// *TimeoutError.
+func (k *KV) Keys(ctx context.Context, filters ...string) ([]string, error) {
+	return DoValue(ctx, k.g, KVGet, k.op("keys", fmt.Sprint(filters)), func(ctx context.Context) ([]string, error) {
+		var (
+			l   jetstream.KeyLister
+			err error
+		)
+		if len(filters) == 0 {
+			l, err = k.kv.ListKeys(ctx)
+		} else {
+			l, err = k.kv.ListKeysFiltered(ctx, filters...)
+		}
+		if err != nil {
+			return nil, err
+		}
+		defer l.Stop()
+		var keys []string
+		for key := range l.Keys() {
+			keys = append(keys, key)
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if len(keys) == 0 {
+			return nil, jetstream.ErrNoKeysFound
+		}
+		return keys, nil
+	})
+}

@@ -1,0 +1,188 @@
+package jsguard
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+)
+
+// Strategy says what a timed-out call does with a fallback.
+type Strategy string
+
+// The strategies.
+const (
+	// Graceful returns the caller's fallback (or a stale cached value up to
+	// Policy.MaxStaleAge) instead of the timeout error, marked degraded.
+	Graceful Strategy = "graceful"
+	// Strict returns the timeout error even when a fallback was given; the
+	// fallback is never called.
+	Strict Strategy = "strict"
+	// None turns fallbacks off altogether: neither fallbacks nor stale
+	// cached values are consulted, and the timeout error returns.
+	None Strategy = "none"
+)
+
+// ErrInvalidPolicy is wrapped by every error Policy.Validate returns.
+var ErrInvalidPolicy = errors.New("jsguard: invalid policy")
+
+// Policy is the timeout matrix: a budget per category (levels included), the
+// budget of anything unlisted, the fallback strategy and how stale a cached
+// value may be when served as a fallback. A Policy is a plain value; a Guard
+// holds one at a time and swaps it atomically (see Guard.SetPolicy).
+type Policy struct {
+	// Budgets maps a category to its budget. A category missing here uses
+	// its registered default, and an unknown one uses Default.
+	Budgets map[Category]time.Duration
+	// Default is the budget of a category that is neither listed nor
+	// registered (30s in DefaultPolicy).
+	Default time.Duration
+	// Strategy is graceful, strict or none.
+	Strategy Strategy
+	// MaxStaleAge bounds how old a cached value may be when Cache serves it
+	// because its loader timed out (60s in DefaultPolicy).
+	MaxStaleAge time.Duration
+}
+
+// DefaultPolicy returns the seed matrix: every registered category at its
+// default budget, Default 30s, Strategy graceful, MaxStaleAge 60s.
+func DefaultPolicy() Policy {
+	return Policy{
+		Budgets:     registeredBudgets(),
+		Default:     DefaultBudget,
+		Strategy:    Graceful,
+		MaxStaleAge: 60 * time.Second,
+	}
+}
+
+// Budget returns the budget of category c under p.
+func (p *Policy) Budget(c Category) time.Duration {
+	if d, ok := p.Budgets[c]; ok {
+		return d
+	}
+	registry.RLock()
+	d, ok := registry.budgets[c]
+	registry.RUnlock()
+	if ok {
+		return d
+	}
+	if p.Default > 0 {
+		return p.Default
+	}
+	return DefaultBudget
+}
+
+// Clone returns a deep copy of p, safe to modify.
+func (p Policy) Clone() Policy {
+	b := make(map[Category]time.Duration, len(p.Budgets))
+	for c, d := range p.Budgets {
+		b[c] = d
+	}
+	p.Budgets = b
+	return p
+}
+
+func checkBudget(name string, d time.Duration) error {
+	if d <= 0 || d > MaxBudget {
+		return fmt.Errorf("%w: %s budget %s is out of range: must be > 0 and <= %s", ErrInvalidPolicy, name, d, MaxBudget)
+	}
+	return nil
+}
+
+// Validate checks every entry. The error wraps ErrInvalidPolicy and names the
+// first bad entry and its allowed range: each budget and Default > 0 and
+// <= 1h, MaxStaleAge >= 0 and <= 1h, Strategy graceful, strict or none, every
+// category code ^TIMEOUT_[A-Z0-9_]+$.
+func (p *Policy) Validate() error {
+	cats := make([]Category, 0, len(p.Budgets))
+	for c := range p.Budgets {
+		cats = append(cats, c)
+	}
+	sort.Slice(cats, func(i, j int) bool { return cats[i] < cats[j] })
+	for _, c := range cats {
+		if !codePattern.MatchString(c.Code()) {
+			return fmt.Errorf("%w: category code %q must match %s", ErrInvalidPolicy, c.Code(), codePattern)
+		}
+		if err := checkBudget(c.Code(), p.Budgets[c]); err != nil {
+			return err
+		}
+	}
+	if err := checkBudget("default", p.Default); err != nil {
+		return err
+	}
+	switch p.Strategy {
+	case Graceful, Strict, None:
+	default:
+		return fmt.Errorf("%w: strategy %q is not one of graceful, strict, none", ErrInvalidPolicy, p.Strategy)
+	}
+	if p.MaxStaleAge < 0 || p.MaxStaleAge > MaxBudget {
+		return fmt.Errorf("%w: max_stale_age %s is out of range: must be >= 0 and <= %s", ErrInvalidPolicy, p.MaxStaleAge, MaxBudget)
+	}
+	return nil
+}
+
+type policyJSON struct {
+	Budgets     map[string]string `json:"budgets"`
+	Default     string            `json:"default"`
+	Strategy    Strategy          `json:"strategy"`
+	MaxStaleAge string            `json:"max_stale_age"`
+}
+
+// MarshalJSON encodes p with budgets keyed by audit code and durations as Go
+// duration strings: {"budgets":{"TIMEOUT_KV_GET":"5s"},"default":"30s",
+// "strategy":"graceful","max_stale_age":"1m0s"}. It never fails.
+func (p Policy) MarshalJSON() ([]byte, error) {
+	j := policyJSON{
+		Budgets:     make(map[string]string, len(p.Budgets)),
+		Default:     p.Default.String(),
+		Strategy:    p.Strategy,
+		MaxStaleAge: p.MaxStaleAge.String(),
+	}
+	for c, d := range p.Budgets {
+		j.Budgets[c.Code()] = d.String()
+	}
+	return json.Marshal(j)
+}
+
+// UnmarshalJSON decodes the form MarshalJSON writes. Missing fields keep the
+// values DefaultPolicy gives them, so a partial document overrides only what
+// it names. It returns an error wrapping ErrInvalidPolicy for a malformed
+// code or duration; it does not call Validate.
+func (p *Policy) UnmarshalJSON(b []byte) error {
+	var j policyJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidPolicy, err)
+	}
+	out := DefaultPolicy()
+	for code, s := range j.Budgets {
+		c, err := ParseCode(code)
+		if err != nil {
+			return fmt.Errorf("%w: budgets: %w", ErrInvalidPolicy, err)
+		}
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			return fmt.Errorf("%w: budgets.%s: %q is not a duration like \"5s\"", ErrInvalidPolicy, code, s)
+		}
+		out.Budgets[c] = d
+	}
+	for _, f := range []struct {
+		name string
+		s    string
+		dst  *time.Duration
+	}{{"default", j.Default, &out.Default}, {"max_stale_age", j.MaxStaleAge, &out.MaxStaleAge}} {
+		if f.s == "" {
+			continue
+		}
+		d, err := time.ParseDuration(f.s)
+		if err != nil {
+			return fmt.Errorf("%w: %s: %q is not a duration like \"30s\"", ErrInvalidPolicy, f.name, f.s)
+		}
+		*f.dst = d
+	}
+	if j.Strategy != "" {
+		out.Strategy = j.Strategy
+	}
+	*p = out
+	return nil
+}

@@ -1,0 +1,105 @@
+package jsguard
+
+import (
+	"sort"
+	"sync/atomic"
+	"time"
+)
+
+// DurationBuckets are the upper bounds of the duration histogram in
+// CategoryStats, in the style of Prometheus buckets; a last, implicit bucket
+// holds everything longer.
+var DurationBuckets = []time.Duration{
+	time.Millisecond, 5 * time.Millisecond, 10 * time.Millisecond, 25 * time.Millisecond,
+	50 * time.Millisecond, 100 * time.Millisecond, 250 * time.Millisecond, 500 * time.Millisecond,
+	time.Second, 2500 * time.Millisecond, 5 * time.Second, 10 * time.Second, 30 * time.Second,
+	time.Minute, 5 * time.Minute,
+}
+
+type catStats struct {
+	calls, failed, timeouts, abandoned, canceled, events atomic.Uint64
+	sumNanos                                              atomic.Int64
+	buckets                                               [16]atomic.Uint64 // len(DurationBuckets)+1
+}
+
+// CategoryStats is a snapshot of one category's calls.
+type CategoryStats struct {
+	Category Category
+	Calls    uint64 // every finished call
+	Failed   uint64 // fn returned an error before its deadline
+	Timeouts uint64 // deadline fired, abandoned ones included
+	// Abandoned counts timeouts whose function ignored its context.
+	Abandoned uint64
+	Canceled  uint64 // parent cancelled
+	// Events counts audit events emitted for this category.
+	Events uint64
+	// Buckets[i] counts calls with duration <= DurationBuckets[i] and above
+	// the previous bound; the last entry counts the rest (not cumulative).
+	Buckets []uint64
+	// Sum is the total duration of all calls.
+	Sum time.Duration
+}
+
+// Stats returns a snapshot per category that has seen a call or an event,
+// sorted by category.
+func (g *Guard) Stats() []CategoryStats {
+	var out []CategoryStats
+	g.stats.Range(func(k, v any) bool {
+		s := v.(*catStats)
+		cs := CategoryStats{
+			Category:  k.(Category),
+			Calls:     s.calls.Load(),
+			Failed:    s.failed.Load(),
+			Timeouts:  s.timeouts.Load(),
+			Abandoned: s.abandoned.Load(),
+			Canceled:  s.canceled.Load(),
+			Events:    s.events.Load(),
+			Sum:       time.Duration(s.sumNanos.Load()),
+			Buckets:   make([]uint64, len(s.buckets)),
+		}
+		for i := range s.buckets {
+			cs.Buckets[i] = s.buckets[i].Load()
+		}
+		out = append(out, cs)
+		return true
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].Category < out[j].Category })
+	return out
+}
+
+// SinkErrors returns how many events the sink failed to take or overran the
+// emit bound with.
+func (g *Guard) SinkErrors() uint64 { return g.sinkErrors.Load() }
+
+// PolicyRejections returns how many policy updates a PolicyStore rejected.
+func (g *Guard) PolicyRejections() uint64 { return g.rejected.Load() }
+
+func (g *Guard) stat(c Category) *catStats {
+	if v, ok := g.stats.Load(c); ok {
+		return v.(*catStats)
+	}
+	v, _ := g.stats.LoadOrStore(c, new(catStats))
+	return v.(*catStats)
+}
+
+func (g *Guard) record(c Category, op string, budget, d time.Duration, o Outcome) {
+	s := g.stat(c)
+	s.calls.Add(1)
+	switch o {
+	case Failed:
+		s.failed.Add(1)
+	case TimedOut:
+		s.timeouts.Add(1)
+	case Abandoned:
+		s.timeouts.Add(1)
+		s.abandoned.Add(1)
+	case Canceled:
+		s.canceled.Add(1)
+	}
+	s.sumNanos.Add(int64(d))
+	i := sort.Search(len(DurationBuckets), func(i int) bool { return d <= DurationBuckets[i] })
+	s.buckets[i].Add(1)
+	if g.hooks.OnCall != nil {
+		g.hooks.OnCall(CallInfo{Category: c, Operation: op, Budget: budget, Duration: d, Outcome: o})
+	}
+}
