@@ -18,8 +18,8 @@ var DurationBuckets = []time.Duration{
 
 type catStats struct {
 	calls, failed, timeouts, abandoned, canceled, events atomic.Uint64
-	sumNanos                                              atomic.Int64
-	buckets                                               [16]atomic.Uint64 // len(DurationBuckets)+1
+	sumNanos                                             atomic.Int64
+	buckets                                              [16]atomic.Uint64 // len(DurationBuckets)+1
 }
 
 // CategoryStats is a snapshot of one category's calls.
