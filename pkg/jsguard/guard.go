@@ -38,7 +38,6 @@ type TimeoutError struct {
 
 	source  string
 	started time.Time
-	audited bool
 }
 
 // Error returns e.g. "TIMEOUT_KV_GET: kv get b/k timed out after 5.001s (budget 5s)".
@@ -118,13 +117,27 @@ func WithSink(s Sink) Option { return func(g *Guard) { g.sink.Store(&sinkBox{s})
 func WithHooks(h Hooks) Option { return func(g *Guard) { g.hooks = h } }
 
 // WithEmitBound sets how long emitting one event may hold the caller after
-// its deadline (default 100ms).
-func WithEmitBound(d time.Duration) Option { return func(g *Guard) { g.emitBound = d } }
+// its deadline (default 100ms); d <= 0 keeps the default.
+func WithEmitBound(d time.Duration) Option {
+	return func(g *Guard) {
+		if d > 0 {
+			g.emitBound = d
+		}
+	}
+}
 
 // WithAbandonGrace sets how long after a deadline a call waits for its
 // function to return before it abandons it (default 10ms). A function that
-// honours its context returns well within it.
-func WithAbandonGrace(d time.Duration) Option { return func(g *Guard) { g.abandonGrace = d } }
+// honours its context returns well within it. When nested guarded calls
+// share a deadline, an enclosing call may wait up to twice the grace. A
+// negative d keeps the default.
+func WithAbandonGrace(d time.Duration) Option {
+	return func(g *Guard) {
+		if d >= 0 {
+			g.abandonGrace = d
+		}
+	}
+}
 
 // WithLogger sets the logger for the few things a Guard logs itself: a
 // rejected policy update in a PolicyStore. Default slog.Default().
@@ -144,7 +157,8 @@ type Guard struct {
 	log          *slog.Logger
 	initial      *Policy
 
-	stats      sync.Map // Category -> *catStats
+	statsMu    sync.Mutex                             // serialises adding a category to stats
+	stats      atomic.Pointer[map[Category]*catStats] // copy on write
 	sinkErrors atomic.Uint64
 	rejected   atomic.Uint64
 }
@@ -253,39 +267,66 @@ func Do(ctx context.Context, c Category, op string, fn func(context.Context) err
 }
 
 // Do runs fn with a context whose deadline is the earliest of ctx's, the
-// category's budget and a WithBudget override. It never retries.
+// category's budget and a WithBudget override. It never retries. g may be
+// nil for the default Guard.
 //
 // It returns fn's error when fn fails before the deadline; ctx.Err() without
 // auditing when ctx is cancelled (not by a deadline) or was already done;
 // and a *TimeoutError (errors.Is ErrTimeout and context.DeadlineExceeded)
 // when the deadline fires, after emitting exactly one audit event. A fn that
-// ignores its context is abandoned: Do returns at the deadline and the event
-// says abandoned. An error from a nested guarded call that was already
-// audited is returned as it is, without a second event.
+// ignores its context is abandoned: Do returns at most the guard's abandon
+// grace after the deadline (plus the emit bound) and the event says
+// abandoned.
+//
+// Nested guarded calls bound by the same deadline (a call inside fn whose
+// deadline is this call's) produce one event between them: the innermost
+// call that timed out emits it, and the enclosing calls return its error as
+// it is, or, when they had to abandon their function, a *TimeoutError of
+// their own whose EventID names that event.
 func (g *Guard) Do(ctx context.Context, c Category, op string, fn func(context.Context) error, opts ...CallOption) error {
-	_, err := DoValue(ctx, g, c, op, func(ctx context.Context) (struct{}, error) { return struct{}{}, fn(ctx) }, opts...)
-	return err
-}
-
-// DoValue is Do for a function that returns a value. g may be nil for the
-// default Guard. It returns the zero T with any error Do would return.
-func DoValue[T any](ctx context.Context, g *Guard, c Category, op string, fn func(context.Context) (T, error), opts ...CallOption) (T, error) {
 	g = orDefault(g)
 	o := callOpts{}
 	for _, f := range opts {
 		f(&o)
 	}
-	v, te, err := run(ctx, g, c, op, fn, &o)
-	if te != nil {
-		g.emit(ctx, te, &o, false)
-		var zero T
-		return zero, te
-	}
-	return v, err
+	return run(ctx, g, c, op, errFunc(fn), &o, nil, nil).err
 }
 
-// Result is what DoFallback returns: the value and, when it came from a
-// fallback, why.
+// errFunc adapts fn to the shape run takes without allocating a closure.
+type errFunc func(context.Context) error
+
+func (f errFunc) call(ctx context.Context) (struct{}, error) { return struct{}{}, f(ctx) }
+
+// valueFunc adapts a value-returning fn to the shape run takes.
+type valueFunc[T any] func(context.Context) (T, error)
+
+func (f valueFunc[T]) call(ctx context.Context) (T, error) { return f(ctx) }
+
+// caller is what run executes.
+type caller[T any] interface {
+	call(context.Context) (T, error)
+}
+
+// DoValue is Do for a function that returns a value. g may be nil for the
+// default Guard. It returns the zero T with any error Do would return.
+func DoValue[T any](ctx context.Context, g *Guard, c Category, op string, fn func(context.Context) (T, error), opts ...CallOption) (T, error) {
+	return doValue(ctx, g, c, op, fn, nil, opts)
+}
+
+// doValue is DoValue with release, which receives a value fn returned after
+// the call gave up on it (abandoned or cancelled), so it can be closed.
+func doValue[T any](ctx context.Context, g *Guard, c Category, op string, fn func(context.Context) (T, error), release func(T), opts []CallOption) (T, error) {
+	g = orDefault(g)
+	o := callOpts{}
+	for _, f := range opts {
+		f(&o)
+	}
+	r := run(ctx, g, c, op, valueFunc[T](fn), &o, release, nil)
+	return r.v, r.err
+}
+
+// Result is what DoFallback and Cache.Get return: the value and, when it
+// came from a fallback or a stale cache entry, why.
 type Result[T any] struct {
 	Value T
 	// Degraded is true when Value came from the fallback or a stale cache.
@@ -309,27 +350,24 @@ func (r Result[T]) Level() Level {
 // *TimeoutError returns and fallback is never called; under none fallbacks
 // are off and the *TimeoutError returns. A nil fallback behaves as strict.
 // Errors other than timeouts return as from DoValue; an error from fallback
-// is returned joined with the timeout.
+// is returned joined with the timeout (errors.Is matches both). fallback
+// runs without a deadline of its own: it should be cheap.
 func DoFallback[T any](ctx context.Context, g *Guard, c Category, op string, fn func(context.Context) (T, error), fallback func(ctx context.Context, cause *TimeoutError) (T, error), opts ...CallOption) (Result[T], error) {
 	g = orDefault(g)
 	o := callOpts{}
 	for _, f := range opts {
 		f(&o)
 	}
-	v, te, err := run(ctx, g, c, op, fn, &o)
-	if te == nil {
-		return Result[T]{Value: v}, err
+	useFallback := fallback != nil && g.strategy(&o) == Graceful
+	r := run(ctx, g, c, op, valueFunc[T](fn), &o, nil, func() bool { return useFallback })
+	if r.te == nil || !useFallback {
+		return Result[T]{Value: r.v}, r.err
 	}
-	if fallback == nil || g.strategy(&o) != Graceful {
-		g.emit(ctx, te, &o, false)
-		return Result[T]{}, te
-	}
-	g.emit(ctx, te, &o, true)
-	fv, ferr := fallback(context.WithoutCancel(ctx), te)
+	fv, ferr := fallback(context.WithoutCancel(ctx), r.te)
 	if ferr != nil {
-		return Result[T]{}, errors.Join(te, fmt.Errorf("fallback: %w", ferr))
+		return Result[T]{}, errors.Join(r.err, fmt.Errorf("fallback: %w", ferr))
 	}
-	return Result[T]{Value: fv, Degraded: true, Cause: te}, nil
+	return Result[T]{Value: fv, Degraded: true, Cause: r.te}, nil
 }
 
 func (g *Guard) strategy(o *callOpts) Strategy {
@@ -344,18 +382,28 @@ type outcome[T any] struct {
 	err error
 }
 
-// run executes fn under its deadline. It returns a non-nil *TimeoutError when
-// this call's deadline fired (the caller emits it), else fn's value and error
-// or the parent's cancellation error.
-func run[T any](ctx context.Context, g *Guard, c Category, op string, fn func(context.Context) (T, error), o *callOpts) (T, *TimeoutError, error) {
-	var zero T
+// runResult is how run ended. err is what the caller returns; te is non-nil
+// when this call's deadline fired.
+type runResult[T any] struct {
+	v   T
+	err error
+	te  *TimeoutError
+}
+
+// run executes fn under its deadline and emits the timeout's event; see
+// Guard.Do for the outcomes. A non-nil release receives a value fn returns
+// after run stopped waiting for it. fallbackUsed, when not nil, is asked
+// after a timeout whether the caller will return a fallback instead of the
+// error, for the event's fallback_used.
+func run[T any, F caller[T]](ctx context.Context, g *Guard, c Category, op string, fn F, o *callOpts, release func(T), fallbackUsed func() bool) runResult[T] {
 	if err := ctx.Err(); err != nil {
-		return zero, nil, err
+		return runResult[T]{err: err}
 	}
 	p := g.policy.Load()
 	budget := p.Budget(c)
+	level := c.Level()
 	source := SourceCategory
-	if c.Level() != LevelNone {
+	if level != LevelNone {
 		source = SourceLevel
 	}
 	if o.budget > 0 && o.budget < budget {
@@ -364,15 +412,26 @@ func run[T any](ctx context.Context, g *Guard, c Category, op string, fn func(co
 	start := time.Now()
 	deadline := start.Add(budget)
 	parentBound := false
+	f := &frame{}
+	f.sc = &f.own
 	if pd, ok := ctx.Deadline(); ok && !pd.After(deadline) {
 		deadline, parentBound, source = pd, true, SourceParent
+		if pf, _ := ctx.Value(frameKey{}).(*frame); pf != nil && pf.sc.deadline.Equal(pd) {
+			// Bound by an enclosing guarded call's deadline: share its
+			// scope so that one event describes this timeout.
+			f.sc, f.depth = pf.sc, pf.depth+1
+			f.sc.enter(f.depth)
+			defer f.sc.leave(f.depth)
+		}
 	}
+	f.own.deadline = deadline
 	cctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
+	f.Context = cctx
 
 	done := make(chan outcome[T], 1)
 	go func() {
-		v, err := fn(cctx)
+		v, err := fn.call(f)
 		done <- outcome[T]{v, err}
 	}()
 
@@ -383,7 +442,10 @@ func run[T any](ctx context.Context, g *Guard, c Category, op string, fn func(co
 	case <-cctx.Done():
 		if ctx.Err() == context.Canceled {
 			g.record(c, op, budget, time.Since(start), Canceled)
-			return zero, nil, ctx.Err()
+			if release != nil {
+				go releaseLate(done, release)
+			}
+			return runResult[T]{err: ctx.Err()}
 		}
 		grace := time.NewTimer(g.abandonGrace)
 		select {
@@ -397,31 +459,24 @@ func run[T any](ctx context.Context, g *Guard, c Category, op string, fn func(co
 	if !abandoned {
 		if res.err == nil {
 			g.record(c, op, budget, elapsed, OK)
-			return res.v, nil, nil
+			return runResult[T]{v: res.v}
 		}
 		if cctx.Err() != context.DeadlineExceeded {
-			if ctx.Err() == context.Canceled {
+			if ctx.Err() == context.Canceled && errors.Is(res.err, context.Canceled) {
 				g.record(c, op, budget, elapsed, Canceled)
-				return zero, nil, res.err
+				return runResult[T]{err: ctx.Err()}
 			}
 			g.record(c, op, budget, elapsed, Failed)
-			return res.v, nil, res.err
+			return runResult[T]{err: res.err}
 		}
-		var inner *TimeoutError
-		if errors.As(res.err, &inner) && inner.audited {
-			g.record(c, op, budget, elapsed, TimedOut)
-			return zero, nil, res.err
-		}
+	} else if release != nil {
+		go releaseLate(done, release)
 	}
-	outc := TimedOut
-	if abandoned {
-		outc = Abandoned
-	}
-	g.record(c, op, budget, elapsed, outc)
-	return zero, &TimeoutError{
+
+	te := &TimeoutError{
 		Category:    c,
 		Code:        c.Code(),
-		Level:       c.Level(),
+		Level:       level,
 		Operation:   op,
 		Budget:      budget,
 		Elapsed:     elapsed,
@@ -429,13 +484,50 @@ func run[T any](ctx context.Context, g *Guard, c Category, op string, fn func(co
 		Abandoned:   abandoned,
 		source:      source,
 		started:     start,
-	}, nil
+	}
+	outc := TimedOut
+	if abandoned {
+		outc = Abandoned
+	}
+	// Let nested calls sharing this deadline decide first, so that the
+	// innermost one reports the timeout; they decide within the grace.
+	f.sc.waitDeeper(f.depth, g.abandonGrace)
+	id := EventID(te.Code, op, Tenant(ctx), CorrelationID(ctx), TraceID(ctx), start)
+	won, winner, emitted := f.sc.claim(id)
+	te.EventID = winner
+	g.record(c, op, budget, elapsed, outc)
+	if won {
+		g.emit(ctx, te, o, fallbackUsed != nil && fallbackUsed())
+		close(emitted)
+		return runResult[T]{err: te, te: te}
+	}
+	// Another call sharing the deadline emits the event: return once it
+	// has, so that the event exists when this call returns, as it does for
+	// a call that emits itself.
+	wait := time.NewTimer(g.emitBound)
+	select {
+	case <-emitted:
+	case <-wait.C:
+	}
+	wait.Stop()
+	var inner *TimeoutError
+	if !abandoned && errors.As(res.err, &inner) && inner.EventID == winner {
+		return runResult[T]{err: res.err, te: te}
+	}
+	return runResult[T]{err: te, te: te}
 }
 
-// emit builds the event for te, passes it to the hook and the sink, bounded by
-// the emit bound, and marks te audited.
+func releaseLate[T any](done <-chan outcome[T], release func(T)) {
+	if r := <-done; r.err == nil {
+		release(r.v)
+	}
+}
+
+// emit builds the event for te and passes it to the hook and the sink,
+// bounded by the emit bound.
 func (g *Guard) emit(ctx context.Context, te *TimeoutError, o *callOpts, fallbackUsed bool) {
 	ev := Event{
+		EventID:           te.EventID,
 		EventType:         EventType,
 		Code:              te.Code,
 		Operation:         te.Operation,
@@ -452,19 +544,23 @@ func (g *Guard) emit(ctx context.Context, te *TimeoutError, o *callOpts, fallbac
 		Abandoned:         te.Abandoned,
 		FallbackUsed:      fallbackUsed,
 	}
-	ev.EventID = EventID(ev.Code, ev.Operation, ev.TenantID, ev.CorrelationID, ev.TraceID, te.started)
-	te.EventID = ev.EventID
-	te.audited = true
 	g.stat(te.Category).events.Add(1)
 	g.Emit(ctx, ev)
 }
 
 // Emit hands an event to the hooks and the sink, bounded by the guard's emit
 // bound, without running any call: for events a caller produces itself (an
-// approval that expired, a timeout reported by another service). A sink
-// error or overrun is counted and passed to Hooks.OnSinkError, never
-// returned.
+// approval that expired, a timeout reported by another service). An empty
+// EventType is set to EventType and an empty EventID to the id EventID
+// derives from the event's fields. A sink error or overrun is counted (see
+// SinkErrors) and passed to Hooks.OnSinkError, never returned.
 func (g *Guard) Emit(ctx context.Context, ev Event) {
+	if ev.EventType == "" {
+		ev.EventType = EventType
+	}
+	if ev.EventID == "" {
+		ev.EventID = EventID(ev.Code, ev.Operation, ev.TenantID, ev.CorrelationID, ev.TraceID, ev.StartedAt)
+	}
 	if g.hooks.OnTimeout != nil {
 		g.hooks.OnTimeout(ev)
 	}

@@ -2,53 +2,66 @@ package jsguard
 
 import (
 	"context"
-	"fmt"
-	"time"
+	"net/url"
+	"strings"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Connect dials NATS under NATSConnect. The connection attempt runs until the
-// budget ends; if it is abandoned and succeeds later, the late connection is
-// closed. It returns nats.Connect's error, or a *TimeoutError.
+// Connect dials NATS under NATSConnect, with nats.Timeout set to the
+// category's budget unless opts set their own. nats.Connect takes no
+// context, so a dial that outlives the deadline is abandoned; if it succeeds
+// later, that connection is closed. It returns nats.Connect's error (e.g.
+// nats.ErrNoServers), ctx.Err() when ctx is cancelled, or a *TimeoutError
+// with code TIMEOUT_NATS_CONNECT. The operation in the audit event names
+// the URL with any password or token replaced by ***.
 func (g *Guard) Connect(ctx context.Context, url string, opts ...nats.Option) (*nats.Conn, error) {
 	g = orDefault(g)
-	budget := g.Budget(NATSConnect)
-	opts = append([]nats.Option{nats.Timeout(budget)}, opts...)
-	var late = make(chan *nats.Conn, 1)
-	nc, err := DoValue(ctx, g, NATSConnect, "nats connect "+redactURL(url), func(ctx context.Context) (*nats.Conn, error) {
-		nc, err := nats.Connect(url, opts...)
-		if err == nil && ctx.Err() != nil {
-			late <- nc
-			return nil, ctx.Err()
-		}
-		return nc, err
-	})
-	go func() {
-		// Close a connection that arrived after the call was given up.
-		select {
-		case c := <-late:
-			c.Close()
-		case <-time.After(budget + time.Second):
-		}
-	}()
-	return nc, err
+	opts = append([]nats.Option{nats.Timeout(g.Budget(NATSConnect))}, opts...)
+	return doValue(ctx, g, NATSConnect, "nats connect "+redactURL(url), func(ctx context.Context) (*nats.Conn, error) {
+		return nats.Connect(url, opts...)
+	}, (*nats.Conn).Close, nil)
 }
 
-func redactURL(u string) string {
-	for i := 0; i < len(u); i++ {
-		if u[i] == '@' {
-			j := 0
-			for k := 0; k+2 < len(u) && k < i; k++ {
-				if u[k:k+3] == "://" {
-					j = k + 3
-				}
-			}
-			return u[:j] + "***" + u[i:]
-		}
+// redactURL returns the server URL, or comma-separated list of URLs, with
+// passwords and tokens replaced by ***, so it can be logged and audited.
+func redactURL(list string) string {
+	parts := strings.Split(list, ",")
+	for i, p := range parts {
+		parts[i] = redactOne(strings.TrimSpace(p))
 	}
-	return u
+	return strings.Join(parts, ",")
+}
+
+func redactOne(s string) string {
+	if !strings.Contains(s, "@") {
+		return s
+	}
+	raw, prefix := s, ""
+	if !strings.Contains(s, "://") {
+		// nats.go accepts host:port without a scheme; parse it as nats://.
+		raw, prefix = "nats://"+s, "nats://"
+	}
+	u, err := url.Parse(raw)
+	if err != nil || u.User == nil {
+		// Not a URL we understand: hide everything before the last @.
+		at := strings.LastIndex(s, "@")
+		if i := strings.Index(s, "://"); i >= 0 && i+3 <= at {
+			return s[:i+3] + "***" + s[at:]
+		}
+		return "***" + s[at:]
+	}
+	user := "***" // a lone user part is a token
+	if _, ok := u.User.Password(); ok {
+		user = url.User(u.User.Username()).String() + ":***"
+	}
+	u.User = nil
+	out := u.String()
+	if i := strings.Index(out, "://"); i >= 0 {
+		out = out[:i+3] + user + "@" + out[i+3:]
+	}
+	return strings.TrimPrefix(out, prefix)
 }
 
 // Publish publishes to a JetStream stream under NATSPublish and waits for the
@@ -71,7 +84,7 @@ func (g *Guard) PublishMsg(ctx context.Context, js jetstream.JetStream, msg *nat
 // server has the interest when Subscribe returns. On a timeout or flush error
 // the subscription is removed. It returns the nats error or a *TimeoutError.
 func (g *Guard) Subscribe(ctx context.Context, nc *nats.Conn, subject string, cb nats.MsgHandler) (*nats.Subscription, error) {
-	return DoValue(ctx, g, NATSSubscribe, "subscribe "+subject, func(ctx context.Context) (*nats.Subscription, error) {
+	return doValue(ctx, g, NATSSubscribe, "subscribe "+subject, func(ctx context.Context) (*nats.Subscription, error) {
 		sub, err := nc.Subscribe(subject, cb)
 		if err != nil {
 			return nil, err
@@ -81,8 +94,10 @@ func (g *Guard) Subscribe(ctx context.Context, nc *nats.Conn, subject string, cb
 			return nil, err
 		}
 		return sub, nil
-	})
+	}, unsubscribe, nil)
 }
+
+func unsubscribe(s *nats.Subscription) { _ = s.Unsubscribe() }
 
 // Request sends a core NATS request under APIRequest and returns the reply.
 // It returns nats.ErrNoResponders when nobody listens, or a *TimeoutError.
@@ -197,7 +212,11 @@ func (k *KV) Purge(ctx context.Context, key string, opts ...jetstream.KVDeleteOp
 // under KVGet. It returns jetstream.ErrNoKeysFound for an empty result, or a
 // *TimeoutError.
 func (k *KV) Keys(ctx context.Context, filters ...string) ([]string, error) {
-	return DoValue(ctx, k.g, KVGet, k.op("keys", fmt.Sprint(filters)), func(ctx context.Context) ([]string, error) {
+	pattern := jetstream.AllKeys
+	if len(filters) > 0 {
+		pattern = strings.Join(filters, ",")
+	}
+	return DoValue(ctx, k.g, KVGet, k.op("keys", pattern), func(ctx context.Context) ([]string, error) {
 		var (
 			l   jetstream.KeyLister
 			err error

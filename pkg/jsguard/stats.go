@@ -44,10 +44,13 @@ type CategoryStats struct {
 // sorted by category.
 func (g *Guard) Stats() []CategoryStats {
 	var out []CategoryStats
-	g.stats.Range(func(k, v any) bool {
-		s := v.(*catStats)
+	m := g.stats.Load()
+	if m == nil {
+		return nil
+	}
+	for c, s := range *m {
 		cs := CategoryStats{
-			Category:  k.(Category),
+			Category:  c,
 			Calls:     s.calls.Load(),
 			Failed:    s.failed.Load(),
 			Timeouts:  s.timeouts.Load(),
@@ -61,8 +64,7 @@ func (g *Guard) Stats() []CategoryStats {
 			cs.Buckets[i] = s.buckets[i].Load()
 		}
 		out = append(out, cs)
-		return true
-	})
+	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Category < out[j].Category })
 	return out
 }
@@ -75,11 +77,36 @@ func (g *Guard) SinkErrors() uint64 { return g.sinkErrors.Load() }
 func (g *Guard) PolicyRejections() uint64 { return g.rejected.Load() }
 
 func (g *Guard) stat(c Category) *catStats {
-	if v, ok := g.stats.Load(c); ok {
-		return v.(*catStats)
+	if m := g.stats.Load(); m != nil {
+		if s, ok := (*m)[c]; ok {
+			return s
+		}
 	}
-	v, _ := g.stats.LoadOrStore(c, new(catStats))
-	return v.(*catStats)
+	g.statsMu.Lock()
+	defer g.statsMu.Unlock()
+	old := g.stats.Load()
+	if old != nil {
+		if s, ok := (*old)[c]; ok {
+			return s
+		}
+	}
+	m := make(map[Category]*catStats, 1+lenOf(old))
+	if old != nil {
+		for k, v := range *old {
+			m[k] = v
+		}
+	}
+	s := new(catStats)
+	m[c] = s
+	g.stats.Store(&m)
+	return s
+}
+
+func lenOf(m *map[Category]*catStats) int {
+	if m == nil {
+		return 0
+	}
+	return len(*m)
 }
 
 func (g *Guard) record(c Category, op string, budget, d time.Duration, o Outcome) {
@@ -98,7 +125,7 @@ func (g *Guard) record(c Category, op string, budget, d time.Duration, o Outcome
 	}
 	s.sumNanos.Add(int64(d))
 	i := sort.Search(len(DurationBuckets), func(i int) bool { return d <= DurationBuckets[i] })
-	s.buckets[i].Add(1)
+	s.buckets[min(i, len(s.buckets)-1)].Add(1)
 	if g.hooks.OnCall != nil {
 		g.hooks.OnCall(CallInfo{Category: c, Operation: op, Budget: budget, Duration: d, Outcome: o})
 	}

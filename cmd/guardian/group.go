@@ -1,0 +1,51 @@
+package main
+
+import (
+	"context"
+	"sync"
+)
+
+// group runs long-lived parts, each a Run(ctx) error, until the first one
+// returns or the parent ends; then it cancels the rest and waits for them.
+// It returns the first error that is not the group's own cancellation.
+type group struct {
+	parts []part
+}
+
+type part struct {
+	name string
+	run  func(ctx context.Context) error
+}
+
+func (g *group) add(name string, run func(ctx context.Context) error) {
+	g.parts = append(g.parts, part{name, run})
+}
+
+func (g *group) run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg    sync.WaitGroup
+		once  sync.Once
+		first error
+	)
+	for _, p := range g.parts {
+		wg.Go(func() {
+			err := p.run(ctx)
+			if err != nil && ctx.Err() == nil {
+				once.Do(func() { first = &partError{p.name, err} })
+			}
+			cancel()
+		})
+	}
+	wg.Wait()
+	return first
+}
+
+type partError struct {
+	name string
+	err  error
+}
+
+func (e *partError) Error() string { return e.name + ": " + e.err.Error() }
+func (e *partError) Unwrap() error { return e.err }

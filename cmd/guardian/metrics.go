@@ -1,0 +1,69 @@
+package main
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/jsguardian/guardian/pkg/jsguard"
+)
+
+// metrics are guardian's own Prometheus metrics, fed by hooks.
+type metrics struct {
+	calls            *prometheus.CounterVec
+	durations        *prometheus.HistogramVec
+	timeouts         *prometheus.CounterVec
+	abandoned        *prometheus.CounterVec
+	sinkErrors       prometheus.Counter
+	policyRejections prometheus.Counter
+	transitions      *prometheus.CounterVec
+	lateness         prometheus.Histogram
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "guardian_guarded_calls_total", Help: "Guarded calls by category and outcome (ok, error, timeout, abandoned, canceled).",
+		}, []string{"category", "outcome"}),
+		durations: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "guardian_guarded_call_duration_seconds", Help: "Duration of guarded calls by category.",
+			Buckets: []float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
+		}, []string{"category"}),
+		timeouts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "guardian_timeouts_total", Help: "Timeout audit events by code.",
+		}, []string{"code"}),
+		abandoned: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "guardian_abandoned_calls_total", Help: "Guarded calls whose function ignored its context and was abandoned at the deadline.",
+		}, []string{"category"}),
+		sinkErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "guardian_audit_sink_errors_total", Help: "Timeout events the audit sink failed to take within its bound.",
+		}),
+		policyRejections: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "guardian_policy_rejections_total", Help: "Policy updates rejected because they did not validate.",
+		}),
+		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "guardian_approvals_total", Help: "Approval lifecycle events seen by this process's notifier, by status.",
+		}, []string{"status"}),
+		lateness: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "guardian_approval_expiry_lateness_seconds", Help: "Time from expires_at + grace until an approval was marked expired.",
+			Buckets: []float64{.05, .1, .2, .3, .4, .5, .75, 1, 2, 5, 10, 60},
+		}),
+	}
+	reg.MustRegister(m.calls, m.durations, m.timeouts, m.abandoned, m.sinkErrors, m.policyRejections, m.transitions, m.lateness)
+	return m
+}
+
+// hooks returns jsguard hooks that feed the metrics.
+func (m *metrics) hooks() jsguard.Hooks {
+	return jsguard.Hooks{
+		OnCall: func(ci jsguard.CallInfo) {
+			cat := string(ci.Category)
+			m.calls.WithLabelValues(cat, ci.Outcome.String()).Inc()
+			m.durations.WithLabelValues(cat).Observe(ci.Duration.Seconds())
+			if ci.Outcome == jsguard.Abandoned {
+				m.abandoned.WithLabelValues(cat).Inc()
+			}
+		},
+		OnTimeout:        func(e jsguard.Event) { m.timeouts.WithLabelValues(e.Code).Inc() },
+		OnSinkError:      func(jsguard.Event, error) { m.sinkErrors.Inc() },
+		OnPolicyRejected: func(error) { m.policyRejections.Inc() },
+	}
+}

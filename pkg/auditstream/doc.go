@@ -1,0 +1,123 @@
+// Package auditstream keeps guardian's audit trail: every TIMEOUT_* event
+// (a jsguard.Event) in one JetStream stream that operators can trust.
+//
+// It provides the stream (Ensure), a Publisher that implements jsguard.Sink
+// and spools to disk while NATS is unreachable, consumers (Tail, Stats and
+// the rate Alerter), and tamper evidence: a Sealer that signs the stream
+// range by range, and Verify, Export and VerifyExport that check it online
+// or offline.
+//
+// # Subjects
+//
+// With the default Config:
+//
+//	guardian.v1.audit.<tenant>.<CODE>          one audit event
+//	guardian.v1.audit.seal                     a seal
+//	guardian.v1.alerts.timeout_rate.<CODE>     a rate alert (core NATS, not in the stream)
+//
+// The stream GUARDIAN_AUDIT captures guardian.v1.audit.>, so events and
+// seals share it and its sequence numbers. Events have five tokens and
+// seals four: the filters Tail, Stats and the Alerter use
+// (guardian.v1.audit.<tenant|*>.<CODE|*>) never match a seal.
+//
+// <CODE> is the event's timeout_category and must match TIMEOUT_[A-Z0-9_]+;
+// Emit rejects (and counts as dropped) an event with another code.
+// <tenant> is the event's tenant_id encoded by TenantToken: an empty tenant
+// becomes the placeholder _none (NoTenant; the tenant id "_none" is
+// reserved and filed with it); otherwise the bytes A-Z a-z 0-9 - _ are kept
+// and every other byte is percent-encoded, so "acme.eu" becomes acme%2Eeu.
+// Bad tenants are thus never rejected, cannot add tokens or wildcards, and
+// TenantFromToken recovers the id.
+//
+// The stream uses file storage, limits retention with MaxAge (90 days),
+// DenyDelete and DenyPurge, and a Duplicates window (2 minutes) in which an
+// event published again with the same Nats-Msg-Id is stored once.
+//
+// # Event schema
+//
+// Each event message's data is the JSON of a jsguard.Event, its
+// Nats-Msg-Id header the event_id:
+//
+//	event_id            string   deterministic id (jsguard.EventID): 32 lowercase hex characters;
+//	                             derived from code, operation, tenant, correlation, trace and
+//	                             started_at, so the same timeout described again has the same id
+//	event_type          string   always "timeout_occurred"
+//	timeout_category    string   the audit code, e.g. "TIMEOUT_KV_GET" (also the subject's last token)
+//	operation           string   what timed out, e.g. "kv get GUARDIAN_APPROVALS/acme.a1"
+//	timeout_seconds     number   the budget that applied, in seconds
+//	tenant_id           string   tenant from the call's context; "" when none
+//	correlation_id      string   correlation id from the call's context; "" when none
+//	trace_id            string   trace id from the call's context; "" when none
+//	additional_context  object   string to string details (WithDetail, producer specifics); omitted when empty
+//	timestamp           string   RFC 3339 UTC time the timeout fired
+//	started_at          string   RFC 3339 UTC time the operation started
+//	level               string   "T1".."T5" for a hierarchy level; omitted otherwise
+//	elapsed_seconds     number   how long the call ran until it returned or was abandoned
+//	budget_source       string   which deadline bound the call: category, level, override, parent or reported
+//	abandoned           bool     the function ignored its context and was left running
+//	fallback_used       bool     a fallback or stale value was returned instead of the error
+//
+// # Publisher and spool
+//
+// Emit publishes asynchronously with at most Config.MaxInFlight publishes
+// awaiting their ack (acks time out after the policy's NATS_PUBLISH
+// budget). An event NATS cannot take — the connection is down, the publish
+// fails, or its ack fails or times out — is appended to the spool in
+// Config.SpoolDir: JSON-lines segment files of at most 1 MiB, bounded in
+// total by SpoolMaxBytes. Each event is one write(2) to a file opened with
+// O_APPEND, so a process crash loses nothing spooled; fsync runs at most
+// once a second while spooling, on every segment switch, in Flush and
+// Close, and on Run's idle tick, so a power failure loses at most about a
+// second of spooled events. The directory is locked (flock on SpoolDir/LOCK)
+// while a Publisher uses it. Run re-publishes the spool segment by segment,
+// in order, with the same message ids, and deletes a segment once all of it
+// is acknowledged; a new Publisher on the same directory picks up what an
+// earlier process left. An event that fits nowhere is counted in
+// PublisherStats.Dropped and logged once per burst.
+//
+// Events reach the stream in the order they were emitted while NATS is
+// healthy. Events spooled during an outage reach it later, in their own
+// order, interleaved with newer events published live: order audit events
+// by their timestamp, not by stream sequence.
+//
+// # Seals
+//
+// A seal covers a contiguous range of stream sequences [first_seq,
+// last_seq]: every message in it except those on the seal subject. The
+// next seal's range starts at last_seq+1. For each covered message, in
+// sequence order, the leaf is
+//
+//	leaf = SHA-256( len(subject) ‖ subject ‖ len(msg_id) ‖ msg_id ‖ len(data) ‖ data )
+//
+// where msg_id is the Nats-Msg-Id header and each len is 8 bytes big-endian.
+// The seal is the JSON object
+//
+//	v          1
+//	stream     the stream name
+//	first_seq  first sequence covered
+//	last_seq   last sequence covered
+//	count      number of messages covered
+//	hash       hex SHA-256 of the leaves concatenated in order
+//	digests    base64 of the first 8 bytes of each leaf, in order (names a modified or moved message)
+//	prev_seq   sequence of the previous seal, 0 for the first
+//	prev_hash  hex SHA-256 of the previous seal message's data, "" for the first
+//	time       RFC 3339 time of sealing
+//	key        the nkeys public key (A… or U…) that verifies sig
+//	sig        base64 ed25519 signature over the signing bytes
+//
+// The signing bytes are "guardian-audit-seal-v1\n" followed by v,
+// stream, first_seq, last_seq, count, hash, digests, prev_seq, prev_hash,
+// time (Unix nanoseconds) and key, integers as 8-byte big-endian values and
+// strings and byte strings each preceded by their 8-byte big-endian length.
+// Seals are published with Nats-Expected-Last-Subject-Sequence set to
+// prev_seq, so of several Sealers exactly one seals each range.
+//
+// Verify and VerifyExport recompute all of this. They report ranges
+// verified; modified, missing, duplicated or reordered messages; a broken
+// chain; bad signatures and malformed seals; and the unsealed tail. Events
+// removed by MaxAge (sequences below the stream's first, or below the
+// export's first line) cannot be checked; their range is reported as
+// partial. An export can therefore be cut at its head, or after its last
+// seal, without a finding: compare Report.FirstSeq and the last seal's time
+// with what you expect.
+package auditstream

@@ -1,0 +1,228 @@
+package jsguard
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// PolicyBucket is the default name of the KV bucket that holds the shared
+// timeout policy.
+const PolicyBucket = "GUARDIAN_POLICY"
+
+// PolicyKey is the default key of the policy document in its bucket.
+const PolicyKey = "policy"
+
+// PolicyBucketConfig returns the configuration of a policy bucket: history
+// 10 (so earlier policies can be inspected), file storage, the given name
+// and replicas.
+func PolicyBucketConfig(name string, replicas int) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket:      name,
+		Description: "guardian timeout policy",
+		History:     10,
+		Replicas:    replicas,
+		Storage:     jetstream.FileStorage,
+	}
+}
+
+// EnsurePolicyBucket creates the bucket PolicyBucket, or updates it, with
+// PolicyBucketConfig(PolicyBucket, replicas), under KVCreate, and returns a
+// guarded handle for NewPolicyStore. g may be nil for the default Guard. It
+// returns the jetstream error or a *TimeoutError.
+func EnsurePolicyBucket(ctx context.Context, g *Guard, js jetstream.JetStream, replicas int) (*KV, error) {
+	return orDefault(g).EnsureKV(ctx, js, PolicyBucketConfig(PolicyBucket, replicas))
+}
+
+// PolicyStore keeps a Guard's policy in a KV bucket, so that a change made
+// there reaches every process that runs the store: Save writes the policy,
+// Run watches the key and applies each valid revision with Guard.SetPolicy.
+// A revision that does not decode or validate is rejected: logged with the
+// guard's logger, counted (Guard.PolicyRejections) and passed to
+// Hooks.OnPolicyRejected, and the policy in force stays. Deleting the key
+// also keeps the policy in force. A PolicyStore is safe for concurrent use;
+// run one Run per store.
+type PolicyStore struct {
+	g          *Guard
+	kv         *KV
+	key        string
+	minBackoff time.Duration
+	maxBackoff time.Duration
+}
+
+// PolicyStoreOption configures a PolicyStore.
+type PolicyStoreOption func(*PolicyStore)
+
+// WithPolicyKey sets the key that holds the policy (default PolicyKey).
+func WithPolicyKey(key string) PolicyStoreOption {
+	return func(s *PolicyStore) {
+		if key != "" {
+			s.key = key
+		}
+	}
+}
+
+// WithWatchBackoff sets how long Run waits before it re-establishes a watch
+// that ended: first min, doubling up to max (default 100ms to 5s). Values
+// <= 0 keep the defaults.
+func WithWatchBackoff(min, max time.Duration) PolicyStoreOption {
+	return func(s *PolicyStore) {
+		if min > 0 {
+			s.minBackoff = min
+		}
+		if max > 0 {
+			s.maxBackoff = max
+		}
+	}
+}
+
+// NewPolicyStore returns a store for g's policy in kv (a handle from
+// EnsurePolicyBucket or Guard.KV). g may be nil for the default Guard; kv
+// must not be nil.
+func NewPolicyStore(g *Guard, kv *KV, opts ...PolicyStoreOption) *PolicyStore {
+	s := &PolicyStore{g: orDefault(g), kv: kv, key: PolicyKey, minBackoff: 100 * time.Millisecond, maxBackoff: 5 * time.Second}
+	for _, o := range opts {
+		o(s)
+	}
+	if s.maxBackoff < s.minBackoff {
+		s.maxBackoff = s.minBackoff
+	}
+	return s
+}
+
+// Key returns the key that holds the policy.
+func (s *PolicyStore) Key() string { return s.key }
+
+// Load reads, decodes and validates the stored policy; it does not apply it
+// (Run does). It returns an error matching jetstream.ErrKeyNotFound when no
+// policy is stored, one wrapping ErrInvalidPolicy when the stored document
+// does not decode or validate, or the KV error or *TimeoutError of the read.
+func (s *PolicyStore) Load(ctx context.Context) (Policy, error) {
+	e, err := s.kv.Get(ctx, s.key)
+	if err != nil {
+		return Policy{}, fmt.Errorf("load policy %s/%s: %w", s.kv.Bucket(), s.key, err)
+	}
+	p, err := decodePolicy(e.Value())
+	if err != nil {
+		return Policy{}, fmt.Errorf("load policy %s/%s revision %d: %w", s.kv.Bucket(), s.key, e.Revision(), err)
+	}
+	return p, nil
+}
+
+// Save validates p and writes it as the stored policy (JSON, as
+// Policy.MarshalJSON). Every running store, this one's included, applies it
+// when its watch sees it. It returns the validation error (wrapping
+// ErrInvalidPolicy) without writing anything when p is invalid, or the KV
+// error or *TimeoutError of the write.
+func (s *PolicyStore) Save(ctx context.Context, p Policy) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	b, err := p.MarshalJSON()
+	if err != nil {
+		return fmt.Errorf("save policy: %w", err)
+	}
+	if _, err := s.kv.Put(ctx, s.key, b); err != nil {
+		return fmt.Errorf("save policy %s/%s: %w", s.kv.Bucket(), s.key, err)
+	}
+	return nil
+}
+
+func decodePolicy(b []byte) (Policy, error) {
+	var p Policy
+	if err := p.UnmarshalJSON(b); err != nil {
+		return Policy{}, err
+	}
+	if err := p.Validate(); err != nil {
+		return Policy{}, err
+	}
+	return p, nil
+}
+
+var errWatchClosed = errors.New("policy watch closed")
+
+// Run watches the policy key until ctx ends and applies the stored policy
+// when it starts and every valid revision after. A KV watch ends when the
+// connection drops, so Run re-establishes it, after a backoff (see
+// WithWatchBackoff), for as long as ctx lasts; setting up a watch runs under
+// KVGet. Failures to watch are logged, not returned. Run returns nil when
+// ctx ends.
+func (s *PolicyStore) Run(ctx context.Context) error {
+	backoff := s.minBackoff
+	var last uint64 // revision applied or rejected last, not to repeat it
+	for ctx.Err() == nil {
+		established, err := s.watch(ctx, &last)
+		if ctx.Err() != nil {
+			break
+		}
+		if established {
+			backoff = s.minBackoff
+		}
+		s.g.log.Warn("jsguard: policy watch ended, re-establishing",
+			"bucket", s.kv.Bucket(), "key", s.key, "error", err, "backoff", backoff)
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+		case <-t.C:
+		}
+		backoff = min(2*backoff, s.maxBackoff)
+	}
+	return nil
+}
+
+// watch runs one watch until it ends or ctx does. It reports whether the
+// watch was established.
+func (s *PolicyStore) watch(ctx context.Context, last *uint64) (bool, error) {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w, err := doValue(ctx, s.g, KVGet, s.kv.op("watch", s.key), func(context.Context) (jetstream.KeyWatcher, error) {
+		// The watch must outlive this call's deadline: it lives as long as
+		// wctx, and release stops it if the call gave up on it.
+		return s.kv.Raw().Watch(wctx, s.key)
+	}, stopWatcher, nil)
+	if err != nil {
+		return false, err
+	}
+	defer w.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return true, nil
+		case e, ok := <-w.Updates():
+			if !ok {
+				return true, errWatchClosed
+			}
+			if e == nil || e.Revision() == *last {
+				continue // end of initial values, or seen before a re-watch
+			}
+			*last = e.Revision()
+			s.apply(e)
+		}
+	}
+}
+
+func stopWatcher(w jetstream.KeyWatcher) { _ = w.Stop() }
+
+func (s *PolicyStore) apply(e jetstream.KeyValueEntry) {
+	if op := e.Operation(); op != jetstream.KeyValuePut {
+		s.g.log.Info("jsguard: policy key removed, keeping the policy in force",
+			"bucket", s.kv.Bucket(), "key", s.key, "revision", e.Revision(), "operation", op.String())
+		return
+	}
+	p, err := decodePolicy(e.Value())
+	if err == nil {
+		err = s.g.SetPolicy(p)
+	}
+	if err != nil {
+		err = fmt.Errorf("policy %s/%s revision %d rejected: %w", s.kv.Bucket(), s.key, e.Revision(), err)
+		s.g.rejected.Add(1)
+		s.g.log.Warn("jsguard: policy update rejected, keeping the policy in force", "error", err)
+		if s.g.hooks.OnPolicyRejected != nil {
+			s.g.hooks.OnPolicyRejected(err)
+		}
+	}
+}

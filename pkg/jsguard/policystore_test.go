@@ -1,0 +1,204 @@
+package jsguard_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jsguardian/guardian/internal/natstest"
+	"github.com/jsguardian/guardian/pkg/jsguard"
+)
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// eventually polls cond every 10ms until it holds or d passes.
+func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %s: %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// process is one guardian process: its own connection, guard and store.
+type process struct {
+	g        *jsguard.Guard
+	store    *jsguard.PolicyStore
+	log      *syncBuffer
+	mu       sync.Mutex
+	rejected []error
+	done     chan error
+}
+
+func (p *process) rejections() []error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]error(nil), p.rejected...)
+}
+
+func startProcess(t *testing.T, ctx context.Context, js jetstream.JetStream, run bool) *process {
+	t.Helper()
+	p := &process{log: &syncBuffer{}, done: make(chan error, 1)}
+	g, err := jsguard.New(
+		jsguard.WithLogger(slog.New(slog.NewTextHandler(p.log, nil))),
+		jsguard.WithHooks(jsguard.Hooks{OnPolicyRejected: func(err error) {
+			p.mu.Lock()
+			p.rejected = append(p.rejected, err)
+			p.mu.Unlock()
+		}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.g = g
+	kv, err := jsguard.EnsurePolicyBucket(ctx, g, js, 1)
+	if err != nil {
+		t.Fatalf("EnsurePolicyBucket: %v", err)
+	}
+	p.store = jsguard.NewPolicyStore(g, kv, jsguard.WithWatchBackoff(20*time.Millisecond, 200*time.Millisecond))
+	if run {
+		p.run(ctx)
+	}
+	return p
+}
+
+func (p *process) run(ctx context.Context) {
+	go func() { p.done <- p.store.Run(ctx) }()
+}
+
+func TestPolicyStore(t *testing.T) {
+	s := natstest.Run(t)
+	_, jsA := natstest.Connect(t, s)
+	_, jsB := natstest.Connect(t, s)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+
+	a := startProcess(t, ctx, jsA, true)
+	b := startProcess(t, ctx, jsB, false) // started once a policy is stored
+
+	if _, err := a.store.Load(ctx); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Fatalf("Load of an empty bucket = %v, want ErrKeyNotFound", err)
+	}
+
+	// 1. A saves; both processes apply it (b at its start).
+	p1 := policyWith(map[jsguard.Category]time.Duration{jsguard.KVGet: 1234 * time.Millisecond})
+	p1.Strategy = jsguard.Strict
+	if err := a.store.Save(ctx, p1); err != nil {
+		t.Fatalf("Save: %v", err)
+	}
+	b.run(ctx)
+	for name, p := range map[string]*process{"a": a, "b": b} {
+		eventually(t, 5*time.Second, name+" applies the saved policy", func() bool {
+			return p.g.Budget(jsguard.KVGet) == 1234*time.Millisecond && p.g.Policy().Strategy == jsguard.Strict
+		})
+	}
+	loaded, err := b.store.Load(ctx)
+	if err != nil || loaded.Budget(jsguard.KVGet) != 1234*time.Millisecond || loaded.Strategy != jsguard.Strict {
+		t.Fatalf("Load = %+v, %v", loaded, err)
+	}
+
+	// 2. An invalid policy is refused by Save and nothing is written.
+	raw, err := jsA.KeyValue(ctx, jsguard.PolicyBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := raw.Get(ctx, jsguard.PolicyKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := policyWith(map[jsguard.Category]time.Duration{jsguard.KVGet: 0})
+	if err := a.store.Save(ctx, bad); !errors.Is(err, jsguard.ErrInvalidPolicy) || !strings.Contains(err.Error(), "TIMEOUT_KV_GET") {
+		t.Fatalf("Save(invalid) = %v, want ErrInvalidPolicy naming TIMEOUT_KV_GET", err)
+	}
+	if after, err := raw.Get(ctx, jsguard.PolicyKey); err != nil || after.Revision() != before.Revision() {
+		t.Fatalf("Save(invalid) wrote something: revision %d -> %d", before.Revision(), after.Revision())
+	}
+
+	// 3. Malformed documents written by someone else are rejected by every
+	// process: logged, counted, hooked; the policy in force stays.
+	for i, doc := range []string{`{"budgets":`, `{"budgets":{"TIMEOUT_KV_GET":"0s"}}`} {
+		if _, err := raw.Put(ctx, jsguard.PolicyKey, []byte(doc)); err != nil {
+			t.Fatal(err)
+		}
+		for name, p := range map[string]*process{"a": a, "b": b} {
+			eventually(t, 5*time.Second, name+" rejects "+doc, func() bool { return p.g.PolicyRejections() == uint64(i+1) })
+			rej := p.rejections()
+			if len(rej) != i+1 || !errors.Is(rej[i], jsguard.ErrInvalidPolicy) {
+				t.Fatalf("%s: hook got %v, want %d errors wrapping ErrInvalidPolicy", name, rej, i+1)
+			}
+			if p.g.Budget(jsguard.KVGet) != 1234*time.Millisecond {
+				t.Fatalf("%s: the policy in force changed after a rejected update", name)
+			}
+			if !strings.Contains(p.log.String(), "policy update rejected") {
+				t.Fatalf("%s: the rejection was not logged: %s", name, p.log.String())
+			}
+		}
+	}
+	if _, err := a.store.Load(ctx); !errors.Is(err, jsguard.ErrInvalidPolicy) {
+		t.Fatalf("Load of a malformed document = %v, want ErrInvalidPolicy", err)
+	}
+
+	// 4. Deleting the key keeps the policy in force.
+	if err := raw.Delete(ctx, jsguard.PolicyKey); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the delete is logged", func() bool { return strings.Contains(a.log.String(), "policy key removed") })
+	if a.g.Budget(jsguard.KVGet) != 1234*time.Millisecond || a.g.PolicyRejections() != 2 {
+		t.Fatalf("delete changed the policy or counted as a rejection")
+	}
+
+	// 5. The watch survives a server restart: a change saved afterwards
+	// still reaches both processes.
+	t.Logf("restart at %s", time.Now().Format("15:04:05.000"))
+	s = natstest.Restart(t, s)
+	p2 := policyWith(map[jsguard.Category]time.Duration{jsguard.KVGet: 777 * time.Millisecond})
+	eventually(t, 10*time.Second, "Save succeeds after the restart", func() bool {
+		sctx, scancel := context.WithTimeout(ctx, time.Second)
+		defer scancel()
+		return a.store.Save(sctx, p2) == nil
+	})
+	for name, p := range map[string]*process{"a": a, "b": b} {
+		eventually(t, 40*time.Second, name+" applies the policy saved after the restart", func() bool {
+			return p.g.Budget(jsguard.KVGet) == 777*time.Millisecond
+		})
+		t.Logf("%s applied at %s; log:\n%s", name, time.Now().Format("15:04:05.000"), p.log.String())
+	}
+
+	// 6. Run returns nil when its context ends.
+	cancel()
+	for name, p := range map[string]*process{"a": a, "b": b} {
+		select {
+		case err := <-p.done:
+			if err != nil {
+				t.Fatalf("%s: Run = %v, want nil", name, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: Run did not return after its context ended", name)
+		}
+	}
+}

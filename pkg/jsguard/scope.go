@@ -1,0 +1,110 @@
+package jsguard
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// scope is one deadline and the guarded calls it bounds: the call whose
+// budget (or parent) set it, and the nested guarded calls inside it whose
+// deadline is that same instant. Exactly one of them emits the event when
+// the deadline fires: the first to claim the scope. A call waits for the
+// nested calls still deciding before it claims, so the innermost call that
+// timed out normally wins and the event names the operation that was slow.
+type scope struct {
+	deadline time.Time
+
+	mu      sync.Mutex
+	claimed bool
+	eventID string
+	emitted chan struct{} // closed by the claimant once its event is out
+	live    []int         // live[d]: nested calls at depth d still running
+	wake    chan struct{} // closed when live changes, if someone waits
+}
+
+// enter registers a nested call at depth d.
+func (s *scope) enter(d int) {
+	s.mu.Lock()
+	for len(s.live) <= d {
+		s.live = append(s.live, 0)
+	}
+	s.live[d]++
+	s.mu.Unlock()
+}
+
+// leave unregisters a nested call at depth d and wakes waiters.
+func (s *scope) leave(d int) {
+	s.mu.Lock()
+	s.live[d]--
+	if s.wake != nil {
+		close(s.wake)
+		s.wake = nil
+	}
+	s.mu.Unlock()
+}
+
+// waitDeeper waits, at most max, until no call deeper than d is running.
+func (s *scope) waitDeeper(d int, max time.Duration) {
+	var t *time.Timer
+	for {
+		s.mu.Lock()
+		busy := false
+		for i := d + 1; i < len(s.live); i++ {
+			if s.live[i] > 0 {
+				busy = true
+				break
+			}
+		}
+		if !busy {
+			s.mu.Unlock()
+			return
+		}
+		if s.wake == nil {
+			s.wake = make(chan struct{})
+		}
+		w := s.wake
+		s.mu.Unlock()
+		if t == nil {
+			t = time.NewTimer(max)
+			defer t.Stop()
+		}
+		select {
+		case <-w:
+		case <-t.C:
+			return
+		}
+	}
+}
+
+// claim makes id the event of this deadline unless another call claimed it
+// first. It reports whether id won and returns the winning id and the
+// channel the winner closes once it has emitted the event.
+func (s *scope) claim(id string) (bool, string, chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.claimed {
+		return false, s.eventID, s.emitted
+	}
+	s.claimed, s.eventID, s.emitted = true, id, make(chan struct{})
+	return true, id, s.emitted
+}
+
+type frameKey struct{}
+
+// frame is the context a guarded function runs with: the deadline context,
+// plus the scope it belongs to, which nested guarded calls find through
+// Value(frameKey{}). Embedding the scope saves an allocation per call.
+type frame struct {
+	context.Context
+	sc    *scope
+	depth int
+	own   scope
+}
+
+func (f *frame) Value(key any) any {
+	if _, ok := key.(frameKey); ok {
+		return f
+	}
+	return f.Context.Value(key)
+}

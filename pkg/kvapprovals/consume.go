@@ -1,0 +1,146 @@
+package kvapprovals
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// ConsumerOption configures an Expirer or a Notifier.
+type ConsumerOption func(*consumerOpts)
+
+type consumerOpts struct {
+	workers       int
+	maxAckPending int
+	noSweep       bool
+	webhook       *Webhook
+}
+
+func newConsumerOpts(opts []ConsumerOption) consumerOpts {
+	o := consumerOpts{workers: 64, maxAckPending: 2000}
+	for _, f := range opts {
+		f(&o)
+	}
+	return o
+}
+
+// WithWorkers sets how many messages are processed at once (default 64;
+// the work is mostly waiting for NATS round trips).
+// Messages on the same subject (the same approval) are processed in order.
+func WithWorkers(n int) ConsumerOption {
+	return func(o *consumerOpts) {
+		if n > 0 {
+			o.workers = n
+		}
+	}
+}
+
+// WithMaxAckPending sets the durable consumer's MaxAckPending (default
+// 2000), the number of messages in flight across all replicas.
+func WithMaxAckPending(n int) ConsumerOption {
+	return func(o *consumerOpts) {
+		if n > 0 {
+			o.maxAckPending = n
+		}
+	}
+}
+
+// WithoutStartSweep turns off the expirer's start sweep (see Expirer.Run).
+// The notifier ignores it.
+func WithoutStartSweep() ConsumerOption { return func(o *consumerOpts) { o.noSweep = true } }
+
+// errRetryAfter asks for a redelivery after a delay, without counting an
+// error: a timer that fired before the record's deadline by this clock.
+type errRetryAfter time.Duration
+
+func (e errRetryAfter) Error() string {
+	return fmt.Sprintf("not due yet, retry in %s", time.Duration(e))
+}
+
+// redeliveryDelay backs off 1s, 2s, 4s … up to 30s by delivery count.
+func redeliveryDelay(delivered uint64) time.Duration {
+	d := time.Second
+	for i := uint64(1); i < delivered && d < 30*time.Second; i++ {
+		d *= 2
+	}
+	return min(d, 30*time.Second)
+}
+
+// consume runs cons until ctx ends, handing each message to handle on one of
+// workers goroutines picked by subject, so one subject's messages stay in
+// order. handle must Ack, Nak or Term. Handlers run on a context that is not
+// cancelled with ctx, bounded by budget, so that a stop lets in-flight
+// messages finish. It returns nil when ctx ends and an error when consuming
+// stopped by itself.
+func (s *Service) consume(ctx context.Context, cons jetstream.Consumer, workers int, budget time.Duration, handle func(context.Context, jetstream.Msg)) error {
+	hctx := context.WithoutCancel(ctx)
+	shards := make([]chan jetstream.Msg, workers)
+	var wg sync.WaitGroup
+	for i := range shards {
+		ch := make(chan jetstream.Msg, 64)
+		shards[i] = ch
+		wg.Go(func() {
+			for m := range ch {
+				mctx, cancel := context.WithTimeout(hctx, budget)
+				handle(mctx, m)
+				cancel()
+			}
+		})
+	}
+	stopWorkers := func() {
+		for _, ch := range shards {
+			close(ch)
+		}
+		wg.Wait()
+	}
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		h := fnv.New32a()
+		h.Write([]byte(m.Subject()))
+		shards[h.Sum32()%uint32(workers)] <- m
+	}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) { s.consumeError(err) }))
+	if err != nil {
+		stopWorkers()
+		return err
+	}
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case <-cc.Closed():
+		runErr = errors.New("consumer stopped")
+	}
+	cc.Stop()
+	<-cc.Closed() // the callback has returned: no more sends to shards
+	stopWorkers()
+	return runErr
+}
+
+func (s *Service) consumeError(err error) {
+	s.stats.consumeErrors.Add(1)
+	s.log.Warn("kvapprovals: consumer error", "err", err)
+	if s.hooks.OnConsumeError != nil {
+		s.hooks.OnConsumeError(err)
+	}
+}
+
+// settle acks msg when err is nil, and otherwise asks for a redelivery.
+func (s *Service) settle(msg jetstream.Msg, err error) {
+	var wait errRetryAfter
+	switch {
+	case err == nil:
+		_ = msg.Ack()
+	case errors.As(err, &wait):
+		_ = msg.NakWithDelay(time.Duration(wait))
+	default:
+		var delivered uint64 = 1
+		if md, mderr := msg.Metadata(); mderr == nil {
+			delivered = md.NumDelivered
+		}
+		s.consumeError(fmt.Errorf("%s (delivery %d, will retry): %w", msg.Subject(), delivered, err))
+		_ = msg.NakWithDelay(redeliveryDelay(delivered))
+	}
+}

@@ -1,0 +1,30 @@
+// Package kvapprovals implements human approvals that expire, with all state
+// in JetStream and none in memory.
+//
+// An approval is a record in the records bucket (default GUARDIAN_APPROVALS,
+// key <tenant>.<id>) whose every transition is one compare-and-set write. Its
+// deadline is a pair of write-once keys with a per-key TTL in the timers
+// bucket (GUARDIAN_TIMERS): <tenant>.<id>.expire fires at expires_at + grace
+// and <tenant>.<id>.warn WarningBefore the deadline. When a TTL runs out the
+// server writes a marker (Nats-Marker-Reason: MaxAge); the Expirer, a durable
+// consumer shared by all replicas, turns it into the expired transition or a
+// warned_at stamp. The Notifier, a durable consumer on the records bucket's
+// stream, turns each record revision into one lifecycle event on the events
+// stream (GUARDIAN_EVENTS, subjects guardian.v1.events.<tenant>.<kind>) and
+// each expiry into one TIMEOUT_APPROVAL_EXPIRED audit event.
+//
+// Enforcement never waits for a timer: a decision after expires_at + grace is
+// refused by the clock (ErrExpired) even before the marker arrives, and a
+// lost race between a decision and the expirer ends in exactly one terminal
+// state because both write with the revision they read.
+//
+// Every NATS call goes through jsguard: reads under APPROVAL_CHECK, decision
+// and expiry writes under APPROVAL_GRANT, request writes under KV_PUT, timer
+// purges under KV_DELETE, event publishes under NATS_PUBLISH, webhooks under
+// API_REQUEST. Message acks are fire-and-forget publishes and are not
+// guarded.
+//
+// Errors map onto API statuses: ErrInvalidRequest 400, ErrSelfApproval 403,
+// ErrNotFound 404, ErrAlreadyDecided and ErrConflict 409, ErrExpired 410,
+// ErrTooManyPending 429.
+package kvapprovals

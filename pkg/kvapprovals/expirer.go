@@ -1,0 +1,301 @@
+package kvapprovals
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jsguardian/guardian/pkg/jsguard"
+)
+
+// Expirer turns fired timers into record transitions: a TTL marker on
+// <tenant>.<id>.expire moves a pending record to expired, one on .warn
+// stamps warned_at. It is a durable consumer on the timers bucket's stream
+// that every replica shares (Config.ExpirerDurable), so each marker is
+// processed by one of them; processing is idempotent, so a redelivery after
+// a crash is harmless. An Expirer is safe for concurrent use; run it once
+// per process.
+type Expirer struct {
+	s *Service
+	o consumerOpts
+}
+
+// Expirer returns an expirer for s's buckets. Options: WithWorkers,
+// WithMaxAckPending, WithoutStartSweep.
+func (s *Service) Expirer(opts ...ConsumerOption) *Expirer {
+	return &Expirer{s: s, o: newConsumerOpts(opts)}
+}
+
+// Outage describes an expirer start that may have missed timer markers: the
+// durable consumer was idle longer than Config.MaxOutage while timers were
+// written, or the start sweep found pending approvals overdue by more than
+// MaxOutage. Missed markers are made up for by the sweep.
+type Outage struct {
+	// LastActive is the consumer's last delivery or ack before this start,
+	// as the server remembers it; zero when unknown (e.g. after a server
+	// restart).
+	LastActive time.Time
+	// Down is now - LastActive; zero when unknown.
+	Down time.Duration
+	// Overdue counts pending approvals past expires_at + grace that the
+	// start sweep expired; Lost counts those overdue by more than MaxOutage,
+	// whose markers were certainly gone.
+	Overdue, Lost int
+}
+
+// ackWait is the expirer's AckWait: longer than a message's processing
+// budget, which allows a few compare-and-set rounds.
+func (e *Expirer) budgets() (ackWait, handle time.Duration) {
+	g := e.s.g
+	handle = 2*(g.Budget(jsguard.ApprovalCheck)+g.Budget(jsguard.ApprovalGrant)) + 5*time.Second
+	return handle + 10*time.Second, handle
+}
+
+// Run creates or updates the durable consumer and processes markers until
+// ctx ends; then it stops fetching, lets in-flight messages finish and
+// returns nil. At start it reports a possible outage (see Outage) to
+// Hooks.OnOutage and the logger, and, unless WithoutStartSweep, sweeps all
+// records in the background and expires every pending one past its
+// deadline through the same compare-and-set path. It returns the error of
+// creating the consumer, or an error when consuming stops by itself.
+func (e *Expirer) Run(ctx context.Context) error {
+	s := e.s
+	ackWait, handleBudget := e.budgets()
+	stream := "KV_" + s.cfg.TimersBucket
+	cons, err := s.g.EnsureConsumer(ctx, s.js, stream, jetstream.ConsumerConfig{
+		Durable:       s.cfg.ExpirerDurable,
+		Description:   "guardian approval expirer",
+		FilterSubject: "$KV." + s.cfg.TimersBucket + ".>",
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       ackWait,
+		MaxDeliver:    -1,
+		MaxAckPending: e.o.maxAckPending,
+	})
+	if err != nil {
+		return fmt.Errorf("expirer: %w", err)
+	}
+	outage := e.lastActivity(ctx, cons.CachedInfo(), stream)
+
+	var wg sync.WaitGroup
+	if e.o.noSweep {
+		e.report(outage)
+	} else {
+		wg.Go(func() {
+			overdue, lost, err := e.Sweep(ctx)
+			if err != nil && ctx.Err() == nil {
+				s.consumeError(fmt.Errorf("expirer start sweep: %w", err))
+			}
+			outage.Overdue, outage.Lost = overdue, lost
+			e.report(outage)
+		})
+	}
+	err = s.consume(ctx, cons, e.o.workers, handleBudget, e.handle)
+	wg.Wait()
+	if err != nil {
+		return fmt.Errorf("expirer: %w", err)
+	}
+	return nil
+}
+
+// lastActivity fills LastActive and Down from the consumer's state before
+// this start, when the server still knows it and timers were written since.
+func (e *Expirer) lastActivity(ctx context.Context, info *jetstream.ConsumerInfo, stream string) Outage {
+	var o Outage
+	if info == nil {
+		return o
+	}
+	for _, t := range []*time.Time{info.Delivered.Last, info.AckFloor.Last} {
+		if t != nil && t.After(o.LastActive) {
+			o.LastActive = *t
+		}
+	}
+	if o.LastActive.IsZero() || e.s.now().Sub(o.LastActive) <= e.s.cfg.MaxOutage {
+		return Outage{}
+	}
+	st, err := jsguard.DoValue(ctx, e.s.g, jsguard.ApprovalCheck, "stream info "+stream,
+		func(ctx context.Context) (*jetstream.StreamInfo, error) {
+			str, err := e.s.js.Stream(ctx, stream)
+			if err != nil {
+				return nil, err
+			}
+			return str.Info(ctx)
+		})
+	if err == nil && st.State.LastSeq <= info.Delivered.Stream {
+		return Outage{} // idle, not down: nothing was written meanwhile
+	}
+	o.Down = e.s.now().Sub(o.LastActive)
+	return o
+}
+
+func (e *Expirer) report(o Outage) {
+	s := e.s
+	if o.Down <= s.cfg.MaxOutage && o.Lost == 0 {
+		return
+	}
+	s.stats.outages.Add(1)
+	s.log.Warn("kvapprovals: expirer was down longer than MaxOutage; timer markers may have been lost, the start sweep expired overdue approvals",
+		"last_active", o.LastActive, "down", o.Down, "max_outage", s.cfg.MaxOutage, "overdue", o.Overdue, "lost", o.Lost)
+	if s.hooks.OnOutage != nil {
+		s.hooks.OnOutage(o)
+	}
+}
+
+// handle processes one message of the timers stream.
+func (e *Expirer) handle(ctx context.Context, msg jetstream.Msg) {
+	s := e.s
+	rest, ok := strings.CutPrefix(msg.Subject(), "$KV."+s.cfg.TimersBucket+".")
+	parts := strings.Split(rest, ".")
+	if !ok || len(parts) != 3 {
+		_ = msg.Term() // not a guardian timer
+		return
+	}
+	// Only a TTL running out is a timer firing. Timer creation (no header)
+	// and guardian's own purges (KV-Operation PURGE/DEL) are ignored.
+	if msg.Headers().Get(jetstream.MarkerReasonHeader) != "MaxAge" {
+		_ = msg.Ack()
+		return
+	}
+	key := parts[0] + "." + parts[1]
+	ctx = withTenant(ctx, parts[0])
+	switch parts[2] {
+	case "expire":
+		_, err := s.expire(ctx, key, nil)
+		s.settle(msg, err)
+	case "warn":
+		s.settle(msg, s.warn(ctx, key))
+	default:
+		_ = msg.Term()
+	}
+}
+
+// expire moves the record at key to expired if it is pending and past its
+// deadline, by compare-and-set; rec, when given, is a fresh read to start
+// from. It returns a nil error when there is nothing (more) to do, errRetryAfter
+// when the deadline has not passed by this clock, or the read or write
+// error. It reports whether this call wrote the expiry.
+func (s *Service) expire(ctx context.Context, key string, rec *Record) (bool, error) {
+	for attempt := 1; ; attempt++ {
+		if rec == nil {
+			r, err := s.get(ctx, key)
+			if errors.Is(err, ErrNotFound) {
+				return false, nil // a timer without a record: its request failed
+			}
+			if err != nil {
+				return false, err
+			}
+			rec = &r
+		}
+		if rec.Status != StatusPending {
+			return false, nil
+		}
+		now := s.now().UTC()
+		deadline := rec.Deadline(s.cfg.GracePeriod)
+		if wait := deadline.Sub(now); wait > 0 {
+			return false, errRetryAfter(wait)
+		}
+		next := *rec
+		next.Status, next.DecidedAt = StatusExpired, &now
+		next.Reason = fmt.Sprintf("no decision within %s and %s grace", time.Duration(rec.Timeout), s.cfg.GracePeriod)
+		_, err := s.update(ctx, &next, rec.Revision)
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) && attempt < maxCASAttempts {
+			rec = nil
+			continue
+		}
+		if err != nil {
+			return false, err
+		}
+		s.finished(rec.Tenant, StatusExpired)
+		if s.hooks.OnExpired != nil {
+			s.hooks.OnExpired(now.Sub(deadline))
+		}
+		return true, nil
+	}
+}
+
+// warn stamps warned_at on a pending, not yet warned record.
+func (s *Service) warn(ctx context.Context, key string) error {
+	for attempt := 1; ; attempt++ {
+		rec, err := s.get(ctx, key)
+		if errors.Is(err, ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		now := s.now().UTC()
+		if rec.Status != StatusPending || rec.WarnedAt != nil || now.After(rec.Deadline(s.cfg.GracePeriod)) {
+			return nil
+		}
+		if wait := rec.ExpiresAt.Add(-s.cfg.WarningBefore).Sub(now); wait > 0 {
+			return errRetryAfter(wait)
+		}
+		next := rec
+		next.WarnedAt = &now
+		_, err = s.update(ctx, &next, rec.Revision)
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) && attempt < maxCASAttempts {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		s.stats.warned.Add(1)
+		s.transition(rec.Tenant, StatusPending, true)
+		return nil
+	}
+}
+
+// Sweep reads the latest revision of every record and expires each pending
+// one whose expires_at + grace has passed, through the same compare-and-set
+// path as the timers. Run calls it at start; call it yourself after an
+// outage longer than MaxOutage or to close the window of a request whose
+// process died between writing the record and its timers. It returns how
+// many it expired (overdue) and how many of those were overdue by more than
+// MaxOutage (lost markers). It runs under the ReplayProcessing budget and
+// returns the jetstream error or *jsguard.TimeoutError with the counts so
+// far. Safe for concurrent use; cost grows with the retained records.
+func (e *Expirer) Sweep(ctx context.Context) (overdue, lost int, err error) {
+	s := e.s
+	err = s.g.Do(ctx, jsguard.ReplayProcessing, "approval sweep "+s.cfg.RecordsBucket, func(ctx context.Context) error {
+		w, err := s.records.Raw().WatchAll(ctx, jetstream.IgnoreDeletes())
+		if err != nil {
+			return err
+		}
+		defer w.Stop()
+		for {
+			var entry jetstream.KeyValueEntry
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case entry = <-w.Updates():
+			}
+			if entry == nil {
+				return nil // all current records seen
+			}
+			rec, err := decodeRecord(entry.Value(), entry.Revision())
+			if err != nil || rec.Status != StatusPending {
+				continue
+			}
+			late := s.now().Sub(rec.Deadline(s.cfg.GracePeriod))
+			if late <= 0 {
+				continue
+			}
+			wrote, err := s.expire(ctx, entry.Key(), &rec)
+			if err != nil {
+				return fmt.Errorf("expire %s: %w", entry.Key(), err)
+			}
+			if wrote {
+				overdue++
+				if late > s.cfg.MaxOutage+time.Second {
+					lost++
+				}
+			}
+		}
+	})
+	return overdue, lost, err
+}

@@ -1,0 +1,335 @@
+package kvapprovals
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jsguardian/guardian/internal/natstest"
+	"github.com/jsguardian/guardian/pkg/jsguard"
+)
+
+var expiredCode = jsguard.ApprovalExpired.Code()
+
+func TestExpiry(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	var lateness []time.Duration
+	e := newEnv(t, nil, WithHooks(Hooks{OnExpired: func(d time.Duration) {
+		mu.Lock()
+		lateness = append(lateness, d)
+		mu.Unlock()
+	}}))
+	startConsumers(t, e.svc)
+	ctx := jsguard.WithTenant(t.Context(), "acme")
+	r := e.request("acme", RequestInput{ID: "x1", SessionID: "sess-1", RequestedBy: "alice", OperatorID: "op-7", Timeout: Duration(time.Second)})
+	deadline := r.Deadline(e.cfg.GracePeriod)
+
+	waitFor(t, 10*time.Second, "expired record", func() bool { return e.get("acme", "x1").Status == StatusExpired })
+	got := e.get("acme", "x1")
+	if got.DecidedAt == nil || got.DecidedAt.Before(deadline) || got.DecidedBy != "" || got.Reason == "" {
+		t.Errorf("expired record = %+v (deadline %s)", got, deadline)
+	}
+	// A decision now is refused as expired (and already decided).
+	_, err := e.svc.Approve(ctx, "acme", DecisionInput{ID: "x1", DecidedBy: "bob"})
+	var se *StateError
+	if !errors.Is(err, ErrExpired) || !errors.Is(err, ErrAlreadyDecided) || !errors.As(err, &se) || se.Record.Status != StatusExpired {
+		t.Errorf("approve after expiry: %v", err)
+	}
+
+	waitFor(t, 10*time.Second, "expired event", func() bool { return e.countEvents("guardian.v1.events.acme.expired") == 1 })
+	evs := e.events("guardian.v1.events.acme.>")
+	var kinds []string
+	for _, ev := range evs {
+		kinds = append(kinds, ev.Kind)
+		if ev.Tenant != "acme" || ev.ID != "x1" || ev.Record.Revision != ev.Revision || ev.Revision == 0 {
+			t.Errorf("event = %+v", ev)
+		}
+	}
+	// 1s timeout = WarningBefore: no warning scheduled.
+	if fmt.Sprint(kinds) != "[requested expired]" {
+		t.Errorf("event kinds = %v, want [requested expired]", kinds)
+	}
+
+	waitFor(t, 5*time.Second, "audit event", func() bool { return len(e.audit.byCode(expiredCode)) == 1 })
+	a := e.audit.byCode(expiredCode)[0]
+	wantCtx := map[string]string{"approval_id": "x1", "session_id": "sess-1", "requested_by": "alice", "operator_id": "op-7", "timeout": "1s", "grace": "1s"}
+	for k, v := range wantCtx {
+		if a.AdditionalContext[k] != v {
+			t.Errorf("audit additional_context[%s] = %q, want %q", k, a.AdditionalContext[k], v)
+		}
+	}
+	late, err := time.ParseDuration(a.AdditionalContext["lateness"])
+	if err != nil || late < 0 || late > 3*time.Second {
+		t.Errorf("audit lateness %q: %v", a.AdditionalContext["lateness"], err)
+	}
+	if a.TenantID != "acme" || a.CorrelationID != "sess-1" || a.EventType != jsguard.EventType || !a.StartedAt.Equal(r.RequestedAt) {
+		t.Errorf("audit event = %+v", a)
+	}
+	if a.EventID != jsguard.EventID(expiredCode, a.Operation, "acme", "sess-1", "", r.RequestedAt) {
+		t.Errorf("audit event id %s is not derived from the approval", a.EventID)
+	}
+	mu.Lock()
+	if len(lateness) != 1 || lateness[0] < 0 {
+		t.Errorf("OnExpired lateness = %v", lateness)
+	}
+	mu.Unlock()
+	s := e.svc.Stats()
+	if s.Requested != 1 || s.Expired != 1 || s.AuditEvents != 1 || s.EventsPublished < 2 {
+		t.Errorf("stats = %+v", s)
+	}
+}
+
+func TestWarnings(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		send    bool
+		timeout time.Duration
+		warn    bool
+	}{
+		{"scheduled", true, 3 * time.Second, true},
+		{"timeout equals WarningBefore", true, time.Second, false},
+		{"warnings off", false, 3 * time.Second, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, func(c *Config) { c.SendTimeoutWarnings = tt.send; c.GracePeriod = 0 })
+			startConsumers(t, e.svc)
+			r := e.request("acme", RequestInput{ID: "w", SessionID: "s", RequestedBy: "alice", Timeout: Duration(tt.timeout)})
+			waitFor(t, 10*time.Second, "expired event", func() bool { return e.countEvents("guardian.v1.events.acme.expired") == 1 })
+			warnings := e.events("guardian.v1.events.acme.warning")
+			got := e.get("acme", "w")
+			if !tt.warn {
+				if len(warnings) != 0 || got.WarnedAt != nil {
+					t.Errorf("unscheduled warning: %d events, warned_at %v", len(warnings), got.WarnedAt)
+				}
+				return
+			}
+			if len(warnings) != 1 {
+				t.Fatalf("%d warning events, want 1", len(warnings))
+			}
+			w := warnings[0].Record.WarnedAt
+			warnAt := r.ExpiresAt.Add(-e.cfg.WarningBefore)
+			if w == nil || w.Before(warnAt) || !w.Before(r.ExpiresAt) || got.WarnedAt == nil || !got.WarnedAt.Equal(*w) {
+				t.Errorf("warned_at %v, want in [%s, %s)", w, warnAt, r.ExpiresAt)
+			}
+			if e.svc.Stats().Warned != 1 {
+				t.Errorf("stats = %+v", e.svc.Stats())
+			}
+		})
+	}
+}
+
+// TestDecidedNeverExpires: a decided approval's timers are purged, and even
+// a timer left behind fires into a record that is no longer pending.
+func TestDecidedNeverExpires(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, func(c *Config) { c.GracePeriod = 0 })
+	startConsumers(t, e.svc)
+	ctx := t.Context()
+	e.request("acme", RequestInput{ID: "a", SessionID: "s", RequestedBy: "alice", Timeout: Duration(time.Second)})
+	e.request("acme", RequestInput{ID: "b", SessionID: "s", RequestedBy: "alice", Timeout: Duration(time.Second)})
+	if _, err := e.svc.Approve(ctx, "acme", DecisionInput{ID: "a", DecidedBy: "bob"}); err != nil {
+		t.Fatal(err)
+	}
+	// Decide b behind the service's back so its timer stays armed.
+	rb := e.get("acme", "b")
+	now := time.Now().UTC()
+	rb.Status, rb.DecidedBy, rb.DecidedAt = StatusDenied, "bob", &now
+	if _, err := e.svc.update(ctx, &rb, rb.Revision); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "b's timer to fire", func() bool { return len(e.timerKeys()) == 0 })
+	waitFor(t, 10*time.Second, "events", func() bool { return e.countEvents("guardian.v1.events.acme.>") == 4 })
+	time.Sleep(500 * time.Millisecond) // give a wrong expiry the chance to show
+	if e.countEvents("guardian.v1.events.acme.expired") != 0 || e.get("acme", "a").Status != StatusApproved || e.get("acme", "b").Status != StatusDenied {
+		t.Errorf("a decided approval expired")
+	}
+	if n := len(e.history("acme.b")); n != 2 {
+		t.Errorf("b has %d revisions, want 2", n)
+	}
+}
+
+// TestRestart stops the expirer and notifier, lets the timers fire (while
+// nats-server, too, is down for part of the set), and starts them again:
+// every approval expires exactly once, with one event each.
+func TestRestart(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, func(c *Config) { c.GracePeriod = 0 })
+	stop := startConsumers(t, e.svc)
+	for i := range 20 {
+		e.request("acme", RequestInput{ID: fmt.Sprint("r", i), SessionID: "s", RequestedBy: "alice", Timeout: Duration(2 * time.Second)})
+	}
+	waitFor(t, 5*time.Second, "requested events", func() bool { return e.countEvents("guardian.v1.events.acme.requested") == 20 })
+	stop()
+	// Half fall due while the consumers are down, half while the server is.
+	for i := 20; i < 40; i++ {
+		e.request("acme", RequestInput{ID: fmt.Sprint("r", i), SessionID: "s", RequestedBy: "alice", Timeout: Duration(3 * time.Second)})
+	}
+	time.Sleep(2500 * time.Millisecond) // the first 20 fall due, nobody listens
+	e.srv = natstest.Restart(t, e.srv)
+	time.Sleep(time.Second) // the rest fall due while nobody listens
+	startConsumers(t, e.svc)
+	waitFor(t, 15*time.Second, "40 expired events", func() bool { return e.countEvents("guardian.v1.events.acme.expired") == 40 })
+	time.Sleep(300 * time.Millisecond)
+	counts := map[string]int{}
+	for _, ev := range e.events("guardian.v1.events.acme.>") {
+		counts[ev.ID+"/"+ev.Kind]++
+	}
+	for i := range 40 {
+		id := fmt.Sprint("r", i)
+		if counts[id+"/expired"] != 1 || counts[id+"/requested"] != 1 {
+			t.Errorf("%s: %d expired, %d requested events", id, counts[id+"/expired"], counts[id+"/requested"])
+		}
+		expired := 0
+		for _, r := range e.history("acme." + id) {
+			if r.Status == StatusExpired {
+				expired++
+			}
+		}
+		if expired != 1 {
+			t.Errorf("%s: %d expired revisions", id, expired)
+		}
+	}
+	if n := len(e.audit.byCode(expiredCode)); n != 40 {
+		t.Errorf("%d audit events, want 40", n)
+	}
+}
+
+// TestReplicas runs two expirers and two notifiers, each on its own
+// Service and connection: exactly one expired revision, one event and one
+// audit event per approval.
+func TestReplicas(t *testing.T) {
+	t.Parallel()
+	const n = 200
+	e := newEnv(t, func(c *Config) { c.GracePeriod = 0 })
+	other := e.open()
+	for _, svc := range []*Service{e.svc, other} {
+		startConsumers(t, svc, WithWorkers(4))
+	}
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			for i := w; i < n; i += 4 {
+				svc := []*Service{e.svc, other}[i%2]
+				if _, err := svc.Request(t.Context(), "acme", RequestInput{ID: fmt.Sprint("x", i), SessionID: "s", RequestedBy: "alice", Timeout: Duration(time.Second)}); err != nil {
+					t.Errorf("request: %v", err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	waitFor(t, 20*time.Second, "expired events", func() bool { return e.countEvents("guardian.v1.events.acme.expired") == n })
+	time.Sleep(500 * time.Millisecond) // duplicates, if any, would show now
+	if got := e.countEvents("guardian.v1.events.acme.expired"); got != n {
+		t.Errorf("%d expired events, want %d", got, n)
+	}
+	ids := map[string]int{}
+	for _, a := range e.audit.byCode(expiredCode) {
+		ids[a.AdditionalContext["approval_id"]]++
+	}
+	if len(ids) != n {
+		t.Errorf("audit events for %d approvals, want %d", len(ids), n)
+	}
+	for id, c := range ids {
+		if c != 1 {
+			t.Errorf("%s: %d audit events", id, c)
+		}
+	}
+	revs := e.revisions("acme")
+	for i := range n {
+		expired := 0
+		for _, r := range revs[fmt.Sprint("x", i)] {
+			if r.Status == StatusExpired {
+				expired++
+			}
+		}
+		if expired != 1 {
+			t.Errorf("x%d: %d expired revisions", i, expired)
+		}
+	}
+	a, b := e.svc.Stats(), other.Stats()
+	if a.Expired+b.Expired != n {
+		t.Errorf("expired by replicas: %d + %d, want %d", a.Expired, b.Expired, n)
+	}
+	t.Logf("replica A expired %d and published %d events, replica B %d and %d", a.Expired, a.EventsPublished, b.Expired, b.EventsPublished)
+}
+
+// TestOutage: the expirer is down longer than MaxOutage, so the markers of
+// timers that fired meanwhile expire unseen. At start it reports the outage
+// and its sweep expires the overdue approvals anyway.
+func TestOutage(t *testing.T) {
+	t.Parallel()
+	outages := make(chan Outage, 4)
+	e := newEnv(t, func(c *Config) {
+		c.GracePeriod = 0
+		c.MaxOutage = time.Second
+	}, WithHooks(Hooks{OnOutage: func(o Outage) { outages <- o }}))
+	// Start once so the durable consumer exists and has been active.
+	stop := run(t, e.svc.Expirer().Run)
+	e.request("acme", RequestInput{ID: "warmup", SessionID: "s", RequestedBy: "alice", Timeout: Duration(time.Second)})
+	waitFor(t, 10*time.Second, "warmup expiry", func() bool { return e.get("acme", "warmup").Status == StatusExpired })
+	stop()
+
+	for i := range 5 {
+		e.request("acme", RequestInput{ID: fmt.Sprint("o", i), SessionID: "s", RequestedBy: "alice", Timeout: Duration(time.Second)})
+	}
+	// Timers fire after 1s and their markers live 1s more: wait them out.
+	str, err := e.js.Stream(t.Context(), "KV_"+e.cfg.TimersBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 15*time.Second, "markers to expire", func() bool {
+		info, err := str.Info(t.Context())
+		return err == nil && info.State.Msgs == 0 && time.Since(e.get("acme", "o4").ExpiresAt) > 2*time.Second
+	})
+	for i := range 5 {
+		if st := e.get("acme", fmt.Sprint("o", i)).Status; st != StatusPending {
+			t.Fatalf("o%d is %s before the expirer restarts", i, st)
+		}
+	}
+	run(t, e.svc.Expirer().Run)
+	var o Outage
+	select {
+	case o = <-outages:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no outage reported")
+	}
+	if o.Down <= time.Second || o.LastActive.IsZero() || o.Overdue != 5 || o.Lost != 5 {
+		t.Errorf("outage = %+v, want down > 1s, 5 overdue, 5 lost", o)
+	}
+	for i := range 5 {
+		if st := e.get("acme", fmt.Sprint("o", i)).Status; st != StatusExpired {
+			t.Errorf("o%d is %s after the sweep", i, st)
+		}
+	}
+	if e.svc.Stats().Outages != 1 {
+		t.Errorf("stats = %+v", e.svc.Stats())
+	}
+}
+
+// TestEarlyMarker: when the expirer's clock is behind the clock that wrote
+// the record, the marker arrives before expires_at + grace by the
+// expirer's clock; it waits (the marker is redelivered later) rather than
+// expire early.
+func TestEarlyMarker(t *testing.T) {
+	t.Parallel()
+	const skew = 2 * time.Second
+	e := newEnv(t, func(c *Config) { c.GracePeriod = 0 })
+	behind := e.open(WithClock(func() time.Time { return time.Now().Add(-skew) }))
+	run(t, behind.Expirer().Run)
+	start := time.Now()
+	r := e.request("acme", RequestInput{ID: "e", SessionID: "s", RequestedBy: "alice", Timeout: Duration(time.Second)})
+	waitFor(t, 15*time.Second, "expiry", func() bool { return e.get("acme", "e").Status == StatusExpired })
+	got := e.get("acme", "e")
+	if got.DecidedAt.Before(r.Deadline(0)) {
+		t.Errorf("expired at %s before its deadline %s", got.DecidedAt, r.Deadline(0))
+	}
+	if took := time.Since(start); took < time.Second+skew {
+		t.Errorf("expired after %s, before the skewed deadline (%s)", took, time.Second+skew)
+	}
+}

@@ -1,0 +1,114 @@
+package kvapprovals
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/jsguardian/guardian/pkg/jsguard"
+)
+
+// How fresh a tenant's pending count must be. Between listings the count is
+// adjusted locally: +1 per admitted request, -1 per approval this process
+// finished. A tenant at its cap is re-listed at most every pendingRelist.
+const (
+	pendingRefresh = time.Second
+	pendingRelist  = 100 * time.Millisecond
+)
+
+// pendingCounts holds one small counter per tenant (not per approval), to
+// enforce Config.MaxPending without listing the timers on every request.
+type pendingCounts struct {
+	mu sync.Mutex
+	m  map[string]*tenantPending
+}
+
+type tenantPending struct {
+	mu sync.Mutex // held while listing: one listing per tenant at a time
+	n  int
+	// inflight counts admitted requests whose expire timer may not exist
+	// yet, so a listing does not see them.
+	inflight int
+	at       time.Time // when n was listed; zero: never
+}
+
+func (p *pendingCounts) tenant(t string, create bool) *tenantPending {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	tp := p.m[t]
+	if tp == nil && create {
+		tp = &tenantPending{}
+		p.m[t] = tp
+	}
+	return tp
+}
+
+// release accounts for an approval that finished, or a request that was
+// admitted but created nothing.
+func (p *pendingCounts) release(t string) {
+	if tp := p.tenant(t, false); tp != nil {
+		tp.mu.Lock()
+		if tp.n > 0 {
+			tp.n--
+		}
+		tp.mu.Unlock()
+	}
+}
+
+// settled ends an admission: the request's timers exist or it failed.
+func (p *pendingCounts) settled(t string) {
+	if tp := p.tenant(t, false); tp != nil {
+		tp.mu.Lock()
+		if tp.inflight > 0 {
+			tp.inflight--
+		}
+		tp.mu.Unlock()
+	}
+}
+
+// admit reserves room for one more pending approval in tenant; the caller
+// must call s.pending.settled(tenant) when it returns true. It returns
+// ErrTooManyPending when the tenant is at Config.MaxPending, or the error of
+// listing the tenant's timers.
+func (s *Service) admit(ctx context.Context, tenant string) (bool, error) {
+	max := s.cfg.MaxPending
+	if max == 0 {
+		return false, nil
+	}
+	tp := s.pending.tenant(tenant, true)
+	tp.mu.Lock()
+	defer tp.mu.Unlock()
+	age := time.Since(tp.at)
+	if tp.at.IsZero() || age >= pendingRefresh || (tp.n >= max && age >= pendingRelist) {
+		n, err := s.countPending(ctx, tenant)
+		if err != nil {
+			return false, fmt.Errorf("count pending: %w", err)
+		}
+		tp.n, tp.at = n+tp.inflight, time.Now()
+	}
+	if tp.n >= max {
+		return false, fmt.Errorf("%w: tenant %s has %d pending, the maximum is %d", ErrTooManyPending, tenant, tp.n, max)
+	}
+	tp.n++
+	tp.inflight++
+	return true, nil
+}
+
+// countPending counts the tenant's live expire timers, under ApprovalCheck.
+// Fired markers and purge tombstones are not live keys.
+func (s *Service) countPending(ctx context.Context, tenant string) (int, error) {
+	return jsguard.DoValue(ctx, s.g, jsguard.ApprovalCheck, "approval count pending "+s.cfg.TimersBucket+"/"+tenant,
+		func(ctx context.Context) (int, error) {
+			l, err := s.timers.Raw().ListKeysFiltered(ctx, tenant+".*.expire")
+			if err != nil {
+				return 0, err
+			}
+			defer l.Stop()
+			n := 0
+			for range l.Keys() {
+				n++
+			}
+			return n, ctx.Err()
+		})
+}

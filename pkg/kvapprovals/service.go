@@ -1,0 +1,502 @@
+package kvapprovals
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jsguardian/guardian/pkg/jsguard"
+)
+
+// Service manages approvals whose state lives in JetStream: records in the
+// records bucket, timers in the timers bucket, lifecycle events in the events
+// stream. It keeps no per-approval state in memory, so any number of
+// processes may serve the same buckets. A Service is safe for concurrent use.
+type Service struct {
+	g       *jsguard.Guard
+	js      jetstream.JetStream
+	cfg     Config
+	records *jsguard.KV
+	timers  *jsguard.KV
+	now     func() time.Time
+	log     *slog.Logger
+	hooks   Hooks
+	pending pendingCounts
+	stats   stats
+}
+
+// Hooks are called synchronously; they must be fast and safe for concurrent
+// use. Any of them may be nil.
+type Hooks struct {
+	// OnTransition is called after this process wrote a record: a new
+	// pending approval, a warning stamp or a terminal status.
+	OnTransition func(tenant string, to Status, warning bool)
+	// OnExpired is called by the expirer for every approval it expired, with
+	// how late: processing time - (expires_at + grace).
+	OnExpired func(lateness time.Duration)
+	// OnOutage is called by the expirer at start when it may have missed
+	// timer markers (see Outage).
+	OnOutage func(Outage)
+	// OnConsumeError is called with errors of the expirer's and notifier's
+	// consumers and with failures to process a message (which is
+	// redelivered).
+	OnConsumeError func(error)
+	// OnNotificationFailed is called when the notifier gave up delivering a
+	// webhook notification and recorded a notification_failed event.
+	OnNotificationFailed func(Event, error)
+}
+
+// Option configures a Service.
+type Option func(*Service)
+
+// WithClock sets the source of "now" for timestamps and deadline checks
+// (default time.Now). Timers still run on the NATS server's clock.
+func WithClock(now func() time.Time) Option { return func(s *Service) { s.now = now } }
+
+// WithLogger sets the logger for what the expirer and notifier report
+// without returning it (consume errors, outages). Default slog.Default().
+func WithLogger(l *slog.Logger) Option { return func(s *Service) { s.log = l } }
+
+// WithHooks sets the observability hooks.
+func WithHooks(h Hooks) Option { return func(s *Service) { s.hooks = h } }
+
+// Open validates cfg, creates or updates the records bucket, the timers
+// bucket and the events stream, and returns a Service. g nil means
+// jsguard.Default(). It returns an error wrapping ErrInvalidConfig, or the
+// jetstream error or *jsguard.TimeoutError of the first provisioning step
+// that failed.
+func Open(ctx context.Context, g *jsguard.Guard, js jetstream.JetStream, cfg Config, opts ...Option) (*Service, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if g == nil {
+		g = jsguard.Default()
+	}
+	s := &Service{g: g, js: js, cfg: cfg, now: time.Now, log: slog.Default()}
+	for _, o := range opts {
+		o(s)
+	}
+	s.pending.m = map[string]*tenantPending{}
+	var err error
+	s.records, err = g.EnsureKV(ctx, js, jetstream.KeyValueConfig{
+		Bucket:      cfg.RecordsBucket,
+		Description: "guardian approval records",
+		History:     10,
+		TTL:         cfg.Retention,
+		Replicas:    cfg.Replicas,
+		Storage:     jetstream.FileStorage,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open: records bucket %s: %w", cfg.RecordsBucket, err)
+	}
+	s.timers, err = g.EnsureKV(ctx, js, jetstream.KeyValueConfig{
+		Bucket:         cfg.TimersBucket,
+		Description:    "guardian approval timers (per-key TTL)",
+		History:        1,
+		LimitMarkerTTL: cfg.MaxOutage,
+		Replicas:       cfg.Replicas,
+		Storage:        jetstream.FileStorage,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open: timers bucket %s: %w", cfg.TimersBucket, err)
+	}
+	_, err = g.EnsureStream(ctx, js, jetstream.StreamConfig{
+		Name:        cfg.EventsStream,
+		Description: "guardian approval lifecycle events",
+		Subjects:    []string{cfg.EventsSubjectPrefix + ".>"},
+		MaxAge:      cfg.Retention,
+		Duplicates:  cfg.EventsDuplicates,
+		Replicas:    cfg.Replicas,
+		Storage:     jetstream.FileStorage,
+		Discard:     jetstream.DiscardOld,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open: events stream %s: %w", cfg.EventsStream, err)
+	}
+	return s, nil
+}
+
+// Config returns the configuration the Service runs with.
+func (s *Service) Config() Config { return s.cfg }
+
+const (
+	maxCASAttempts = 8
+	purgeTTL       = time.Second // lifetime of the tombstone a timer purge leaves
+)
+
+// Request creates a pending approval in tenant and arms its timers, and
+// returns the record. Retrying with the same id and the same content returns
+// the existing approval (in whatever state it is now) and re-creates
+// missing timers of a still pending one.
+//
+// It returns a *FieldError (ErrInvalidRequest) for bad input, which changes
+// nothing; ErrConflict when the id exists with other content;
+// ErrTooManyPending when the tenant is at MaxPending; otherwise the
+// jetstream error or *jsguard.TimeoutError, wrapped. When the record was
+// written but its timers were not, the error says so: retry the request to
+// repair them (until then, decisions are still refused after the deadline,
+// and the expirer's start sweep expires the record).
+func (s *Service) Request(ctx context.Context, tenant string, in RequestInput) (Record, error) {
+	timeout, err := s.validateRequest(tenant, &in)
+	if err != nil {
+		return Record{}, err
+	}
+	ctx = withTenant(ctx, tenant)
+	if in.ID == "" {
+		in.ID = rand.Text()
+	}
+	now := s.now().UTC()
+	rec := Record{
+		ID: in.ID, Tenant: tenant, SessionID: in.SessionID, RequestedBy: in.RequestedBy, OperatorID: in.OperatorID,
+		Details: in.Details, Status: StatusPending, Timeout: Duration(timeout),
+		RequestedAt: now, ExpiresAt: now.Add(timeout),
+	}
+	key := rec.Key()
+	admitted, err := s.admit(ctx, tenant)
+	if admitted {
+		defer s.pending.settled(tenant)
+	}
+	if err != nil {
+		if errors.Is(err, ErrTooManyPending) {
+			// A retry of an existing approval is not a new pending one.
+			if existing, gerr := s.get(ctx, key); gerr == nil {
+				return s.retried(ctx, existing, &in, timeout)
+			}
+		}
+		return Record{}, fmt.Errorf("request %s: %w", key, err)
+	}
+	rev, err := s.records.Create(ctx, key, encodeRecord(&rec))
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		s.pending.release(tenant)
+		existing, gerr := s.get(ctx, key)
+		if gerr != nil {
+			return Record{}, fmt.Errorf("request %s: %w", key, gerr)
+		}
+		return s.retried(ctx, existing, &in, timeout)
+	}
+	if err != nil {
+		s.pending.release(tenant)
+		return Record{}, fmt.Errorf("request %s: %w", key, err)
+	}
+	rec.Revision = rev
+	s.stats.requested.Add(1)
+	s.transition(tenant, StatusPending, false)
+	if _, err := s.armTimers(ctx, &rec, now); err != nil {
+		return Record{}, fmt.Errorf("request %s: record written but timers not (retry to repair): %w", key, err)
+	}
+	return rec, nil
+}
+
+// retried answers a request whose id exists: the same content returns the
+// record (repairing a pending one's timers), other content is a conflict.
+func (s *Service) retried(ctx context.Context, rec Record, in *RequestInput, timeout time.Duration) (Record, error) {
+	if !rec.sameRequest(in, timeout) {
+		return Record{}, fmt.Errorf("request %s: %w", rec.Key(), ErrConflict)
+	}
+	if rec.Status == StatusPending {
+		n, err := s.armTimers(ctx, &rec, s.now())
+		if err != nil {
+			return Record{}, fmt.Errorf("request %s: repair timers: %w", rec.Key(), err)
+		}
+		s.stats.repaired.Add(uint64(n))
+	}
+	return rec, nil
+}
+
+// warnScheduled reports whether an approval with this timeout gets a warning.
+func (s *Service) warnScheduled(timeout time.Duration) bool {
+	return s.cfg.SendTimeoutWarnings && timeout > s.cfg.WarningBefore
+}
+
+// ttlUntil returns the whole-second TTL that fires no earlier than t.
+func ttlUntil(t, now time.Time) time.Duration {
+	d := t.Sub(now)
+	if d < time.Second {
+		return time.Second
+	}
+	return (d + time.Second - 1).Truncate(time.Second)
+}
+
+// armTimers creates the expire timer and, when scheduled and not yet sent,
+// the warn timer, concurrently. A timer that exists already is left alone.
+// It returns how many timers it created.
+func (s *Service) armTimers(ctx context.Context, rec *Record, now time.Time) (int, error) {
+	key := rec.Key()
+	var created atomic.Int32
+	create := func(suffix string, at time.Time) error {
+		_, err := s.timers.Create(ctx, key+"."+suffix, nil, jetstream.KeyTTL(ttlUntil(at, now)))
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			return nil
+		}
+		if err == nil {
+			created.Add(1)
+		}
+		return err
+	}
+	var warnErr error
+	var wg sync.WaitGroup
+	if s.warnScheduled(time.Duration(rec.Timeout)) && rec.WarnedAt == nil && now.Before(rec.ExpiresAt) {
+		wg.Go(func() { warnErr = create("warn", rec.ExpiresAt.Add(-s.cfg.WarningBefore)) })
+	}
+	expErr := create("expire", rec.Deadline(s.cfg.GracePeriod))
+	wg.Wait()
+	return int(created.Load()), errors.Join(expErr, warnErr)
+}
+
+// disarm purges an approval's timers after a decision, best effort: a timer
+// left behind fires into a record that is no longer pending and is ignored.
+func (s *Service) disarm(ctx context.Context, rec *Record) {
+	ctx = context.WithoutCancel(ctx)
+	var wg sync.WaitGroup
+	if s.warnScheduled(time.Duration(rec.Timeout)) && rec.WarnedAt == nil {
+		wg.Go(func() { _ = s.timers.Purge(ctx, rec.Key()+".warn", jetstream.PurgeTTL(purgeTTL)) })
+	}
+	_ = s.timers.Purge(ctx, rec.Key()+".expire", jetstream.PurgeTTL(purgeTTL))
+	wg.Wait()
+}
+
+// Approve approves a pending approval and returns the approved record.
+//
+// It returns a *FieldError (ErrInvalidRequest) for bad input; ErrNotFound;
+// ErrSelfApproval when decided_by requested it and Config.AllowSelfApproval
+// is false; a *StateError matching ErrAlreadyDecided when it is no longer
+// pending, or ErrExpired when now is past expires_at + grace (an expired
+// approval can never be approved, even before its timer fires); otherwise
+// the jetstream error or *jsguard.TimeoutError, wrapped. A write that loses
+// the compare-and-set to another writer re-reads and reports the real
+// outcome.
+func (s *Service) Approve(ctx context.Context, tenant string, in DecisionInput) (Record, error) {
+	return s.decide(ctx, "approve", tenant, in.ID, "decided_by", in.DecidedBy, in.Reason, StatusApproved)
+}
+
+// Deny denies a pending approval and returns the denied record. It returns
+// the errors of Approve except ErrSelfApproval: a requester may deny (in
+// effect withdraw) its own request.
+func (s *Service) Deny(ctx context.Context, tenant string, in DecisionInput) (Record, error) {
+	return s.decide(ctx, "deny", tenant, in.ID, "decided_by", in.DecidedBy, in.Reason, StatusDenied)
+}
+
+// Cancel withdraws a pending approval and returns the cancelled record, with
+// decided_by set to cancelled_by. It returns the errors of Deny.
+func (s *Service) Cancel(ctx context.Context, tenant string, in CancelInput) (Record, error) {
+	return s.decide(ctx, "cancel", tenant, in.ID, "cancelled_by", in.CancelledBy, in.Reason, StatusCancelled)
+}
+
+func (s *Service) decide(ctx context.Context, op, tenant, id, byField, by, reason string, to Status) (Record, error) {
+	if err := checkName("tenant", tenant); err != nil {
+		return Record{}, err
+	}
+	if err := checkName("id", id); err != nil {
+		return Record{}, err
+	}
+	if err := checkText(byField, by, true, MaxTextBytes); err != nil {
+		return Record{}, err
+	}
+	if err := checkText("reason", reason, s.cfg.RequireReason, MaxReasonBytes); err != nil {
+		return Record{}, err
+	}
+	ctx = withTenant(ctx, tenant)
+	key := tenant + "." + id
+	for attempt := 1; ; attempt++ {
+		rec, err := s.get(ctx, key)
+		if err != nil {
+			return Record{}, fmt.Errorf("%s %s: %w", op, key, err)
+		}
+		if rec.Status.Terminal() {
+			return Record{}, &StateError{Op: op, Record: rec, err: ErrAlreadyDecided}
+		}
+		now := s.now().UTC()
+		if now.After(rec.Deadline(s.cfg.GracePeriod)) {
+			return Record{}, &StateError{Op: op, Record: rec, err: ErrExpired}
+		}
+		if to == StatusApproved && !s.cfg.AllowSelfApproval && by == rec.RequestedBy {
+			return Record{}, fmt.Errorf("%s %s: %w: %s requested it", op, key, ErrSelfApproval, by)
+		}
+		next := rec
+		next.Status, next.DecidedBy, next.DecidedAt, next.Reason = to, by, &now, reason
+		rev, err := s.update(ctx, &next, rec.Revision)
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) && attempt < maxCASAttempts {
+			continue // another writer won: re-read and report what happened
+		}
+		if err != nil {
+			return Record{}, fmt.Errorf("%s %s: %w", op, key, err)
+		}
+		next.Revision = rev
+		s.finished(tenant, to)
+		s.disarm(ctx, &next)
+		return next, nil
+	}
+}
+
+// finished accounts for an approval that left pending.
+func (s *Service) finished(tenant string, to Status) {
+	s.pending.release(tenant)
+	s.stats.byStatus(to).Add(1)
+	s.transition(tenant, to, false)
+}
+
+func (s *Service) transition(tenant string, to Status, warning bool) {
+	if s.hooks.OnTransition != nil {
+		s.hooks.OnTransition(tenant, to, warning)
+	}
+}
+
+// Get returns the approval id of tenant. It returns a *FieldError
+// (ErrInvalidRequest) for a malformed tenant or id, ErrNotFound, or the
+// jetstream error or *jsguard.TimeoutError, wrapped. A pending record past
+// its deadline is returned as stored until the expirer moves it; its
+// Deadline tells whether a decision would still be accepted.
+func (s *Service) Get(ctx context.Context, tenant, id string) (Record, error) {
+	if err := checkName("tenant", tenant); err != nil {
+		return Record{}, err
+	}
+	if err := checkName("id", id); err != nil {
+		return Record{}, err
+	}
+	rec, err := s.get(withTenant(ctx, tenant), tenant+"."+id)
+	if err != nil {
+		return Record{}, fmt.Errorf("get %s.%s: %w", tenant, id, err)
+	}
+	return rec, nil
+}
+
+// get reads a record under ApprovalCheck; a missing key is ErrNotFound.
+func (s *Service) get(ctx context.Context, key string) (Record, error) {
+	e, err := jsguard.DoValue(ctx, s.g, jsguard.ApprovalCheck, "approval get "+s.cfg.RecordsBucket+"/"+key,
+		func(ctx context.Context) (jetstream.KeyValueEntry, error) { return s.records.Raw().Get(ctx, key) })
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return Record{}, ErrNotFound
+	}
+	if err != nil {
+		return Record{}, err
+	}
+	return decodeRecord(e.Value(), e.Revision())
+}
+
+// update writes rec if the record is still at revision last, under
+// ApprovalGrant. It returns an error matching ErrKeyRevisionMismatch when
+// another writer won.
+func (s *Service) update(ctx context.Context, rec *Record, last uint64) (uint64, error) {
+	key := rec.Key()
+	return jsguard.DoValue(ctx, s.g, jsguard.ApprovalGrant, "approval update "+s.cfg.RecordsBucket+"/"+key,
+		func(ctx context.Context) (uint64, error) {
+			return s.records.Raw().Update(ctx, key, encodeRecord(rec), last)
+		})
+}
+
+// withTenant puts tenant into ctx for audit events unless ctx carries one.
+func withTenant(ctx context.Context, tenant string) context.Context {
+	if jsguard.Tenant(ctx) != "" {
+		return ctx
+	}
+	return jsguard.WithTenant(ctx, tenant)
+}
+
+func encodeRecord(r *Record) []byte {
+	c := *r
+	c.Revision = 0 // the bucket's revision is authoritative
+	b, err := json.Marshal(&c)
+	if err != nil {
+		panic(fmt.Sprintf("kvapprovals: encode record: %v", err)) // every field is plain data
+	}
+	return b
+}
+
+func (s *Service) validateRequest(tenant string, in *RequestInput) (time.Duration, error) {
+	if err := checkName("tenant", tenant); err != nil {
+		return 0, err
+	}
+	if in.ID != "" {
+		if err := checkName("id", in.ID); err != nil {
+			return 0, err
+		}
+	}
+	if err := checkText("session_id", in.SessionID, true, MaxTextBytes); err != nil {
+		return 0, err
+	}
+	if err := checkText("requested_by", in.RequestedBy, true, MaxTextBytes); err != nil {
+		return 0, err
+	}
+	if err := checkText("operator_id", in.OperatorID, false, MaxTextBytes); err != nil {
+		return 0, err
+	}
+	details, err := normDetails(in.Details, s.cfg.MaxDetailsBytes)
+	if err != nil {
+		return 0, err
+	}
+	in.Details = details
+	timeout := time.Duration(in.Timeout)
+	if timeout == 0 {
+		timeout = s.cfg.DefaultTimeout
+	}
+	if timeout < s.cfg.MinTimeout || timeout > s.cfg.MaxTimeout {
+		return 0, invalid("timeout", "%s is out of range: must be >= %s and <= %s", timeout, s.cfg.MinTimeout, s.cfg.MaxTimeout)
+	}
+	return timeout, nil
+}
+
+func checkName(field, v string) error {
+	if !nameRe.MatchString(v) {
+		return invalid(field, "%q must be 1-64 characters of A-Z, a-z, 0-9, _ and -", truncate(v, 80))
+	}
+	return nil
+}
+
+func checkText(field, v string, required bool, max int) error {
+	switch {
+	case v == "" && required:
+		return invalid(field, "is required")
+	case len(v) > max:
+		return invalid(field, "%d bytes exceeds the maximum %d", len(v), max)
+	case !utf8.ValidString(v):
+		return invalid(field, "is not valid UTF-8")
+	}
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
+
+// normDetails returns details compacted, nil when absent or null; it must
+// be a JSON object of at most max bytes.
+func normDetails(d json.RawMessage, max int) (json.RawMessage, error) {
+	if len(d) == 0 {
+		return nil, nil
+	}
+	if len(d) > MaxInputBytes {
+		return nil, invalid("details", "%d bytes exceeds the maximum %d", len(d), max)
+	}
+	var v any
+	if err := json.Unmarshal(d, &v); err != nil {
+		return nil, invalid("details", "is not valid JSON: %v", err)
+	}
+	switch v.(type) {
+	case nil:
+		return nil, nil
+	case map[string]any:
+	default:
+		return nil, invalid("details", "must be a JSON object")
+	}
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, d); err != nil {
+		return nil, invalid("details", "is not valid JSON: %v", err)
+	}
+	if buf.Len() > max {
+		return nil, invalid("details", "%d bytes exceeds the maximum %d", buf.Len(), max)
+	}
+	return json.RawMessage(buf.Bytes()), nil
+}
