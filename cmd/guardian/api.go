@@ -142,11 +142,8 @@ func (a *api) addEndpoints(svc micro.Service) error {
 }
 
 func (a *api) policyGet(_ context.Context, _ string, data []byte) (any, error) {
-	if len(strings.TrimSpace(string(data))) > 0 {
-		var empty struct{}
-		if err := kvapprovals.DecodeStrict(data, &empty, 1024); err != nil {
-			return nil, err
-		}
+	if _, err := kvapprovals.Decode[struct{}](data); err != nil {
+		return nil, err
 	}
 	return a.g.Policy(), nil
 }
@@ -172,12 +169,15 @@ type reportInput struct {
 // reportEvent validates a report and turns it into an event. Its errors wrap
 // kvapprovals.ErrInvalidRequest and name the field.
 func reportEvent(ctx context.Context, data []byte, now time.Time) (jsguard.Event, error) {
-	var in reportInput
-	if err := kvapprovals.DecodeStrict(data, &in, maxReportBytes); err != nil {
+	if len(data) > maxReportBytes {
+		return jsguard.Event{}, &kvapprovals.FieldError{Field: "body", Reason: fmt.Sprintf("%d bytes exceeds the maximum %d", len(data), maxReportBytes)}
+	}
+	in, err := kvapprovals.Decode[reportInput](data)
+	if err != nil {
 		return jsguard.Event{}, err
 	}
 	bad := func(field, msg string) error {
-		return &kvapprovals.FieldError{Field: field, Msg: msg}
+		return &kvapprovals.FieldError{Field: field, Reason: msg}
 	}
 	if _, err := jsguard.ParseCode(in.Code); err != nil {
 		return jsguard.Event{}, bad("timeout_category", "must match ^TIMEOUT_[A-Z0-9_]+$")

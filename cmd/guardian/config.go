@@ -52,6 +52,9 @@ type config struct {
 
 	// timeouts holds GUARDIAN_TIMEOUT_<CATEGORY> overrides, read by loadConfig.
 	timeouts map[jsguard.Category]time.Duration
+	// onReady, when set, is called with the NATS URL once the service
+	// answers requests.
+	onReady func(url string)
 }
 
 // embeddedMode reports whether guardian starts its own nats-server.

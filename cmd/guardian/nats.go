@@ -30,6 +30,9 @@ func startEmbedded(cfg *config, log *slog.Logger) (*server.Server, error) {
 	if err := os.MkdirAll(store, 0o750); err != nil {
 		return nil, fmt.Errorf("GUARDIAN_DATA_DIR=%s: %w", cfg.DataDir, err)
 	}
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
 	// Probe the port first: nats-server would only log the failure.
 	l, err := net.Listen("tcp", cfg.EmbeddedListen)
 	if err != nil {

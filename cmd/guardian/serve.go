@@ -8,15 +8,14 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 
-	"github.com/jsguardian/guardian/pkg/auditstream"
 	"github.com/jsguardian/guardian/pkg/jsguard"
-	"github.com/jsguardian/guardian/pkg/kvapprovals"
 )
 
 const serveHelp = `serve
@@ -145,6 +144,9 @@ func run(ctx context.Context, cfg *config, log *slog.Logger) error {
 	if err := a.addEndpoints(svc); err != nil {
 		return err
 	}
+	if cfg.onReady != nil {
+		cfg.onReady(url)
+	}
 	log.Info("guardian ready", "service", "guardian", "subjects", "guardian.v1.<tenant>.approvals.*, guardian.v1.policy.get, guardian.v1.audit.report")
 
 	// Run until ctx ends or a part fails; then shut down in order.
@@ -205,7 +207,7 @@ func serviceVersion() string {
 	return version
 }
 
-type atomicBool struct{ v atomicFlag }
+type atomicBool struct{ v atomic.Bool }
 
 func (b *atomicBool) set() { b.v.Store(true) }
 func (b *atomicBool) err(msg string) error {
@@ -215,5 +217,3 @@ func (b *atomicBool) err(msg string) error {
 	return errors.New(msg)
 }
 
-var _ = kvapprovals.ErrNotFound
-var _ = auditstream.DefaultConfig

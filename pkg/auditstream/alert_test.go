@@ -128,7 +128,7 @@ func TestAlerterFiresOncePerCrossing(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	a, err := NewAlerter(nil, js, cfg)
+	a, err := NewAlerter(nil, js, cfg, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +168,7 @@ func TestAlerterFiresOncePerCrossing(t *testing.T) {
 func TestAlerterDisabled(t *testing.T) {
 	_, _, js, cfg := startStream(t)
 	cfg.AlertThreshold = 0
-	a, err := NewAlerter(nil, js, cfg)
+	a, err := NewAlerter(nil, js, cfg, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}

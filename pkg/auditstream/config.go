@@ -83,6 +83,9 @@ type Config struct {
 	MaxInFlight int
 
 	// SealEvery seals after this many events (default 10,000), 1..50,000.
+	// A seal carries about 11 bytes per event (an 8-byte digest in
+	// base64), so SealEvery × 11 B must stay below the server's
+	// max_payload (1 MiB by default).
 	SealEvery int
 	// SealInterval seals at least this often while events arrive
 	// (default 60s), 10ms..24h.

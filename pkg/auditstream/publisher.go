@@ -70,6 +70,7 @@ type Publisher struct {
 
 	mu     sync.RWMutex // shared by Emit, exclusive by Close
 	closed bool
+	done   chan struct{} // closed by Close
 
 	published, spooled, drained, dropped atomic.Uint64
 	dropping                             atomic.Bool
@@ -82,7 +83,9 @@ type Publisher struct {
 
 // NewPublisher returns a Publisher on the connection of js, with the spool
 // in cfg.SpoolDir. The publisher follows g's policy (g may be nil for
-// jsguard.Default()); g may have this publisher as its sink. It does not
+// jsguard.Default()): acks time out after its NATS_PUBLISH budget as it is
+// when NewPublisher runs, and the drainer picks up later changes. g may
+// have this publisher as its sink. It does not
 // create the stream: call Ensure first. Events that an earlier process
 // spooled in the same directory are published by Run.
 //
@@ -104,7 +107,7 @@ func NewPublisher(g *jsguard.Guard, js jetstream.JetStream, cfg Config, opts ...
 		return nil, fmt.Errorf("publisher guard: %w", err)
 	}
 	o := buildOptions(opts)
-	p := &Publisher{cfg: cfg, nc: js.Conn(), g: g, guard: guard, log: o.log}
+	p := &Publisher{cfg: cfg, nc: js.Conn(), g: g, guard: guard, log: o.log, done: make(chan struct{})}
 	ackWait := guard.Budget(jsguard.NATSPublish)
 	p.live, err = jetstream.New(p.nc,
 		jetstream.WithPublishAsyncMaxPending(cfg.MaxInFlight),
@@ -262,9 +265,9 @@ func (p *Publisher) Flush(ctx context.Context) error {
 }
 
 // Close stops the publisher: publishes still awaiting their ack are
-// spooled (call Flush first to let them finish), the spool is synced and
-// its directory released for another Publisher. Emit returns ErrClosed
-// afterwards. It returns the spool's file error, if any; a second Close
+// spooled (call Flush first to let them finish), Run returns, and the
+// spool is synced and its directory released for another Publisher. Emit
+// returns ErrClosed afterwards. It returns the spool's file error, if any; a second Close
 // returns nil. Safe for concurrent use.
 func (p *Publisher) Close() error {
 	p.mu.Lock()
@@ -273,6 +276,7 @@ func (p *Publisher) Close() error {
 		return nil
 	}
 	p.closed = true
+	close(p.done)
 	p.mu.Unlock()
 	p.live.CleanupPublisher() // pending publishes fail into onErr, which spools them
 	p.drain.CleanupPublisher()
@@ -288,7 +292,8 @@ func (p *Publisher) Close() error {
 // again from its start, and the stream drops what it already holds within
 // the Duplicates window. Failures are retried with a growing pause (100ms
 // to 5s) and logged at debug level. Run also syncs the spool to disk about
-// once a second. It returns nil when ctx ends, or ErrClosed after Close.
+// once a second. It returns nil when ctx ends or the Publisher is closed.
+// Run one Run per Publisher.
 func (p *Publisher) Run(ctx context.Context) error {
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
@@ -298,10 +303,8 @@ func (p *Publisher) Run(ctx context.Context) error {
 		if p.spool.size() > 0 && p.nc.IsConnected() && !time.Now().Before(retryAt) {
 			err := p.drainOne(ctx)
 			switch {
-			case ctx.Err() != nil:
+			case ctx.Err() != nil, errors.Is(err, ErrClosed):
 				return nil
-			case errors.Is(err, ErrClosed):
-				return ErrClosed
 			case err != nil:
 				backoff = min(max(2*backoff, 100*time.Millisecond), 5*time.Second)
 				retryAt = time.Now().Add(backoff)
@@ -314,6 +317,8 @@ func (p *Publisher) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			_ = p.spool.sync()
+			return nil
+		case <-p.done:
 			return nil
 		case <-p.spool.notify:
 		case <-tick.C:

@@ -205,6 +205,8 @@ func Tail(ctx context.Context, js jetstream.JetStream, cfg Config, opts TailOpti
 		}
 		defer it.Stop()
 		for {
+			// A live wait has no deadline: the ordered consumer's
+			// heartbeats detect a dead server and it resumes by itself.
 			msg, err := it.Next(jetstream.NextContext(ctx))
 			if err != nil {
 				if ctx.Err() == nil {

@@ -149,7 +149,8 @@ func NewSealer(g *jsguard.Guard, js jetstream.JetStream, cfg Config, opts ...Opt
 // key to give Verify and VerifyExport.
 func (s *Sealer) PublicKey() string { return s.pub }
 
-// Sealed returns how many seals this Sealer has published.
+// Sealed returns how many seals this Sealer has published. Safe for
+// concurrent use.
 func (s *Sealer) Sealed() uint64 { return s.sealed.Load() }
 
 // errSealRace means another sealer sealed first.

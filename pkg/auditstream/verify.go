@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -380,27 +381,26 @@ func (v *verifier) checkSeal(e entry, prev *Range, firstRetained uint64) (Range,
 }
 
 // checkGaps reports every absent sequence in [firstRetained, lastSeq],
-// split by the sealed ranges that hold them.
+// split by the sealed ranges that hold them. Gaps and ranges are both
+// walked in ascending order.
 func (v *verifier) checkGaps(firstRetained, lastSeq uint64) {
 	if lastSeq == 0 || firstRetained > lastSeq {
 		return
 	}
-	next := firstRetained
+	ranges := slices.SortedFunc(slices.Values(v.r.Ranges), func(a, b Range) int { return cmp.Compare(a.First, b.First) })
+	ri := 0
 	report := func(a, b uint64) {
 		for a <= b {
-			end, sealSeq := b, uint64(0)
-			for _, rg := range v.r.Ranges {
-				if rg.First <= a && a <= rg.Last {
-					end, sealSeq = min(b, rg.Last), rg.SealSeq
-					break
-				}
-				if rg.First > a && rg.First <= end {
+			for ri < len(ranges) && ranges[ri].Last < a {
+				ri++
+			}
+			end, sealSeq, detail := b, uint64(0), "not in the stream (unsealed)"
+			if ri < len(ranges) {
+				if rg := ranges[ri]; rg.First <= a {
+					end, sealSeq, detail = min(b, rg.Last), rg.SealSeq, "not in the stream"
+				} else if rg.First <= b {
 					end = rg.First - 1
 				}
-			}
-			detail := "not in the stream"
-			if sealSeq == 0 {
-				detail = "not in the stream (unsealed)"
 			}
 			v.problem(Problem{Kind: Missing, Seq: a, LastSeq: end, SealSeq: sealSeq, Detail: detail})
 			if end >= b {
@@ -409,9 +409,13 @@ func (v *verifier) checkGaps(firstRetained, lastSeq uint64) {
 			a = end + 1
 		}
 	}
+	next := firstRetained
 	for _, e := range v.entries[v.find(firstRetained):] {
 		if e.seq > next {
 			report(next, e.seq-1)
+		}
+		if e.seq == math.MaxUint64 {
+			return
 		}
 		next = e.seq + 1
 	}
@@ -534,14 +538,15 @@ const maxExportLine = 16 << 20
 // as removed by MaxAge, so an export cut at its head verifies as partial.
 //
 // It returns an error wrapping ErrInvalidKey for a bad key, or
-// ErrInvalidExport, naming the line, for input that is not an export; it
-// never panics on bad input. Tampering is reported in the Report.
+// ErrInvalidExport, naming the line, for input that is not an export, or
+// r's read error; it never panics on bad input. Tampering is reported in
+// the Report. Safe for concurrent use.
 func VerifyExport(r io.Reader, publicKey string) (Report, error) {
 	return VerifyExportConfig(r, DefaultConfig(), publicKey)
 }
 
 // VerifyExportConfig is VerifyExport for a stream configured with cfg
-// (Stream and SubjectPrefix are used).
+// (only Stream and SubjectPrefix are used); it returns the same errors.
 func VerifyExportConfig(r io.Reader, cfg Config, publicKey string) (Report, error) {
 	v, err := newVerifier(&cfg, publicKey)
 	if err != nil {

@@ -68,13 +68,15 @@ func (c *Cache[K, V]) Get(ctx context.Context, key K, load func(ctx context.Cont
 		return Result[V]{Value: e.v}, nil
 	}
 
-	o := callOpts{}
-	for _, f := range opts {
-		f(&o)
-	}
-	// staleOK says whether the cached value may stand in for a load that
-	// timed out now.
+	o := applyOpts(opts)
+	// staleOK says whether the cached value, the newest if another Get
+	// stored one meanwhile, may stand in for a load that timed out now.
 	staleOK := func() bool {
+		c.mu.Lock()
+		if cur, ok := c.m[key]; ok {
+			e, cached = cur, true
+		}
+		c.mu.Unlock()
 		return cached && c.g.strategy(&o) == Graceful && time.Since(e.at) <= c.g.policy.Load().MaxStaleAge
 	}
 	stale, decided := false, false

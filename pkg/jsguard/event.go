@@ -18,7 +18,7 @@ const (
 	SourceLevel    = "level"    // the budget of a T1–T5 level category
 	SourceOverride = "override" // a per-call WithBudget override
 	SourceParent   = "parent"   // the parent context's deadline came first
-	SourceReported = "reported" // reported by another service (see Report)
+	SourceReported = "reported" // reported by another service, through Guard.Emit
 )
 
 // Event is one timeout, as it is written to the audit stream. Its JSON form is

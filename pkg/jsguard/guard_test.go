@@ -343,6 +343,32 @@ func TestNestedCalls(t *testing.T) {
 			}
 		})
 	})
+	t.Run("the inner event is out when the outer call returns, even with a slow sink", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			rec := &recSink{}
+			slow := jsguard.SinkFunc(func(ctx context.Context, e jsguard.Event) error {
+				time.Sleep(50 * time.Millisecond)
+				return rec.Emit(ctx, e)
+			})
+			g, err := jsguard.New(jsguard.WithSink(slow))
+			if err != nil {
+				t.Fatal(err)
+			}
+			unblock := make(chan struct{})
+			defer close(unblock)
+			start := time.Now()
+			err = g.Do(t.Context(), jsguard.APIRequest, "outer", func(ctx context.Context) error {
+				return g.Do(ctx, jsguard.KVGet, "inner", func(context.Context) error { <-unblock; return nil })
+			}, jsguard.WithBudget(time.Second))
+			ev := rec.one(t)
+			if ev.Operation != "inner" || asTimeout(t, err).EventID != ev.EventID {
+				t.Fatalf("event %+v, err %v", ev, err)
+			}
+			if got := time.Since(start); got != time.Second+10*time.Millisecond+50*time.Millisecond {
+				t.Fatalf("returned after %s, want deadline + grace + the sink's 50ms", got)
+			}
+		})
+	})
 	t.Run("three levels, all bound by the outermost deadline", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			g, sink := newGuard(t)
@@ -854,4 +880,49 @@ func TestNewRejectsInvalidPolicy(t *testing.T) {
 	if !errors.Is(err, jsguard.ErrInvalidPolicy) || !strings.Contains(err.Error(), `"lenient"`) {
 		t.Fatalf("New = %v, want the strategy named", err)
 	}
+}
+
+func TestInline(t *testing.T) {
+	t.Run("honours the deadline like a normal call", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			g, sink := newGuard(t)
+			start := time.Now()
+			err := g.Do(t.Context(), jsguard.T1Cache, "inline", honour, jsguard.WithInline())
+			te := asTimeout(t, err)
+			if time.Since(start) != 100*time.Millisecond || te.Abandoned || sink.one(t).Code != "TIMEOUT_T1_CACHE" {
+				t.Fatalf("err %+v after %s", te, time.Since(start))
+			}
+		})
+	})
+	t.Run("runs on the caller's goroutine and so cannot abandon", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			g, sink := newGuard(t)
+			start := time.Now()
+			err := g.Do(t.Context(), jsguard.T1Cache, "inline", func(context.Context) error {
+				time.Sleep(time.Second)
+				return errors.New("late")
+			}, jsguard.WithInline())
+			te := asTimeout(t, err)
+			if time.Since(start) != time.Second || te.Abandoned || te.Elapsed != time.Second || sink.one(t).Abandoned {
+				t.Fatalf("err %+v after %s, want a timeout reported when fn returned at 1s", te, time.Since(start))
+			}
+		})
+	})
+	t.Run("success and cancel", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			g, sink := newGuard(t)
+			v, err := jsguard.DoValue(t.Context(), g, jsguard.KVGet, "ok", func(context.Context) (int, error) { return 5, nil }, jsguard.WithInline())
+			if v != 5 || err != nil {
+				t.Fatalf("DoValue = %d, %v", v, err)
+			}
+			ctx, cancel := context.WithCancel(t.Context())
+			time.AfterFunc(time.Second, cancel)
+			if err := g.Do(ctx, jsguard.KVGet, "cancel", honour, jsguard.WithInline()); err != context.Canceled {
+				t.Fatalf("Do = %v, want Canceled", err)
+			}
+			if len(sink.events()) != 0 {
+				t.Fatal("events without a timeout")
+			}
+		})
+	})
 }

@@ -2,25 +2,29 @@ package jsguard
 
 import (
 	"context"
+	"errors"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Connect dials NATS under NATSConnect, with nats.Timeout set to the
-// category's budget unless opts set their own. nats.Connect takes no
-// context, so a dial that outlives the deadline is abandoned; if it succeeds
-// later, that connection is closed. It returns nats.Connect's error (e.g.
-// nats.ErrNoServers), ctx.Err() when ctx is cancelled, or a *TimeoutError
-// with code TIMEOUT_NATS_CONNECT. The operation in the audit event names
-// the URL with any password or token replaced by ***.
+// Connect dials NATS under NATSConnect, with nats.Timeout set to the time
+// left until the call's deadline unless opts set their own. nats.Connect
+// takes no context, so a dial that outlives the deadline is abandoned; if
+// it succeeds later, that connection is closed. It returns nats.Connect's
+// error (e.g. nats.ErrNoServers), ctx.Err() when ctx is cancelled, or a
+// *TimeoutError with code TIMEOUT_NATS_CONNECT. The operation in the audit
+// event names the URL with any password or token replaced by ***.
 func (g *Guard) Connect(ctx context.Context, url string, opts ...nats.Option) (*nats.Conn, error) {
-	g = orDefault(g)
-	opts = append([]nats.Option{nats.Timeout(g.Budget(NATSConnect))}, opts...)
 	return doValue(ctx, g, NATSConnect, "nats connect "+redactURL(url), func(ctx context.Context) (*nats.Conn, error) {
-		return nats.Connect(url, opts...)
+		o := make([]nats.Option, 0, len(opts)+1)
+		if dl, ok := ctx.Deadline(); ok {
+			o = append(o, nats.Timeout(max(time.Until(dl), time.Millisecond)))
+		}
+		return nats.Connect(url, append(o, opts...)...)
 	}, (*nats.Conn).Close, nil)
 }
 
@@ -65,15 +69,17 @@ func redactOne(s string) string {
 }
 
 // Publish publishes to a JetStream stream under NATSPublish and waits for the
-// ack. It returns the jetstream error (e.g. jetstream.ErrNoStreamResponse) or
-// a *TimeoutError.
+// ack. It returns the jetstream error (e.g. jetstream.ErrNoStreamResponse
+// when no stream takes the subject), ctx.Err(), or a *TimeoutError with code
+// TIMEOUT_NATS_PUBLISH.
 func (g *Guard) Publish(ctx context.Context, js jetstream.JetStream, subject string, data []byte, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
 	return DoValue(ctx, g, NATSPublish, "publish "+subject, func(ctx context.Context) (*jetstream.PubAck, error) {
 		return js.Publish(ctx, subject, data, opts...)
 	})
 }
 
-// PublishMsg is Publish for a message with headers.
+// PublishMsg is Publish for a message with headers; it returns the errors
+// Publish returns.
 func (g *Guard) PublishMsg(ctx context.Context, js jetstream.JetStream, msg *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
 	return DoValue(ctx, g, NATSPublish, "publish "+msg.Subject, func(ctx context.Context) (*jetstream.PubAck, error) {
 		return js.PublishMsg(ctx, msg, opts...)
@@ -82,25 +88,36 @@ func (g *Guard) PublishMsg(ctx context.Context, js jetstream.JetStream, msg *nat
 
 // Subscribe subscribes to subject under NATSSubscribe and flushes, so the
 // server has the interest when Subscribe returns. On a timeout or flush error
-// the subscription is removed. It returns the nats error or a *TimeoutError.
+// the subscription is removed. It returns the nats error, ctx.Err(), or a
+// *TimeoutError with code TIMEOUT_NATS_SUBSCRIBE.
 func (g *Guard) Subscribe(ctx context.Context, nc *nats.Conn, subject string, cb nats.MsgHandler) (*nats.Subscription, error) {
 	return doValue(ctx, g, NATSSubscribe, "subscribe "+subject, func(ctx context.Context) (*nats.Subscription, error) {
 		sub, err := nc.Subscribe(subject, cb)
 		if err != nil {
 			return nil, err
 		}
-		if err := nc.FlushWithContext(ctx); err != nil {
-			_ = sub.Unsubscribe()
-			return nil, err
+		for {
+			err := nc.FlushWithContext(ctx)
+			if err == nil {
+				return sub, nil
+			}
+			// A connection that drops while the flush waits fails it
+			// with ErrConnectionClosed although it is reconnecting; the
+			// subscription is sent again on reconnect, so wait for that
+			// within the same deadline.
+			if !errors.Is(err, nats.ErrConnectionClosed) || nc.IsClosed() || ctx.Err() != nil {
+				_ = sub.Unsubscribe()
+				return nil, err
+			}
 		}
-		return sub, nil
 	}, unsubscribe, nil)
 }
 
 func unsubscribe(s *nats.Subscription) { _ = s.Unsubscribe() }
 
 // Request sends a core NATS request under APIRequest and returns the reply.
-// It returns nats.ErrNoResponders when nobody listens, or a *TimeoutError.
+// It returns nats.ErrNoResponders when nobody listens, another nats error,
+// ctx.Err(), or a *TimeoutError with code TIMEOUT_API_REQUEST.
 func (g *Guard) Request(ctx context.Context, nc *nats.Conn, msg *nats.Msg) (*nats.Msg, error) {
 	return DoValue(ctx, g, APIRequest, "request "+msg.Subject, func(ctx context.Context) (*nats.Msg, error) {
 		return nc.RequestMsgWithContext(ctx, msg)
@@ -109,7 +126,8 @@ func (g *Guard) Request(ctx context.Context, nc *nats.Conn, msg *nats.Msg) (*nat
 
 // EnsureStream creates the stream or updates it to cfg, under
 // NATSStreamCreate. It returns the jetstream error (an update the server
-// refuses comes back as *jetstream.APIError) or a *TimeoutError.
+// refuses comes back as *jetstream.APIError), ctx.Err(), or a *TimeoutError
+// with code TIMEOUT_NATS_STREAM_CREATE.
 func (g *Guard) EnsureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
 	return DoValue(ctx, g, NATSStreamCreate, "ensure stream "+cfg.Name, func(ctx context.Context) (jetstream.Stream, error) {
 		return js.CreateOrUpdateStream(ctx, cfg)
@@ -117,7 +135,8 @@ func (g *Guard) EnsureStream(ctx context.Context, js jetstream.JetStream, cfg je
 }
 
 // EnsureConsumer creates the durable consumer or updates it to cfg, under
-// NATSSubscribe. It returns the jetstream error or a *TimeoutError.
+// NATSSubscribe. It returns the jetstream error, ctx.Err(), or a
+// *TimeoutError with code TIMEOUT_NATS_SUBSCRIBE.
 func (g *Guard) EnsureConsumer(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
 	return DoValue(ctx, g, NATSSubscribe, "ensure consumer "+stream+"/"+cfg.Durable, func(ctx context.Context) (jetstream.Consumer, error) {
 		return js.CreateOrUpdateConsumer(ctx, stream, cfg)
@@ -125,7 +144,8 @@ func (g *Guard) EnsureConsumer(ctx context.Context, js jetstream.JetStream, stre
 }
 
 // EnsureKV creates the bucket or updates it to cfg, under KVCreate, and
-// returns a guarded handle. It returns the jetstream error or a *TimeoutError.
+// returns a guarded handle. It returns the jetstream error, ctx.Err(), or a
+// *TimeoutError with code TIMEOUT_KV_CREATE.
 func (g *Guard) EnsureKV(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (*KV, error) {
 	kv, err := DoValue(ctx, g, KVCreate, "ensure kv "+cfg.Bucket, func(ctx context.Context) (jetstream.KeyValue, error) {
 		return js.CreateOrUpdateKeyValue(ctx, cfg)
@@ -138,13 +158,15 @@ func (g *Guard) EnsureKV(ctx context.Context, js jetstream.JetStream, cfg jetstr
 
 // KV wraps a bucket so that each operation runs under its category: Get and
 // Keys under KVGet; Create, Put and Update under KVPut; Delete and Purge
-// under KVDelete. A KV is safe for concurrent use.
+// under KVDelete, so a timeout's code is TIMEOUT_KV_GET, TIMEOUT_KV_PUT or
+// TIMEOUT_KV_DELETE. Every method returns ctx.Err() when ctx is cancelled. A
+// KV is safe for concurrent use.
 type KV struct {
 	g  *Guard
 	kv jetstream.KeyValue
 }
 
-// KV returns a guarded handle for kv.
+// KV returns a guarded handle for kv; g may be nil for the default Guard.
 func (g *Guard) KV(kv jetstream.KeyValue) *KV { return &KV{g: orDefault(g), kv: kv} }
 
 // Bucket returns the bucket's name.

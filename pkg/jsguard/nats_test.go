@@ -316,6 +316,7 @@ func TestWrappersTimeOutWhenServerIsDown(t *testing.T) {
 	}
 	s.Shutdown()
 	s.WaitForShutdown()
+	eventually(t, 5*time.Second, "the client notices the server is gone", nc.IsReconnecting)
 
 	calls := []struct {
 		name string

@@ -51,6 +51,7 @@ type PolicyStore struct {
 	key        string
 	minBackoff time.Duration
 	maxBackoff time.Duration
+	resync     time.Duration
 }
 
 // PolicyStoreOption configures a PolicyStore.
@@ -79,11 +80,21 @@ func WithWatchBackoff(min, max time.Duration) PolicyStoreOption {
 	}
 }
 
+// WithResync sets how often Run also reads the key directly and applies a
+// revision its watch has not delivered (default 5s; d <= 0 turns it off). A
+// KV watch does not end when the server restarts: it stalls until the
+// client notices the missing heartbeats and recreates it, which takes tens
+// of seconds; the direct read bounds that delay.
+func WithResync(d time.Duration) PolicyStoreOption {
+	return func(s *PolicyStore) { s.resync = d }
+}
+
 // NewPolicyStore returns a store for g's policy in kv (a handle from
 // EnsurePolicyBucket or Guard.KV). g may be nil for the default Guard; kv
 // must not be nil.
 func NewPolicyStore(g *Guard, kv *KV, opts ...PolicyStoreOption) *PolicyStore {
-	s := &PolicyStore{g: orDefault(g), kv: kv, key: PolicyKey, minBackoff: 100 * time.Millisecond, maxBackoff: 5 * time.Second}
+	s := &PolicyStore{g: orDefault(g), kv: kv, key: PolicyKey,
+		minBackoff: 100 * time.Millisecond, maxBackoff: 5 * time.Second, resync: 5 * time.Second}
 	for _, o := range opts {
 		o(s)
 	}
@@ -145,14 +156,18 @@ func decodePolicy(b []byte) (Policy, error) {
 var errWatchClosed = errors.New("policy watch closed")
 
 // Run watches the policy key until ctx ends and applies the stored policy
-// when it starts and every valid revision after. A KV watch ends when the
-// connection drops, so Run re-establishes it, after a backoff (see
-// WithWatchBackoff), for as long as ctx lasts; setting up a watch runs under
-// KVGet. Failures to watch are logged, not returned. Run returns nil when
-// ctx ends.
+// when it starts and every valid revision after, in revision order (a
+// revision at or below one already handled is skipped). A KV watch ends when
+// its subscription closes, so Run re-establishes it, after a backoff (see
+// WithWatchBackoff), for as long as ctx lasts; and it reads the key directly
+// every resync interval (see WithResync) in case the watch stalled. Setting
+// up a watch and the direct reads run under KVGet (a read's budget at most
+// the interval), so while NATS is unreachable their timeouts are audited
+// like any other. Failures to watch are logged, not returned. Run returns
+// nil when ctx ends.
 func (s *PolicyStore) Run(ctx context.Context) error {
 	backoff := s.minBackoff
-	var last uint64 // revision applied or rejected last, not to repeat it
+	var last uint64 // highest revision applied or rejected
 	for ctx.Err() == nil {
 		established, err := s.watch(ctx, &last)
 		if ctx.Err() != nil {
@@ -188,6 +203,12 @@ func (s *PolicyStore) watch(ctx context.Context, last *uint64) (bool, error) {
 		return false, err
 	}
 	defer w.Stop()
+	var resync <-chan time.Time
+	if s.resync > 0 {
+		t := time.NewTicker(s.resync)
+		defer t.Stop()
+		resync = t.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -196,13 +217,24 @@ func (s *PolicyStore) watch(ctx context.Context, last *uint64) (bool, error) {
 			if !ok {
 				return true, errWatchClosed
 			}
-			if e == nil || e.Revision() == *last {
-				continue // end of initial values, or seen before a re-watch
+			if e != nil { // nil marks the end of the initial values
+				s.handle(e, last)
 			}
-			*last = e.Revision()
-			s.apply(e)
+		case <-resync:
+			if e, err := s.kv.Get(ctx, s.key, WithBudget(s.resync)); err == nil {
+				s.handle(e, last)
+			}
 		}
 	}
+}
+
+// handle applies e unless a revision at or after it was handled already.
+func (s *PolicyStore) handle(e jetstream.KeyValueEntry, last *uint64) {
+	if e.Revision() <= *last {
+		return
+	}
+	*last = e.Revision()
+	s.apply(e)
 }
 
 func stopWatcher(w jetstream.KeyWatcher) { _ = w.Stop() }
@@ -219,10 +251,10 @@ func (s *PolicyStore) apply(e jetstream.KeyValueEntry) {
 	}
 	if err != nil {
 		err = fmt.Errorf("policy %s/%s revision %d rejected: %w", s.kv.Bucket(), s.key, e.Revision(), err)
-		s.g.rejected.Add(1)
 		s.g.log.Warn("jsguard: policy update rejected, keeping the policy in force", "error", err)
 		if s.g.hooks.OnPolicyRejected != nil {
 			s.g.hooks.OnPolicyRejected(err)
 		}
+		s.g.rejected.Add(1) // last, so a caller that sees the count sees the rest
 	}
 }

@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"hash/fnv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jsguardian/guardian/pkg/jsguard"
 )
 
 // ConsumerOption configures an Expirer or a Notifier.
@@ -74,48 +77,55 @@ func redeliveryDelay(delivered uint64) time.Duration {
 // consume runs cons until ctx ends, handing each message to handle on one of
 // workers goroutines picked by subject, so one subject's messages stay in
 // order. handle must Ack, Nak or Term. Handlers run on a context that is not
-// cancelled with ctx, bounded by budget, so that a stop lets in-flight
-// messages finish. It returns nil when ctx ends and an error when consuming
-// stopped by itself.
+// cancelled with ctx, bounded by budget, so that a stop lets messages in
+// progress finish; messages fetched but not started are Nak'ed at once so
+// another replica takes them. It returns nil when ctx ends and an error
+// when consuming stopped by itself.
 func (s *Service) consume(ctx context.Context, cons jetstream.Consumer, workers int, budget time.Duration, handle func(context.Context, jetstream.Msg)) error {
 	hctx := context.WithoutCancel(ctx)
+	var stopping atomic.Bool
 	shards := make([]chan jetstream.Msg, workers)
 	var wg sync.WaitGroup
 	for i := range shards {
-		ch := make(chan jetstream.Msg, 64)
+		ch := make(chan jetstream.Msg, 16)
 		shards[i] = ch
 		wg.Go(func() {
 			for m := range ch {
+				if stopping.Load() {
+					_ = m.Nak()
+					continue
+				}
 				mctx, cancel := context.WithTimeout(hctx, budget)
 				handle(mctx, m)
 				cancel()
 			}
 		})
 	}
-	stopWorkers := func() {
-		for _, ch := range shards {
-			close(ch)
-		}
-		wg.Wait()
-	}
-	cc, err := cons.Consume(func(m jetstream.Msg) {
-		h := fnv.New32a()
-		h.Write([]byte(m.Subject()))
-		shards[h.Sum32()%uint32(workers)] <- m
-	}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) { s.consumeError(err) }))
-	if err != nil {
-		stopWorkers()
-		return err
-	}
+	cc, err := jsguard.DoValue(ctx, s.g, jsguard.NATSSubscribe, "consume "+cons.CachedInfo().Stream+"/"+cons.CachedInfo().Name,
+		func(context.Context) (jetstream.ConsumeContext, error) {
+			return cons.Consume(func(m jetstream.Msg) {
+				h := fnv.New32a()
+				h.Write([]byte(m.Subject()))
+				shards[h.Sum32()%uint32(workers)] <- m
+			}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) { s.consumeError(err) }))
+		})
 	var runErr error
-	select {
-	case <-ctx.Done():
-	case <-cc.Closed():
-		runErr = errors.New("consumer stopped")
+	if err == nil {
+		select {
+		case <-ctx.Done():
+		case <-cc.Closed():
+			runErr = errors.New("consumer stopped")
+		}
+		stopping.Store(true)
+		cc.Stop()
+		<-cc.Closed() // the callback has returned: no more sends to shards
+	} else {
+		runErr = err
 	}
-	cc.Stop()
-	<-cc.Closed() // the callback has returned: no more sends to shards
-	stopWorkers()
+	for _, ch := range shards {
+		close(ch)
+	}
+	wg.Wait()
 	return runErr
 }
 

@@ -119,13 +119,7 @@ func (e *Expirer) lastActivity(ctx context.Context, info *jetstream.ConsumerInfo
 		return Outage{}
 	}
 	st, err := jsguard.DoValue(ctx, e.s.g, jsguard.ApprovalCheck, "stream info "+stream,
-		func(ctx context.Context) (*jetstream.StreamInfo, error) {
-			str, err := e.s.js.Stream(ctx, stream)
-			if err != nil {
-				return nil, err
-			}
-			return str.Info(ctx)
-		})
+		func(ctx context.Context) (*jetstream.StreamInfo, error) { return e.s.timersStream.Info(ctx) })
 	if err == nil && st.State.LastSeq <= info.Delivered.Stream {
 		return Outage{} // idle, not down: nothing was written meanwhile
 	}
@@ -262,32 +256,27 @@ func (s *Service) warn(ctx context.Context, key string) error {
 func (e *Expirer) Sweep(ctx context.Context) (overdue, lost int, err error) {
 	s := e.s
 	err = s.g.Do(ctx, jsguard.ReplayProcessing, "approval sweep "+s.cfg.RecordsBucket, func(ctx context.Context) error {
-		w, err := s.records.Raw().WatchAll(ctx, jetstream.IgnoreDeletes())
-		if err != nil {
-			return err
-		}
-		defer w.Stop()
-		for {
-			var entry jetstream.KeyValueEntry
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case entry = <-w.Updates():
+		return scanLatest(ctx, s.recordsStream, "$KV."+s.cfg.RecordsBucket+".>", false, func(m jetstream.Msg) error {
+			if !isEntry(m) {
+				return nil
 			}
-			if entry == nil {
-				return nil // all current records seen
+			md, err := m.Metadata()
+			if err != nil {
+				return err
 			}
-			rec, err := decodeRecord(entry.Value(), entry.Revision())
+			rec, err := decodeRecord(m.Data(), md.Sequence.Stream)
 			if err != nil || rec.Status != StatusPending {
-				continue
+				return nil
 			}
 			late := s.now().Sub(rec.Deadline(s.cfg.GracePeriod))
 			if late <= 0 {
-				continue
+				return nil
 			}
-			wrote, err := s.expire(ctx, entry.Key(), &rec)
+			// The revision may be stale by now: expire re-reads on a
+			// lost compare-and-set.
+			wrote, err := s.expire(withTenant(ctx, rec.Tenant), rec.Key(), &rec)
 			if err != nil {
-				return fmt.Errorf("expire %s: %w", entry.Key(), err)
+				return fmt.Errorf("expire %s: %w", rec.Key(), err)
 			}
 			if wrote {
 				overdue++
@@ -295,7 +284,8 @@ func (e *Expirer) Sweep(ctx context.Context) (overdue, lost int, err error) {
 					lost++
 				}
 			}
-		}
+			return nil
+		})
 	})
 	return overdue, lost, err
 }

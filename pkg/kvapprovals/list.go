@@ -18,7 +18,7 @@ import (
 // those with in.Status. The whole listing runs under the ApprovalCheck
 // budget; when that runs out it returns what it gathered with Partial set
 // and a NextCursor to continue from, not an error (the timeout is still
-// audited). Its cost grows with the tenant's retained records: it lists the
+// audited). Its cost grows with the tenant's retained records: it scans the
 // tenant's keys and reads records until the page is full.
 //
 // It returns a *FieldError (ErrInvalidRequest) for a bad tenant, status,
@@ -66,18 +66,15 @@ func (s *Service) List(ctx context.Context, tenant string, in ListInput) (ListRe
 	ctx = withTenant(ctx, tenant)
 	res, err := jsguard.DoFallback(ctx, s.g, jsguard.ApprovalCheck, "approval list "+s.cfg.RecordsBucket+"/"+tenant,
 		func(ctx context.Context) (ListResult, error) {
-			l, err := s.records.Raw().ListKeysFiltered(ctx, prefix+"*")
-			if err != nil {
-				return ListResult{}, err
-			}
+			subjPrefix := "$KV." + s.cfg.RecordsBucket + "." + prefix
 			var ids []string
-			for k := range l.Keys() {
-				if id := strings.TrimPrefix(k, prefix); id > after {
+			err := scanLatest(ctx, s.recordsStream, subjPrefix+"*", true, func(m jetstream.Msg) error {
+				if id := strings.TrimPrefix(m.Subject(), subjPrefix); id > after && isEntry(m) {
 					ids = append(ids, id)
 				}
-			}
-			l.Stop()
-			if err := ctx.Err(); err != nil {
+				return nil
+			})
+			if err != nil {
 				return ListResult{}, err
 			}
 			slices.Sort(ids)

@@ -102,8 +102,11 @@ func WithWebhook(w Webhook) ConsumerOption {
 // sink), and feeds the optional webhook. It is a durable consumer on the
 // records bucket's stream shared by all replicas (Config.NotifierDurable);
 // redelivered revisions yield the same message and event ids, so duplicates
-// are dropped downstream. Events of one approval are published in order.
-// A Notifier is safe for concurrent use; run it once per process.
+// are dropped downstream. Events of one approval are published in order
+// (a webhook retry may reorder webhook deliveries). A new durable starts at
+// the beginning of the records stream, so it publishes the events of the
+// retained history once. A Notifier is safe for concurrent use; run it once
+// per process.
 type Notifier struct {
 	s *Service
 	o consumerOpts

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/jsguardian/guardian/pkg/jsguard"
 )
 
@@ -95,20 +97,35 @@ func (s *Service) admit(ctx context.Context, tenant string) (bool, error) {
 	return true, nil
 }
 
+// Pending returns how many approvals of tenant are pending, counted as the
+// tenant's live expire timers: this is the count Config.MaxPending limits.
+// An approval whose timer has fired but which the expirer has not moved yet
+// is not counted. It scans the timers bucket under ApprovalCheck, so its
+// cost grows with the tenant's pending approvals. It returns a *FieldError for a bad tenant, or the jetstream
+// error or *jsguard.TimeoutError, wrapped. Safe for concurrent use.
+func (s *Service) Pending(ctx context.Context, tenant string) (int, error) {
+	if err := checkName("tenant", tenant); err != nil {
+		return 0, err
+	}
+	n, err := s.countPending(withTenant(ctx, tenant), tenant)
+	if err != nil {
+		return 0, fmt.Errorf("pending %s: %w", tenant, err)
+	}
+	return n, nil
+}
+
 // countPending counts the tenant's live expire timers, under ApprovalCheck.
-// Fired markers and purge tombstones are not live keys.
+// Fired markers and purge tombstones are not live timers.
 func (s *Service) countPending(ctx context.Context, tenant string) (int, error) {
 	return jsguard.DoValue(ctx, s.g, jsguard.ApprovalCheck, "approval count pending "+s.cfg.TimersBucket+"/"+tenant,
 		func(ctx context.Context) (int, error) {
-			l, err := s.timers.Raw().ListKeysFiltered(ctx, tenant+".*.expire")
-			if err != nil {
-				return 0, err
-			}
-			defer l.Stop()
 			n := 0
-			for range l.Keys() {
-				n++
-			}
-			return n, ctx.Err()
+			err := scanLatest(ctx, s.timersStream, "$KV."+s.cfg.TimersBucket+"."+tenant+".*.expire", true, func(m jetstream.Msg) error {
+				if isEntry(m) {
+					n++
+				}
+				return nil
+			})
+			return n, err
 		})
 }

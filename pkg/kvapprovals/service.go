@@ -28,11 +28,13 @@ type Service struct {
 	cfg     Config
 	records *jsguard.KV
 	timers  *jsguard.KV
-	now     func() time.Time
-	log     *slog.Logger
-	hooks   Hooks
-	pending pendingCounts
-	stats   stats
+	// The buckets' streams, for scans and consumers.
+	recordsStream, timersStream jetstream.Stream
+	now                         func() time.Time
+	log                         *slog.Logger
+	hooks                       Hooks
+	pending                     pendingCounts
+	stats                       stats
 }
 
 // Hooks are called synchronously; they must be fast and safe for concurrent
@@ -109,6 +111,16 @@ func Open(ctx context.Context, g *jsguard.Guard, js jetstream.JetStream, cfg Con
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open: timers bucket %s: %w", cfg.TimersBucket, err)
+	}
+	for _, b := range []struct {
+		bucket string
+		dst    *jetstream.Stream
+	}{{cfg.RecordsBucket, &s.recordsStream}, {cfg.TimersBucket, &s.timersStream}} {
+		*b.dst, err = jsguard.DoValue(ctx, g, jsguard.NATSStreamCreate, "stream KV_"+b.bucket,
+			func(ctx context.Context) (jetstream.Stream, error) { return js.Stream(ctx, "KV_"+b.bucket) })
+		if err != nil {
+			return nil, fmt.Errorf("open: bucket stream KV_%s: %w", b.bucket, err)
+		}
 	}
 	_, err = g.EnsureStream(ctx, js, jetstream.StreamConfig{
 		Name:        cfg.EventsStream,

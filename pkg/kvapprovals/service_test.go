@@ -1,6 +1,7 @@
 package kvapprovals
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -706,4 +707,52 @@ func TestListPartial(t *testing.T) {
 		t.Errorf("partial listings were not audited")
 	}
 	t.Logf("%d partial pages", partials)
+}
+
+// TestTimeouts: a NATS call that runs out of its budget returns the
+// *jsguard.TimeoutError (wrapped) and is audited once, with the tenant.
+func TestTimeouts(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, func(c *Config) { c.DefaultTimeout = time.Hour })
+	ctx := t.Context()
+	e.request("acme", req("t1"))
+	p := jsguard.DefaultPolicy()
+	p.Budgets[jsguard.ApprovalCheck] = time.Microsecond
+	if err := e.g.SetPolicy(p); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		call func() error
+	}{
+		{"get", func() error { _, err := e.svc.Get(ctx, "acme", "t1"); return err }},
+		{"approve", func() error {
+			_, err := e.svc.Approve(ctx, "acme", DecisionInput{ID: "t1", DecidedBy: "bob"})
+			return err
+		}},
+		{"pending", func() error { _, err := e.svc.Pending(ctx, "acme"); return err }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := len(e.audit.byCode(jsguard.ApprovalCheck.Code()))
+			err := tt.call()
+			var te *jsguard.TimeoutError
+			if !errors.As(err, &te) || !errors.Is(err, context.DeadlineExceeded) || te.Code != "TIMEOUT_APPROVAL_CHECK" {
+				t.Fatalf("err = %v, want a TIMEOUT_APPROVAL_CHECK *jsguard.TimeoutError", err)
+			}
+			evs := e.audit.byCode(jsguard.ApprovalCheck.Code())
+			if len(evs) != before+1 || evs[len(evs)-1].TenantID != "acme" {
+				t.Errorf("audit events %d -> %d, last %+v", before, len(evs), evs[len(evs)-1])
+			}
+		})
+	}
+	if err := e.g.SetPolicy(jsguard.DefaultPolicy()); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.get("acme", "t1"); r.Status != StatusPending {
+		t.Errorf("a timed-out approve changed the record: %+v", r)
+	}
+	if n, err := e.svc.Pending(ctx, "acme"); err != nil || n != 1 {
+		t.Errorf("pending = %d, %v; want 1", n, err)
+	}
 }

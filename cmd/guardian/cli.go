@@ -1,0 +1,254 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jsguardian/guardian/pkg/jsguard"
+	"github.com/jsguardian/guardian/pkg/kvapprovals"
+)
+
+// defaultClientURL is where CLI commands look for NATS without
+// GUARDIAN_NATS_URL: the embedded server's default address.
+const defaultClientURL = "nats://127.0.0.1:4222"
+
+// clientFlags are the flags every client command shares.
+type clientFlags struct {
+	server  string
+	timeout time.Duration
+	json    bool
+}
+
+func (c *clientFlags) register(fs *flag.FlagSet) {
+	def := os.Getenv("GUARDIAN_NATS_URL")
+	if def == "" {
+		def = defaultClientURL
+	}
+	fs.StringVar(&c.server, "server", def, "NATS URL of the guardian to talk to (GUARDIAN_NATS_URL)")
+	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "how long to wait for an answer")
+	fs.BoolVar(&c.json, "json", false, "print JSON instead of a table")
+}
+
+// session is a connected client.
+type session struct {
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	client *kvapprovals.Client
+	g      *jsguard.Guard
+}
+
+// dial connects to NATS with the credentials of the GUARDIAN_* variables.
+func (c *clientFlags) dial(ctx context.Context) (*session, error) {
+	cfg, err := loadConfig()
+	if err != nil {
+		return nil, err
+	}
+	g, err := jsguard.New(jsguard.WithPolicy(cfg.policy()))
+	if err != nil {
+		return nil, err
+	}
+	opts, err := natsOptions(cfg, "guardian-cli", newLogger(io.Discard, "error", "json"))
+	if err != nil {
+		return nil, err
+	}
+	opts = append(opts, nats.MaxReconnects(0))
+	cctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	nc, err := g.Connect(cctx, c.server, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w (is 'guardian serve' running? set --server or GUARDIAN_NATS_URL)", c.server, err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return &session{nc: nc, js: js, client: kvapprovals.NewClient(nc, kvapprovals.WithClientGuard(g)), g: g}, nil
+}
+
+func (s *session) close() { s.nc.Close() }
+
+// printJSON writes v as indented JSON.
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// apiFailure prints an API error readably and returns exit code 1.
+func apiFailure(stderr io.Writer, err error) error {
+	var ae *kvapprovals.APIError
+	if errors.As(err, &ae) {
+		msg := fmt.Sprintf("guardian: %d %s: %s", ae.Code, ae.Status, ae.Message)
+		if ae.Field != "" {
+			msg += " (field " + ae.Field + ")"
+		}
+		if ae.TimeoutCode != "" {
+			msg += " [" + ae.TimeoutCode + "]"
+		}
+		fmt.Fprintln(stderr, msg)
+		return exitError{1}
+	}
+	return err
+}
+
+const approvalUsage = `approval <command> [flags]
+
+Commands:
+  request   ask for an approval          --tenant --session --requested-by [--id --operator --timeout --details]
+  approve   approve a pending approval   --tenant --id --by [--reason]
+  deny      deny a pending approval      --tenant --id --by [--reason]
+  cancel    cancel a pending approval    --tenant --id --by [--reason]
+  get       show one approval            --tenant --id
+  list      list a tenant's approvals    --tenant [--status --limit --cursor]
+
+Every command also takes --server, --timeout and --json. Exit status 1 with
+the API's error (e.g. "410 expired: ...") when guardian refuses.`
+
+func approvalCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprintln(stderr, "Usage: guardian", approvalUsage)
+		if len(args) == 0 {
+			return exitError{2}
+		}
+		return nil
+	}
+	op := args[0]
+	var cf clientFlags
+	fs := newFlags("approval "+op, "approval "+op+" [flags]", stderr)
+	cf.register(fs)
+	tenant := fs.String("tenant", envOr("GUARDIAN_TENANT", "default"), "tenant (GUARDIAN_TENANT)")
+	id := fs.String("id", "", "approval id ([A-Za-z0-9_-]{1,64})")
+	var (
+		session, requestedBy, operator, timeout, details *string
+		by, reason, status, cursor                         *string
+		limit                                              *int
+	)
+	switch op {
+	case "request":
+		session = fs.String("session", "", "session id (required)")
+		requestedBy = fs.String("requested-by", envOr("USER", ""), "who asks (required; default $USER)")
+		operator = fs.String("operator", "", "operator expected to decide (optional)")
+		timeout = fs.String("timeout", "", "how long until it expires, e.g. 90s or 15m (default: the service's)")
+		details = fs.String("details", "", "a JSON object with details, e.g. '{\"cmd\":\"rm -rf /tmp/x\"}'")
+	case "approve", "deny", "cancel":
+		by = fs.String("by", envOr("USER", ""), "who decides (default $USER)")
+		reason = fs.String("reason", "", "why")
+	case "get":
+	case "list":
+		status = fs.String("status", "", "only this status: pending, approved, denied, cancelled or expired")
+		limit = fs.Int("limit", 0, "at most this many (default 100)")
+		cursor = fs.String("cursor", "", "continue after this cursor (next_cursor of the previous page)")
+	default:
+		fmt.Fprintf(stderr, "guardian: unknown approval command %q\n\nUsage: guardian %s\n", op, approvalUsage)
+		return exitError{2}
+	}
+	if err := parseFlags(fs, args[1:]); err != nil {
+		return err
+	}
+	if (op != "request" && op != "list") && *id == "" {
+		fmt.Fprintln(stderr, "guardian: --id is required")
+		return exitError{2}
+	}
+	s, err := cf.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	ctx, cancel := context.WithTimeout(ctx, cf.timeout)
+	defer cancel()
+
+	var out any
+	switch op {
+	case "request":
+		in := kvapprovals.RequestInput{ID: *id, SessionID: *session, RequestedBy: *requestedBy, OperatorID: *operator}
+		if *timeout != "" {
+			d, err := time.ParseDuration(*timeout)
+			if err != nil {
+				fmt.Fprintf(stderr, "guardian: --timeout %q: not a duration like 90s or 15m\n", *timeout)
+				return exitError{2}
+			}
+			in.Timeout = kvapprovals.Duration(d)
+		}
+		if *details != "" {
+			if !json.Valid([]byte(*details)) {
+				fmt.Fprintln(stderr, "guardian: --details must be a JSON object")
+				return exitError{2}
+			}
+			in.Details = json.RawMessage(*details)
+		}
+		out, err = s.client.Request(ctx, *tenant, in)
+	case "approve":
+		out, err = s.client.Approve(ctx, *tenant, kvapprovals.DecisionInput{ID: *id, DecidedBy: *by, Reason: *reason})
+	case "deny":
+		out, err = s.client.Deny(ctx, *tenant, kvapprovals.DecisionInput{ID: *id, DecidedBy: *by, Reason: *reason})
+	case "cancel":
+		out, err = s.client.Cancel(ctx, *tenant, kvapprovals.CancelInput{ID: *id, CancelledBy: *by, Reason: *reason})
+	case "get":
+		out, err = s.client.Get(ctx, *tenant, *id)
+	case "list":
+		out, err = s.client.List(ctx, *tenant, kvapprovals.ListInput{Status: kvapprovals.Status(*status), Limit: *limit, Cursor: *cursor})
+	}
+	if err != nil {
+		return apiFailure(stderr, err)
+	}
+	if cf.json {
+		return printJSON(stdout, out)
+	}
+	switch v := out.(type) {
+	case kvapprovals.Record:
+		printRecords(stdout, []kvapprovals.Record{v})
+	case kvapprovals.ListResult:
+		printRecords(stdout, v.Items)
+		if v.Partial {
+			fmt.Fprintln(stdout, "(partial: the listing ran out of time; results may be incomplete)")
+		}
+		if v.NextCursor != "" {
+			fmt.Fprintf(stdout, "more: --cursor %s\n", v.NextCursor)
+		}
+	}
+	return nil
+}
+
+func printRecords(w io.Writer, recs []kvapprovals.Record) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSTATUS\tREQUESTED BY\tSESSION\tEXPIRES AT\tDECIDED BY\tREASON")
+	for _, r := range recs {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Status, r.RequestedBy, r.SessionID,
+			r.ExpiresAt.Format(time.RFC3339), orDash(r.DecidedBy), orDash(r.Reason))
+	}
+	tw.Flush()
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// splitAssignments parses CODE=duration arguments.
+func splitAssignments(args []string) (map[string]string, error) {
+	m := map[string]string{}
+	for _, a := range args {
+		k, v, ok := strings.Cut(a, "=")
+		if !ok {
+			return nil, fmt.Errorf("%q: want NAME=VALUE, e.g. TIMEOUT_KV_GET=3s or strategy=strict", a)
+		}
+		m[k] = v
+	}
+	return m, nil
+}
+
+func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }

@@ -1,0 +1,332 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jsguardian/guardian/pkg/auditstream"
+	"github.com/jsguardian/guardian/pkg/jsguard"
+)
+
+const auditUsage = `audit <command> [flags]
+
+Commands (they read the GUARDIAN_AUDIT stream directly over JetStream):
+  tail     print audit events: history with --since or --seq, then live unless --follow=false
+  stats    count events per minute, tenant and code over a window
+  verify   check the seals (tamper evidence) of the live stream or of an export file
+  export   write the stream as JSON lines, for archiving or offline verify
+
+Every command also takes --server, --timeout and --json.`
+
+func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprintln(stderr, "Usage: guardian", auditUsage)
+		if len(args) == 0 {
+			return exitError{2}
+		}
+		return nil
+	}
+	op := args[0]
+	var cf clientFlags
+	fs := newFlags("audit "+op, "audit "+op+" [flags]", stderr)
+	cf.register(fs)
+	acfg := auditstream.DefaultConfig()
+	fs.StringVar(&acfg.Stream, "stream", acfg.Stream, "audit stream name")
+	var (
+		tenant, code, file, key, out *string
+		since, window                *time.Duration
+		seq                          *uint64
+		follow                       *bool
+	)
+	switch op {
+	case "tail":
+		tenant = fs.String("tenant", "", "only this tenant ("+auditstream.NoTenant+" for events without one)")
+		code = fs.String("code", "", "only this code, e.g. TIMEOUT_KV_GET")
+		since = fs.Duration("since", 0, "start this far back, e.g. 1h (default: only new events)")
+		seq = fs.Uint64("seq", 0, "start at this stream sequence")
+		follow = fs.Bool("follow", true, "keep printing new events; false stops once the history is printed")
+	case "stats":
+		tenant = fs.String("tenant", "", "only this tenant")
+		code = fs.String("code", "", "only this code")
+		window = fs.Duration("window", time.Hour, "how far back to count")
+	case "verify":
+		file = fs.String("file", "", "verify this export (from 'guardian audit export') instead of the live stream")
+		key = fs.String("public-key", os.Getenv("GUARDIAN_AUDIT_SEAL_PUBLIC_KEY"), "the sealer's public key (logged by 'guardian serve' at start; GUARDIAN_AUDIT_SEAL_PUBLIC_KEY)")
+	case "export":
+		out = fs.String("out", "-", "file to write, - for standard output")
+	default:
+		fmt.Fprintf(stderr, "guardian: unknown audit command %q\n\nUsage: guardian %s\n", op, auditUsage)
+		return exitError{2}
+	}
+	if err := parseFlags(fs, args[1:]); err != nil {
+		return err
+	}
+	if op == "verify" && *key == "" {
+		fmt.Fprintln(stderr, "guardian: --public-key is required (the sealer's public key, printed by 'guardian serve' at start)")
+		return exitError{2}
+	}
+	if op == "verify" && *file != "" {
+		f, err := os.Open(*file)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		rep, err := auditstream.VerifyExportConfig(f, acfg, *key)
+		if err != nil {
+			return err
+		}
+		return printReport(stdout, &rep, cf.json)
+	}
+	s, err := cf.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer s.close()
+
+	switch op {
+	case "tail":
+		opts := auditstream.TailOptions{Tenant: *tenant, Code: *code, StartSeq: *seq}
+		if *since > 0 {
+			opts.StartTime = time.Now().Add(-*since)
+		}
+		if !*follow && opts.StartSeq == 0 && opts.StartTime.IsZero() {
+			opts.StartSeq = 1
+		}
+		return tail(ctx, s, acfg, opts, *follow, cf.json, stdout)
+	case "stats":
+		cctx, cancel := context.WithTimeout(ctx, cf.timeout)
+		defer cancel()
+		c, err := auditstream.Stats(cctx, s.js, acfg, auditstream.StatsOptions{Window: *window, Tenant: *tenant, Code: *code})
+		if err != nil {
+			return err
+		}
+		if cf.json {
+			return printJSON(stdout, c)
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "MINUTE\tTENANT\tCODE\tCOUNT")
+		for _, b := range c.Buckets {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\n", b.Minute.Format("2006-01-02 15:04"), orDash(b.Tenant), b.Code, b.Count)
+		}
+		tw.Flush()
+		fmt.Fprintf(stdout, "total %d events from %s to %s\n", c.Total, c.From.Format(time.RFC3339), c.To.Format(time.RFC3339))
+		return nil
+	case "verify":
+		cctx, cancel := context.WithTimeout(ctx, max(cf.timeout, time.Minute))
+		defer cancel()
+		rep, err := auditstream.Verify(cctx, s.js, acfg, *key)
+		if err != nil {
+			return err
+		}
+		return printReport(stdout, &rep, cf.json)
+	case "export":
+		w := stdout
+		if *out != "-" {
+			f, err := os.Create(*out)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			w = f
+		}
+		cctx, cancel := context.WithTimeout(ctx, max(cf.timeout, 10*time.Minute))
+		defer cancel()
+		return auditstream.Export(cctx, s.js, acfg, w)
+	}
+	return nil
+}
+
+// tail prints entries; without follow it stops once nothing new arrives for
+// a moment.
+func tail(ctx context.Context, s *session, acfg auditstream.Config, opts auditstream.TailOptions, follow, asJSON bool, w io.Writer) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var idle *time.Timer
+	if !follow {
+		idle = time.AfterFunc(time.Second, cancel)
+		defer idle.Stop()
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	if !asJSON {
+		fmt.Fprintln(tw, "SEQ\tTIME\tTENANT\tCODE\tOPERATION\tBUDGET\tELAPSED\tEVENT ID")
+		tw.Flush()
+	}
+	for e, err := range auditstream.Tail(ctx, s.js, acfg, opts) {
+		if idle != nil {
+			idle.Reset(time.Second)
+		}
+		if err != nil {
+			if errors.Is(err, auditstream.ErrMalformedEvent) {
+				fmt.Fprintf(os.Stderr, "guardian: seq %d: %v\n", e.Seq, err)
+				continue
+			}
+			return err
+		}
+		if asJSON {
+			if err := printJSONLine(w, e.Event); err != nil {
+				return err
+			}
+			continue
+		}
+		ev := e.Event
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, ev.Timestamp.Format(time.RFC3339), orDash(ev.TenantID), ev.Code,
+			ev.Operation, secs(ev.TimeoutSeconds), secs(ev.ElapsedSeconds), ev.EventID)
+		tw.Flush()
+	}
+	return nil
+}
+
+func secs(f float64) string { return time.Duration(f * float64(time.Second)).Round(time.Millisecond).String() }
+
+func printJSONLine(w io.Writer, v any) error {
+	b, err := jsonMarshal(v)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(w, "%s\n", b)
+	return err
+}
+
+func printReport(w io.Writer, rep *auditstream.Report, asJSON bool) error {
+	if asJSON {
+		if err := printJSON(w, rep); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintf(w, "events %d, seals %d, sequences %d-%d\n", rep.Events, rep.Seals, rep.FirstSeq, rep.LastSeq)
+		fmt.Fprintf(w, "sealed ranges verified: %d of %d\n", rep.RangesVerified, len(rep.Ranges))
+		if rep.Unsealed.Events > 0 {
+			fmt.Fprintf(w, "unsealed tail: %d events (not verifiable until the next seal)\n", rep.Unsealed.Events)
+		}
+		for _, p := range rep.Problems {
+			fmt.Fprintf(w, "PROBLEM %s at seq %d: %s\n", p.Kind, p.Seq, p.Detail)
+		}
+		if rep.Omitted > 0 {
+			fmt.Fprintf(w, "... and %d more problems\n", rep.Omitted)
+		}
+	}
+	if !rep.OK() {
+		fmt.Fprintln(w, "FAILED: the audit trail does not verify")
+		return exitError{1}
+	}
+	fmt.Fprintln(w, "OK")
+	return nil
+}
+
+const policyUsage = `policy <command> [flags]
+
+Commands:
+  get                      print the timeout policy in force (asks the running service)
+  set NAME=VALUE ...       change entries and store the policy in the GUARDIAN_POLICY bucket;
+                           every guardian applies it at once. NAME is an audit code
+                           (TIMEOUT_KV_GET=3s), default, strategy (graceful|strict|none)
+                           or max_stale_age.
+
+Every command also takes --server, --timeout and --json.`
+
+func policyCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprintln(stderr, "Usage: guardian", policyUsage)
+		if len(args) == 0 {
+			return exitError{2}
+		}
+		return nil
+	}
+	op := args[0]
+	var cf clientFlags
+	fs := newFlags("policy "+op, "policy "+op+" [flags]", stderr)
+	cf.register(fs)
+	switch op {
+	case "get", "set":
+	default:
+		fmt.Fprintf(stderr, "guardian: unknown policy command %q\n\nUsage: guardian %s\n", op, policyUsage)
+		return exitError{2}
+	}
+	if err := parseFlags(fs, args[1:]); err != nil {
+		return err
+	}
+	var changes map[string]string
+	if op == "set" {
+		var err error
+		if changes, err = splitAssignments(fs.Args()); err != nil || len(changes) == 0 {
+			if err == nil {
+				err = errors.New("nothing to set: give NAME=VALUE arguments, e.g. TIMEOUT_KV_GET=3s")
+			}
+			fmt.Fprintln(stderr, "guardian:", err)
+			return exitError{2}
+		}
+	}
+	s, err := cf.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	ctx, cancel := context.WithTimeout(ctx, cf.timeout)
+	defer cancel()
+	p, err := s.client.Policy(ctx)
+	if err != nil {
+		return apiFailure(stderr, err)
+	}
+	if op == "set" {
+		if err := applyPolicyChanges(&p, changes); err != nil {
+			fmt.Fprintln(stderr, "guardian:", err)
+			return exitError{2}
+		}
+		if err := p.Validate(); err != nil {
+			fmt.Fprintln(stderr, "guardian:", err)
+			return exitError{2}
+		}
+		kv, err := jsguard.EnsurePolicyBucket(ctx, s.g, s.js, 0)
+		if err != nil {
+			return err
+		}
+		if err := jsguard.NewPolicyStore(s.g, kv).Save(ctx, p); err != nil {
+			return err
+		}
+		fmt.Fprintf(stderr, "policy stored in %s; running guardians apply it now\n", kv.Bucket())
+	}
+	if cf.json {
+		return printJSON(stdout, p)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "strategy\t%s\n", p.Strategy)
+	fmt.Fprintf(tw, "default\t%s\n", p.Default)
+	fmt.Fprintf(tw, "max_stale_age\t%s\n", p.MaxStaleAge)
+	for _, c := range jsguard.Categories() {
+		fmt.Fprintf(tw, "%s\t%s\n", c.Code(), p.Budget(c))
+	}
+	return tw.Flush()
+}
+
+// applyPolicyChanges sets NAME=VALUE entries on p.
+func applyPolicyChanges(p *jsguard.Policy, changes map[string]string) error {
+	for k, v := range changes {
+		switch k {
+		case "strategy":
+			p.Strategy = jsguard.Strategy(v)
+			continue
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("%s=%s: not a duration like 3s", k, v)
+		}
+		switch k {
+		case "default":
+			p.Default = d
+		case "max_stale_age":
+			p.MaxStaleAge = d
+		default:
+			c, err := jsguard.ParseCode(k)
+			if err != nil {
+				return fmt.Errorf("%s: not an audit code like TIMEOUT_KV_GET, nor default, strategy or max_stale_age", k)
+			}
+			p.Budgets[c] = d
+		}
+	}
+	return nil
+}

@@ -1,0 +1,165 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/jsguardian/guardian/pkg/auditstream"
+	"github.com/jsguardian/guardian/pkg/jsguard"
+	"github.com/jsguardian/guardian/pkg/kvapprovals"
+)
+
+// wired holds what wire built: the long-running parts and what run needs
+// at shutdown.
+type wired struct {
+	parts     []part
+	approvals *kvapprovals.Service
+	publisher *auditstream.Publisher
+}
+
+// auditConfig returns the auditstream config the environment describes.
+func (c *config) auditStream() auditstream.Config {
+	a := auditstream.DefaultConfig()
+	a.Replicas = c.Replicas
+	a.MaxAge = c.Audit.MaxAge
+	a.Duplicates = c.Audit.Duplicates
+	a.SpoolDir = filepath.Join(c.DataDir, "audit-spool")
+	a.SpoolMaxBytes = c.Audit.SpoolMaxBytes
+	a.SealEvery = c.Audit.SealEvery
+	a.SealInterval = c.Audit.SealInterval
+	a.SealSeed = c.Audit.SealSeed
+	a.AlertWindow = c.Audit.AlertWindow
+	a.AlertThreshold = c.Audit.AlertThreshold
+	return a
+}
+
+// approvalsConfig returns the kvapprovals config the environment describes.
+func (c *config) approvalsConfig() kvapprovals.Config {
+	k := kvapprovals.DefaultConfig()
+	a := c.Approval
+	k.DefaultTimeout = a.DefaultTimeout
+	k.MinTimeout = a.MinTimeout
+	k.MaxTimeout = a.MaxTimeout
+	k.GracePeriod = a.GracePeriod
+	k.SendTimeoutWarnings = a.SendWarnings
+	k.WarningBefore = a.WarningBefore
+	k.MaxPending = a.MaxPending
+	k.Retention = a.Retention
+	k.MaxOutage = a.MaxOutage
+	k.RequireReason = a.RequireReason
+	k.AllowSelfApproval = a.AllowSelfApproval
+	k.Replicas = c.Replicas
+	return k
+}
+
+// wire ensures streams and buckets and builds the long-running parts.
+func wire(ctx context.Context, cfg *config, g *jsguard.Guard, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, reg *prometheus.Registry, m *metrics) (*wired, error) {
+	w := &wired{}
+	// Audit: stream, publisher (the guard's sink), drainer, sealer, alerts.
+	acfg := cfg.auditStream()
+	if _, err := auditstream.Ensure(ctx, g, js, acfg); err != nil {
+		return nil, fmt.Errorf("audit stream: %w", err)
+	}
+	pub, err := auditstream.NewPublisher(g, js, acfg, auditstream.WithLogger(log.With("component", "audit")))
+	if err != nil {
+		return nil, fmt.Errorf("audit publisher: %w", err)
+	}
+	g.SetSink(pub)
+	w.publisher = pub
+	w.parts = append(w.parts, part{"audit-drainer", pub.Run})
+	registerPublisherMetrics(reg, pub)
+	if acfg.SealSeed != "" {
+		sealer, err := auditstream.NewSealer(g, js, acfg, auditstream.WithLogger(log.With("component", "sealer")))
+		if err != nil {
+			return nil, fmt.Errorf("audit sealer: %w", err)
+		}
+		log.Info("audit seals on", "subject", acfg.SealSubject(), "public_key", sealer.PublicKey())
+		w.parts = append(w.parts, part{"audit-sealer", sealer.Run})
+	}
+	if acfg.AlertThreshold > 0 {
+		alerter, err := auditstream.NewAlerter(g, js, acfg, auditstream.WithLogger(log.With("component", "alerts")))
+		if err != nil {
+			return nil, fmt.Errorf("audit alerts: %w", err)
+		}
+		w.parts = append(w.parts, part{"audit-alerts", alerter.Run})
+	}
+
+	// Policy: the bucket, when it holds a policy, wins over the environment.
+	pkv, err := jsguard.EnsurePolicyBucket(ctx, g, js, cfg.Replicas)
+	if err != nil {
+		return nil, fmt.Errorf("policy bucket: %w", err)
+	}
+	store := jsguard.NewPolicyStore(g, pkv)
+	if p, err := store.Load(ctx); err == nil {
+		if err := g.SetPolicy(p); err != nil {
+			log.Error("policy in the bucket is invalid; keeping the environment's", "bucket", pkv.Bucket(), "err", err)
+		} else {
+			log.Info("policy loaded from bucket", "bucket", pkv.Bucket())
+		}
+	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, fmt.Errorf("load policy: %w", err)
+	}
+	w.parts = append(w.parts, part{"policy-watch", store.Run})
+
+	// Approvals: buckets, events stream, expirer, notifier.
+	acfgApprovals := cfg.approvalsConfig()
+	svc, err := kvapprovals.Open(ctx, g, js, acfgApprovals,
+		kvapprovals.WithLogger(log.With("component", "approvals")),
+		kvapprovals.WithHooks(kvapprovals.Hooks{
+			OnTransition: func(_ string, to kvapprovals.Status, warning bool) {
+				if warning {
+					m.transitions.WithLabelValues("warning").Inc()
+					return
+				}
+				m.transitions.WithLabelValues(string(to)).Inc()
+			},
+			OnExpired: func(l time.Duration) { m.lateness.Observe(l.Seconds()) },
+			OnOutage: func(o kvapprovals.Outage) {
+				log.Warn("expirer was down longer than GUARDIAN_APPROVAL_MAX_OUTAGE; timers may have been missed, the start sweep expires overdue approvals", "outage", fmt.Sprintf("%+v", o))
+			},
+			OnConsumeError: func(err error) { log.Warn("approvals consumer", "err", err) },
+			OnNotificationFailed: func(e kvapprovals.Event, err error) {
+				log.Error("notification failed after all attempts", "event", e.MsgID(), "err", err)
+			},
+		}))
+	if err != nil {
+		return nil, fmt.Errorf("approvals: %w", err)
+	}
+	w.approvals = svc
+	var nopts []kvapprovals.ConsumerOption
+	if cfg.Approval.WebhookURL != "" {
+		nopts = append(nopts, kvapprovals.WithWebhook(kvapprovals.Webhook{URL: cfg.Approval.WebhookURL}))
+	}
+	w.parts = append(w.parts,
+		part{"expirer", svc.Expirer().Run},
+		part{"notifier", svc.Notifier(nopts...).Run},
+	)
+	_ = nc
+	return w, nil
+}
+
+func registerPublisherMetrics(reg *prometheus.Registry, pub *auditstream.Publisher) {
+	stat := func(f func(auditstream.PublisherStats) float64) func() float64 {
+		return func() float64 { return f(pub.Stats()) }
+	}
+	reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "guardian_audit_published_total", Help: "Audit events the stream acknowledged on first sending."},
+			stat(func(s auditstream.PublisherStats) float64 { return float64(s.Published) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "guardian_audit_spooled_total", Help: "Audit events written to the on-disk spool because NATS could not take them."},
+			stat(func(s auditstream.PublisherStats) float64 { return float64(s.Spooled) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "guardian_audit_drained_total", Help: "Spooled audit events delivered later."},
+			stat(func(s auditstream.PublisherStats) float64 { return float64(s.Drained) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "guardian_audit_dropped_total", Help: "Audit events lost: spool full, publisher closed or invalid."},
+			stat(func(s auditstream.PublisherStats) float64 { return float64(s.Dropped) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "guardian_audit_spool_bytes", Help: "Size of the audit spool on disk."},
+			stat(func(s auditstream.PublisherStats) float64 { return float64(s.SpoolBytes) })),
+	)
+}

@@ -1,0 +1,167 @@
+package jsguard_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jsguardian/guardian/internal/natstest"
+	"github.com/jsguardian/guardian/pkg/jsguard"
+)
+
+// printSink prints each audit event; a real service uses auditstream's
+// publisher.
+var printSink = jsguard.SinkFunc(func(_ context.Context, e jsguard.Event) error {
+	fmt.Printf("audit: %s %q budget=%gs fallback_used=%v\n", e.Code, e.Operation, e.TimeoutSeconds, e.FallbackUsed)
+	return nil
+})
+
+func ExampleGuard_Do() {
+	p := jsguard.DefaultPolicy()
+	p.Budgets[jsguard.KVGet] = 50 * time.Millisecond
+	g, err := jsguard.New(jsguard.WithPolicy(p), jsguard.WithSink(printSink))
+	if err != nil {
+		panic(err)
+	}
+	ctx := jsguard.WithTenant(context.Background(), "acme")
+	err = g.Do(ctx, jsguard.KVGet, "kv get GUARDIAN_APPROVALS/acme.a1", func(ctx context.Context) error {
+		<-ctx.Done() // a server that does not answer
+		return ctx.Err()
+	})
+
+	var te *jsguard.TimeoutError
+	if errors.As(err, &te) {
+		fmt.Println("error:", te.Code, "budget", te.Budget)
+	}
+	fmt.Println("deadline exceeded:", errors.Is(err, context.DeadlineExceeded))
+	// Output:
+	// audit: TIMEOUT_KV_GET "kv get GUARDIAN_APPROVALS/acme.a1" budget=0.05s fallback_used=false
+	// error: TIMEOUT_KV_GET budget 50ms
+	// deadline exceeded: true
+}
+
+func ExampleDoFallback() {
+	g, err := jsguard.New(jsguard.WithSink(printSink)) // strategy graceful
+	if err != nil {
+		panic(err)
+	}
+	render := func(ctx context.Context) (string, error) {
+		select {
+		case <-time.After(time.Second): // slower than the 20ms allowed below
+			return "full page", nil
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+	}
+	r, err := jsguard.DoFallback(context.Background(), g, jsguard.T3Layer, "render layer", render,
+		func(_ context.Context, cause *jsguard.TimeoutError) (string, error) {
+			return "partial page", nil // T3's default fallback: a partial result
+		}, jsguard.WithBudget(20*time.Millisecond))
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println(r.Value, "degraded:", r.Degraded, "level:", r.Level(), "fallback:", r.Level().DefaultFallback())
+
+	// Under strict, the fallback is not used and the timeout returns.
+	_, err = jsguard.DoFallback(context.Background(), g, jsguard.T3Layer, "render layer", render,
+		func(context.Context, *jsguard.TimeoutError) (string, error) { return "partial page", nil },
+		jsguard.WithBudget(20*time.Millisecond), jsguard.WithStrategy(jsguard.Strict))
+	fmt.Println("strict:", errors.Is(err, jsguard.ErrTimeout))
+	// Output:
+	// audit: TIMEOUT_T3_LAYER "render layer" budget=0.02s fallback_used=true
+	// partial page degraded: true level: T3 fallback: partial result
+	// audit: TIMEOUT_T3_LAYER "render layer" budget=0.02s fallback_used=false
+	// strict: true
+}
+
+func ExampleCache() {
+	g, err := jsguard.New(jsguard.WithSink(printSink))
+	if err != nil {
+		panic(err)
+	}
+	// Values are fresh for 0s: every Get loads, and the last loaded value
+	// stands in when a load times out (for up to the policy's MaxStaleAge).
+	prices := jsguard.NewCache[string, int](g, jsguard.T1Cache, 0)
+	ctx := context.Background()
+
+	r, _ := prices.Get(ctx, "widget", func(context.Context) (int, error) { return 42, nil })
+	fmt.Println("loaded:", r.Value, "degraded:", r.Degraded)
+
+	slow := func(ctx context.Context) (int, error) { <-ctx.Done(); return 0, ctx.Err() }
+	r, err = prices.Get(ctx, "widget", slow)
+	fmt.Println("stale:", r.Value, "degraded:", r.Degraded, "cause:", r.Cause.Code, "err:", err)
+
+	_, err = prices.Get(ctx, "gadget", slow) // nothing cached to fall back on
+	fmt.Println("uncached:", errors.Is(err, jsguard.ErrTimeout))
+	// Output:
+	// loaded: 42 degraded: false
+	// audit: TIMEOUT_T1_CACHE "cache load widget" budget=0.1s fallback_used=true
+	// stale: 42 degraded: true cause: TIMEOUT_T1_CACHE err: <nil>
+	// audit: TIMEOUT_T1_CACHE "cache load gadget" budget=0.1s fallback_used=false
+	// uncached: true
+}
+
+func ExampleKV() {
+	// An embedded JetStream server, as guardian serve starts without a URL.
+	dir, err := os.MkdirTemp("", "jsguard-example")
+	if err != nil {
+		panic(err)
+	}
+	defer os.RemoveAll(dir)
+	s, err := server.NewServer(natstest.Options(dir))
+	if err != nil {
+		panic(err)
+	}
+	go s.Start()
+	defer s.Shutdown()
+	if !s.ReadyForConnections(10 * time.Second) {
+		panic("server not ready")
+	}
+
+	g, err := jsguard.New()
+	if err != nil {
+		panic(err)
+	}
+	ctx := context.Background()
+	nc, err := g.Connect(ctx, s.ClientURL()) // under TIMEOUT_NATS_CONNECT's budget
+	if err != nil {
+		panic(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		panic(err)
+	}
+	kv, err := g.EnsureKV(ctx, js, jetstream.KeyValueConfig{Bucket: "GUARDIAN_EXAMPLE"})
+	if err != nil {
+		panic(err)
+	}
+
+	rev, err := kv.Create(ctx, "acme.a1", []byte("pending")) // under KV_PUT
+	if err != nil {
+		panic(err)
+	}
+	if _, err := kv.Update(ctx, "acme.a1", []byte("approved"), rev); err != nil {
+		panic(err)
+	}
+	_, err = kv.Update(ctx, "acme.a1", []byte("denied"), rev) // lost compare-and-set
+	fmt.Println("second decision:", errors.Is(err, jetstream.ErrKeyRevisionMismatch))
+
+	e, err := kv.Get(ctx, "acme.a1") // under KV_GET
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println(e.Key(), "=", string(e.Value()))
+
+	_, err = kv.Get(ctx, "acme.missing")
+	fmt.Println("missing:", errors.Is(err, jetstream.ErrKeyNotFound), "timeout:", errors.Is(err, jsguard.ErrTimeout))
+	// Output:
+	// second decision: true
+	// acme.a1 = approved
+	// missing: true timeout: false
+}

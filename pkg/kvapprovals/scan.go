@@ -1,0 +1,71 @@
+package kvapprovals
+
+import (
+	"context"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// scanLatest hands fn the latest message of every subject of str matching
+// filter, in stream order, as of the start of the scan; headersOnly leaves
+// out the payloads. It returns fn's first error, ctx's error or the
+// jetstream error.
+//
+// It stops after the number of messages the server counted when the scan
+// began, or when nothing more is available. Unlike a KV watcher or key
+// lister, which wait for a "no more pending" mark, it therefore finishes
+// while other processes keep writing to the bucket or timers keep firing.
+// The caller runs it under a jsguard budget.
+func scanLatest(ctx context.Context, str jetstream.Stream, filter string, headersOnly bool, fn func(jetstream.Msg) error) error {
+	cons, err := str.CreateConsumer(ctx, jetstream.ConsumerConfig{
+		DeliverPolicy:     jetstream.DeliverLastPerSubjectPolicy,
+		FilterSubject:     filter,
+		AckPolicy:         jetstream.AckNonePolicy,
+		HeadersOnly:       headersOnly,
+		MemoryStorage:     true,
+		Replicas:          1,
+		InactiveThreshold: 30 * time.Second, // cleans up after a scan that died
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		defer cancel()
+		_ = str.DeleteConsumer(dctx, cons.CachedInfo().Name)
+	}()
+	want := cons.CachedInfo().NumPending
+	for got := uint64(0); got < want; {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		batch, err := cons.FetchNoWait(int(min(want-got, 1000)))
+		if err != nil {
+			return err
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			if err := fn(m); err != nil {
+				for range batch.Messages() { // drain
+				}
+				return err
+			}
+		}
+		if err := batch.Error(); err != nil {
+			return err
+		}
+		if n == 0 {
+			return nil // the rest was removed meanwhile
+		}
+		got += uint64(n)
+	}
+	return nil
+}
+
+// isEntry reports whether m is a value, not a delete, purge or TTL marker.
+func isEntry(m jetstream.Msg) bool {
+	h := m.Headers()
+	return h.Get("KV-Operation") == "" && h.Get(jetstream.MarkerReasonHeader) == ""
+}
