@@ -32,11 +32,11 @@ const maxReportBytes = 16 << 10
 // own goroutine, at most maxInFlight at once, under jsguard's API_REQUEST
 // budget; shutdown waits for the ones in flight.
 type api struct {
-	g        *jsguard.Guard
+	g         *jsguard.Guard
 	approvals *kvapprovals.Service
-	log      *slog.Logger
-	sem      chan struct{}
-	inflight sync.WaitGroup
+	log       *slog.Logger
+	sem       chan struct{}
+	inflight  sync.WaitGroup
 }
 
 // handlerFunc handles one request; tenant is "" for endpoints without one.

@@ -132,8 +132,8 @@ func approvalCmd(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	id := fs.String("id", "", "approval id ([A-Za-z0-9_-]{1,64})")
 	var (
 		session, requestedBy, operator, timeout, details *string
-		by, reason, status, cursor                         *string
-		limit                                              *int
+		by, reason, status, cursor                       *string
+		limit                                            *int
 	)
 	switch op {
 	case "request":

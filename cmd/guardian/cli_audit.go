@@ -181,7 +181,9 @@ func tail(ctx context.Context, s *session, acfg auditstream.Config, opts auditst
 	return nil
 }
 
-func secs(f float64) string { return time.Duration(f * float64(time.Second)).Round(time.Millisecond).String() }
+func secs(f float64) string {
+	return time.Duration(f * float64(time.Second)).Round(time.Millisecond).String()
+}
 
 func printJSONLine(w io.Writer, v any) error {
 	b, err := jsonMarshal(v)

@@ -24,24 +24,24 @@ const envPrefix = "GUARDIAN"
 // names become variable names by split_words: NATSURL -> GUARDIAN_NATS_URL.
 // Fields tagged secret are redacted by `guardian config`.
 type config struct {
-	NatsURL       string `split_words:"true" desc:"NATS server URL(s), comma-separated; empty: start an embedded server (see GUARDIAN_EMBEDDED)"`
-	NatsUser      string `split_words:"true" desc:"user name for NATS"`
-	NatsPassword  string `split_words:"true" desc:"password for NATS" secret:"true"`
-	NatsCreds     string `split_words:"true" desc:"path of a NATS .creds file (JWT and nkey seed)"`
-	NatsNkeySeed  string `split_words:"true" desc:"path of a file holding an nkey user seed"`
-	TLSCa         string `split_words:"true" desc:"path of a PEM CA bundle that signs the NATS server certificate"`
-	TLSCert       string `split_words:"true" desc:"path of the PEM client certificate for NATS (mutual TLS)"`
-	TLSKey        string `split_words:"true" desc:"path of the PEM client key for NATS (mutual TLS)"`
-	DataDir       string `split_words:"true" default:"./guardian-data" desc:"directory for the embedded server's store and the audit spool"`
-	Embedded      string `default:"auto" desc:"auto (embedded when GUARDIAN_NATS_URL is empty), true or false"`
-	EmbeddedListen string `split_words:"true" default:"127.0.0.1:4222" desc:"host:port where the embedded server listens for clients"`
-	HTTPAddr      string `split_words:"true" default:"127.0.0.1:8080" desc:"host:port for /healthz, /readyz and /metrics; empty disables HTTP"`
-	LogLevel      string `split_words:"true" default:"info" desc:"debug, info, warn or error"`
-	LogFormat     string `split_words:"true" default:"auto" desc:"auto (coloured text on a terminal, JSON otherwise), text or json"`
-	InstanceID    string `split_words:"true" desc:"this process's name in logs and the micro service metadata (default: host name and pid)"`
-	Replicas      int    `default:"1" desc:"replicas of every stream and bucket: 1 on one server, 3 in a cluster (1-5)"`
+	NatsURL         string        `split_words:"true" desc:"NATS server URL(s), comma-separated; empty: start an embedded server (see GUARDIAN_EMBEDDED)"`
+	NatsUser        string        `split_words:"true" desc:"user name for NATS"`
+	NatsPassword    string        `split_words:"true" desc:"password for NATS" secret:"true"`
+	NatsCreds       string        `split_words:"true" desc:"path of a NATS .creds file (JWT and nkey seed)"`
+	NatsNkeySeed    string        `split_words:"true" desc:"path of a file holding an nkey user seed"`
+	TLSCa           string        `split_words:"true" desc:"path of a PEM CA bundle that signs the NATS server certificate"`
+	TLSCert         string        `split_words:"true" desc:"path of the PEM client certificate for NATS (mutual TLS)"`
+	TLSKey          string        `split_words:"true" desc:"path of the PEM client key for NATS (mutual TLS)"`
+	DataDir         string        `split_words:"true" default:"./guardian-data" desc:"directory for the embedded server's store and the audit spool"`
+	Embedded        string        `default:"auto" desc:"auto (embedded when GUARDIAN_NATS_URL is empty), true or false"`
+	EmbeddedListen  string        `split_words:"true" default:"127.0.0.1:4222" desc:"host:port where the embedded server listens for clients"`
+	HTTPAddr        string        `split_words:"true" default:"127.0.0.1:8080" desc:"host:port for /healthz, /readyz and /metrics; empty disables HTTP"`
+	LogLevel        string        `split_words:"true" default:"info" desc:"debug, info, warn or error"`
+	LogFormat       string        `split_words:"true" default:"auto" desc:"auto (coloured text on a terminal, JSON otherwise), text or json"`
+	InstanceID      string        `split_words:"true" desc:"this process's name in logs and the micro service metadata (default: host name and pid)"`
+	Replicas        int           `default:"1" desc:"replicas of every stream and bucket: 1 on one server, 3 in a cluster (1-5)"`
 	ShutdownTimeout time.Duration `split_words:"true" default:"10s" desc:"how long a shutdown waits for requests in flight (1s-5m)"`
-	MaxInFlight   int    `split_words:"true" default:"256" desc:"requests handled at once; more wait in NATS (1-65536)"`
+	MaxInFlight     int           `split_words:"true" default:"256" desc:"requests handled at once; more wait in NATS (1-65536)"`
 
 	TimeoutDefault     time.Duration `split_words:"true" default:"30s" desc:"budget of any operation without its own (>0, <=1h)"`
 	TimeoutStrategy    string        `split_words:"true" default:"graceful" desc:"fallback strategy: graceful, strict or none"`

@@ -40,7 +40,7 @@ func (n natsLogger) log(level slog.Level, format string, v ...any) {
 	n.l.Log(context.Background(), level, strings.TrimSpace(fmt.Sprintf(format, v...)))
 }
 
-func (n natsLogger) Noticef(format string, v ...any) { n.log(slog.LevelInfo, format, v...) }
+func (n natsLogger) Noticef(format string, v ...any) { n.log(slog.LevelDebug, format, v...) }
 func (n natsLogger) Warnf(format string, v ...any)   { n.log(slog.LevelWarn, format, v...) }
 func (n natsLogger) Fatalf(format string, v ...any)  { n.log(slog.LevelError, format, v...) }
 func (n natsLogger) Errorf(format string, v ...any)  { n.log(slog.LevelError, format, v...) }

@@ -216,4 +216,3 @@ func (b *atomicBool) err(msg string) error {
 	}
 	return errors.New(msg)
 }
-
