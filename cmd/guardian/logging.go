@@ -26,7 +26,7 @@ func newLogger(w io.Writer, level, format string) *slog.Logger {
 	}
 	if format == "text" {
 		noColor := !tty
-		return slog.New(tint.NewHandler(w, &tint.Options{Level: lv, TimeFormat: "15:04:05.000", NoColor: noColor}))
+		return slog.New(tint.NewTextHandler(w, &tint.Options{Level: lv, TimeFormat: "15:04:05.000", NoColor: noColor}))
 	}
 	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: lv}))
 }

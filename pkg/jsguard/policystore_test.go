@@ -176,7 +176,7 @@ func TestPolicyStore(t *testing.T) {
 	// 5. After a server restart the watch stalls until the client recreates
 	// it (tens of seconds); b's direct reads still pick up a change saved
 	// after the restart.
-	s = natstest.Restart(t, s)
+	natstest.Restart(t, s)
 	p2 := policyWith(map[jsguard.Category]time.Duration{jsguard.KVGet: 777 * time.Millisecond})
 	eventually(t, 10*time.Second, "Save succeeds after the restart", func() bool {
 		sctx, scancel := context.WithTimeout(ctx, time.Second)
