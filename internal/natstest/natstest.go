@@ -42,7 +42,9 @@ func Start(tb testing.TB, opts *server.Options) *server.Server {
 		s.Shutdown()
 		tb.Fatalf("natstest: server not ready in 10s")
 	}
-	started.Store(s, opts)
+	saved := opts.Clone()
+	saved.Port = s.Addr().(*net.TCPAddr).Port
+	started.Store(s, saved)
 	tb.Cleanup(func() { s.Shutdown(); s.WaitForShutdown(); started.Delete(s) })
 	return s
 }
@@ -55,8 +57,9 @@ func Run(tb testing.TB) *server.Server {
 	return Start(tb, Options(tb.TempDir()))
 }
 
-// Restart shuts s down and starts a new server with the same options, port
-// and store, so that state persists. It returns the new server.
+// Restart shuts s down (if it still runs) and starts a new server with the
+// same options, port and store, so that state persists. It returns the new
+// server.
 func Restart(tb testing.TB, s *server.Server) *server.Server {
 	tb.Helper()
 	o, ok := started.Load(s)
@@ -64,7 +67,6 @@ func Restart(tb testing.TB, s *server.Server) *server.Server {
 		tb.Fatalf("natstest: Restart of a server that Start did not start")
 	}
 	opts := o.(*server.Options).Clone()
-	opts.Port = s.Addr().(*net.TCPAddr).Port
 	s.Shutdown()
 	s.WaitForShutdown()
 	return Start(tb, opts)
