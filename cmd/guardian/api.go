@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -97,7 +98,11 @@ func (a *api) respondError(req micro.Request, err error, opts ...micro.RespondOp
 	if ae.Code >= 500 && !errors.Is(err, jsguard.ErrTimeout) {
 		a.log.Error("request failed", "subject", req.Subject(), "err", err)
 	}
-	body, _ := json.Marshal(map[string]any{"error": ae})
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(map[string]any{"error": ae})
+	body := bytes.TrimSpace(buf.Bytes())
 	if rerr := req.Error(fmt.Sprint(ae.Code), ae.Message, body, opts...); rerr != nil {
 		a.log.Warn("respond", "subject", req.Subject(), "err", rerr)
 	}

@@ -47,7 +47,7 @@ func (a *api) get(ctx context.Context, tenant string, data []byte) (any, error) 
 }
 
 func (a *api) list(ctx context.Context, tenant string, data []byte) (any, error) {
-	in, err := kvapprovals.DecodeList(data)
+	in, err := kvapprovals.Decode[kvapprovals.ListInput](data) // an empty body lists everything
 	if err != nil {
 		return nil, err
 	}

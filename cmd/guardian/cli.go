@@ -36,7 +36,7 @@ func (c *clientFlags) register(fs *flag.FlagSet) {
 		def = defaultClientURL
 	}
 	fs.StringVar(&c.server, "server", def, "NATS URL of the guardian to talk to (GUARDIAN_NATS_URL)")
-	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "how long to wait for an answer")
+	fs.DurationVar(&c.timeout, "wait", 10*time.Second, "how long to wait for an answer")
 	fs.BoolVar(&c.json, "json", false, "print JSON instead of a table")
 }
 
@@ -113,7 +113,7 @@ Commands:
   get       show one approval            --tenant --id
   list      list a tenant's approvals    --tenant [--status --limit --cursor]
 
-Every command also takes --server, --timeout and --json. Exit status 1 with
+Every command also takes --server, --wait and --json. Exit status 1 with
 the API's error (e.g. "410 expired: ...") when guardian refuses.`
 
 func approvalCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -21,7 +21,7 @@ Commands (they read the GUARDIAN_AUDIT stream directly over JetStream):
   verify   check the seals (tamper evidence) of the live stream or of an export file
   export   write the stream as JSON lines, for archiving or offline verify
 
-Every command also takes --server, --timeout and --json.`
+Every command also takes --server, --wait and --json.`
 
 func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
@@ -229,7 +229,7 @@ Commands:
                            (TIMEOUT_KV_GET=3s), default, strategy (graceful|strict|none)
                            or max_stale_age.
 
-Every command also takes --server, --timeout and --json.`
+Every command also takes --server, --wait and --json.`
 
 func policyCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {

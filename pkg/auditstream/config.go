@@ -61,7 +61,9 @@ type Config struct {
 	// Stream is the stream name (default GUARDIAN_AUDIT).
 	Stream string
 	// SubjectPrefix starts every subject of the stream (default
-	// guardian.v1.audit); the stream captures SubjectPrefix + ".>".
+	// guardian.v1.audit); the stream captures SubjectPrefix + ".*.*" (events)
+	// and the seal subject, and nothing else: guardian.v1.audit.report is the
+	// service's request subject, not part of the stream.
 	SubjectPrefix string
 	// Replicas is the stream's replica count, 1..5 (default 1; use 3 in
 	// a cluster).
@@ -108,7 +110,7 @@ type Config struct {
 }
 
 // DefaultConfig returns the defaults: stream GUARDIAN_AUDIT on
-// guardian.v1.audit.>, 1 replica, 90 days, a 2 minute duplicate window, a
+// guardian.v1.audit.*.* and guardian.v1.audit.seal, 1 replica, 90 days, a 2 minute duplicate window, a
 // 64 MiB spool (SpoolDir empty), 1024 publishes in flight, a seal every
 // 10,000 events or 60s, no seal seed, alerts above 100 events of a code per
 // minute.

@@ -15,8 +15,10 @@
 //	guardian.v1.audit.seal                     a seal
 //	guardian.v1.alerts.timeout_rate.<CODE>     a rate alert (core NATS, not in the stream)
 //
-// The stream GUARDIAN_AUDIT captures guardian.v1.audit.>, so events and
-// seals share it and its sequence numbers. Events have five tokens and
+// The stream GUARDIAN_AUDIT captures guardian.v1.audit.*.* and
+// guardian.v1.audit.seal, so events and seals share it and its sequence
+// numbers, while other four-token subjects such as the service's
+// guardian.v1.audit.report stay outside it. Events have five tokens and
 // seals four: the filters Tail, Stats and the Alerter use
 // (guardian.v1.audit.<tenant|*>.<CODE|*>) never match a seal.
 //

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -34,7 +35,7 @@ func TestEnsure(t *testing.T) {
 	}
 	got := st.CachedInfo().Config
 	if got.Storage != jetstream.FileStorage || !got.DenyDelete || !got.DenyPurge || got.MaxAge != cfg.MaxAge ||
-		got.Duplicates != cfg.Duplicates || len(got.Subjects) != 1 || got.Subjects[0] != "guardian.v1.audit.>" {
+		got.Duplicates != cfg.Duplicates || !slices.Equal(got.Subjects, []string{"guardian.v1.audit.*.*", "guardian.v1.audit.seal"}) {
 		t.Errorf("stream config = %+v", got)
 	}
 	cfg.MaxAge = 30 * 24 * time.Hour
@@ -51,9 +52,10 @@ func TestEnsure(t *testing.T) {
 		setting string
 	}{
 		{"other subjects", jetstream.StreamConfig{Name: "S1", Subjects: []string{"other.>"}}, nil, "Subjects"},
-		{"memory storage", jetstream.StreamConfig{Name: "S2", Subjects: []string{"s2.>"}, Storage: jetstream.MemoryStorage}, nil, "Storage"},
-		{"work queue", jetstream.StreamConfig{Name: "S3", Subjects: []string{"s3.>"}, Retention: jetstream.WorkQueuePolicy}, nil, "Retention"},
-		{"server refuses replicas", jetstream.StreamConfig{Name: "S4", Subjects: []string{"s4.>"}}, func(c *Config) { c.Replicas = 3 }, "refused"},
+		{"whole prefix", jetstream.StreamConfig{Name: "S5", Subjects: []string{"s5.>"}}, nil, "Subjects"},
+		{"memory storage", jetstream.StreamConfig{Name: "S2", Subjects: []string{"s2.*.*", "s2.seal"}, Storage: jetstream.MemoryStorage}, nil, "Storage"},
+		{"work queue", jetstream.StreamConfig{Name: "S3", Subjects: []string{"s3.*.*", "s3.seal"}, Retention: jetstream.WorkQueuePolicy}, nil, "Retention"},
+		{"server refuses replicas", jetstream.StreamConfig{Name: "S4", Subjects: []string{"s4.*.*", "s4.seal"}}, func(c *Config) { c.Replicas = 3 }, "refused"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -61,7 +63,7 @@ func TestEnsure(t *testing.T) {
 				t.Fatal(err)
 			}
 			c := DefaultConfig()
-			c.Stream, c.SubjectPrefix = tt.stream.Name, tt.stream.Subjects[0][:len(tt.stream.Subjects[0])-2]
+			c.Stream, c.SubjectPrefix = tt.stream.Name, strings.SplitN(tt.stream.Subjects[0], ".", 2)[0]
 			if tt.name == "other subjects" {
 				c.SubjectPrefix = "mine"
 			}

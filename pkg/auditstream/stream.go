@@ -16,7 +16,7 @@ func streamConfig(cfg Config) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		Name:        cfg.Stream,
 		Description: "guardian TIMEOUT_* audit events and their seals",
-		Subjects:    []string{cfg.SubjectPrefix + ".>"},
+		Subjects:    []string{cfg.SubjectPrefix + ".*.*", cfg.SealSubject()},
 		Retention:   jetstream.LimitsPolicy,
 		Discard:     jetstream.DiscardOld,
 		Storage:     jetstream.FileStorage,
@@ -29,7 +29,7 @@ func streamConfig(cfg Config) jetstream.StreamConfig {
 }
 
 // Ensure creates the audit stream, or updates an existing one, to match
-// cfg: subjects SubjectPrefix.>, file storage, limits retention, Replicas,
+// cfg: subjects SubjectPrefix.*.* (events) and the seal subject, file storage, limits retention, Replicas,
 // MaxAge, Duplicates, DenyDelete and DenyPurge. Both calls run through
 // g.EnsureStream (g may be nil for jsguard.Default()).
 //
