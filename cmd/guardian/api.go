@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -30,44 +32,128 @@ const (
 const maxReportBytes = 16 << 10
 
 // api serves guardian's micro service endpoints. Each request runs in its
-// own goroutine, at most maxInFlight at once, under jsguard's API_REQUEST
-// budget; shutdown waits for the ones in flight.
+// own goroutine, at most cap(sem) at once (more wait in NATS), under
+// jsguard's API_REQUEST budget; shutdown waits for the ones in flight.
+//
+// Replies are published on the API's connection nc directly, not through
+// micro.Request's Respond and Error, which micro's own bookkeeping reads
+// when the synchronous handler returns: long before an asynchronous reply.
+// So micro's num_errors and processing times do not see guardian's work;
+// each endpoint's stats carry guardian's own counts in their data instead
+// (see endpointStats).
 type api struct {
 	g         *jsguard.Guard
 	approvals *kvapprovals.Service
 	log       *slog.Logger
+	nc        *nats.Conn
 	sem       chan struct{}
-	inflight  sync.WaitGroup
+	inflight  atomic.Int64 // requests received and not yet answered
+	stats     sync.Map     // endpoint name -> *endpointStats
+}
+
+// endpointStats are an endpoint's own counts, the data of its entry in
+// $SRV.STATS.guardian.
+type endpointStats struct {
+	requests, errors, nanos, inflight atomic.Int64
+	mu                                sync.Mutex
+	lastError                         string
+}
+
+// endpointStatsData is the JSON form of endpointStats.
+type endpointStatsData struct {
+	Requests              int64  `json:"requests"`
+	Errors                int64  `json:"errors"`
+	InFlight              int64  `json:"in_flight"`
+	ProcessingTime        string `json:"processing_time"`
+	AverageProcessingTime string `json:"average_processing_time"`
+	LastError             string `json:"last_error,omitempty"`
+}
+
+func (a *api) endpointStats(name string) *endpointStats {
+	st, _ := a.stats.LoadOrStore(name, &endpointStats{})
+	return st.(*endpointStats)
+}
+
+// statsData is micro's StatsHandler: the data of an endpoint's stats.
+func (a *api) statsData(e *micro.Endpoint) any {
+	st := a.endpointStats(e.Name)
+	d := endpointStatsData{Requests: st.requests.Load(), Errors: st.errors.Load(), InFlight: st.inflight.Load()}
+	total := time.Duration(st.nanos.Load())
+	d.ProcessingTime = total.String()
+	if d.Requests > 0 {
+		d.AverageProcessingTime = (total / time.Duration(d.Requests)).String()
+	}
+	st.mu.Lock()
+	d.LastError = st.lastError
+	st.mu.Unlock()
+	return d
 }
 
 // handlerFunc handles one request; tenant is "" for endpoints without one.
 type handlerFunc func(ctx context.Context, tenant string, data []byte) (any, error)
 
-var traceparentRE = regexp.MustCompile(`^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$`)
+var (
+	// traceparentRE matches a W3C traceparent header; the group is the
+	// trace id.
+	traceparentRE = regexp.MustCompile(`^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$`)
+	// correlationRE is what a client's correlation id may be: 1-128
+	// printable ASCII characters without spaces.
+	correlationRE = regexp.MustCompile(`^[\x21-\x7E]{1,128}$`)
+)
+
+// traceID returns the trace id of a W3C traceparent header, or "" when the
+// header is absent or invalid (version ff, or a trace or parent id of
+// zeros).
+func traceID(traceparent string) string {
+	m := traceparentRE.FindStringSubmatch(traceparent)
+	if m == nil || strings.HasPrefix(traceparent, "ff-") || m[1] == strings.Repeat("0", 32) ||
+		traceparent[36:52] == strings.Repeat("0", 16) {
+		return ""
+	}
+	return m[1]
+}
 
 // wrap turns h into a micro handler. tenantToken is the index of the tenant
 // token in the subject, or -1.
-func (a *api) wrap(name string, tenantToken int, h handlerFunc) micro.Handler {
+func (a *api) wrap(endpoint, op string, tenantToken int, h handlerFunc) micro.Handler {
+	st := a.endpointStats(endpoint)
 	return micro.HandlerFunc(func(req micro.Request) {
-		a.sem <- struct{}{}
 		a.inflight.Add(1)
+		st.inflight.Add(1)
+		a.sem <- struct{}{}
 		go func() {
-			defer func() { <-a.sem; a.inflight.Done() }()
-			a.serve(name, tenantToken, h, req)
+			defer func() { <-a.sem; st.inflight.Add(-1); a.inflight.Add(-1) }()
+			start := time.Now()
+			err := a.serve(op, tenantToken, h, req)
+			st.nanos.Add(int64(time.Since(start)))
+			st.requests.Add(1)
+			if err != nil {
+				st.errors.Add(1)
+				st.mu.Lock()
+				st.lastError = err.Error()
+				st.mu.Unlock()
+			}
 		}()
 	})
 }
 
-func (a *api) serve(name string, tenantToken int, h handlerFunc, req micro.Request) {
-	hdr := req.Headers()
-	corr := nats.Header(hdr).Get(correlationHeader)
-	if corr == "" || len(corr) > 128 {
+// serve handles one request: the correlation id is the request's
+// Guardian-Correlation-Id header, or a new one when it is absent or not 1-128
+// printable characters, and goes back in the reply's header; the trace id
+// comes from a W3C traceparent header; the tenant from the subject. All
+// three travel in the context into audit events.
+//
+// It returns the error it replied with, nil after a success.
+func (a *api) serve(name string, tenantToken int, h handlerFunc, req micro.Request) error {
+	hdr := nats.Header(req.Headers())
+	corr := hdr.Get(correlationHeader)
+	if !correlationRE.MatchString(corr) {
 		corr = nuid.Next()
 	}
-	reply := micro.WithHeaders(micro.Headers{correlationHeader: []string{corr}})
+	reply := nats.Header{correlationHeader: []string{corr}}
 	ctx := jsguard.WithCorrelationID(context.Background(), corr)
-	if m := traceparentRE.FindStringSubmatch(nats.Header(hdr).Get(traceparentHeader)); m != nil {
-		ctx = jsguard.WithTraceID(ctx, m[1])
+	if id := traceID(hdr.Get(traceparentHeader)); id != "" {
+		ctx = jsguard.WithTraceID(ctx, id)
 	}
 	tenant := ""
 	if tenantToken >= 0 {
@@ -76,8 +162,7 @@ func (a *api) serve(name string, tenantToken int, h handlerFunc, req micro.Reque
 			tenant = toks[tenantToken]
 		}
 		if err := kvapprovals.ValidateTenant(tenant); err != nil {
-			a.respondError(req, err, reply)
-			return
+			return a.respondError(req, err, reply)
 		}
 		ctx = jsguard.WithTenant(ctx, tenant)
 	}
@@ -85,40 +170,77 @@ func (a *api) serve(name string, tenantToken int, h handlerFunc, req micro.Reque
 		return h(ctx, tenant, req.Data())
 	})
 	if err != nil {
-		a.respondError(req, err, reply)
-		return
+		return a.respondError(req, err, reply)
 	}
-	if err := req.RespondJSON(res, reply); err != nil {
-		a.log.Warn("respond", "endpoint", name, "err", err)
+	data, err := encodeJSON(res)
+	if err != nil {
+		return a.respondError(req, fmt.Errorf("encode reply: %w", err), reply)
 	}
+	a.respond(req, reply, data)
+	return nil
 }
 
-func (a *api) respondError(req micro.Request, err error, opts ...micro.RespondOpt) {
+// respondError replies with err as an API error: the micro error headers
+// (Nats-Service-Error-Code, Nats-Service-Error) and the body {"error": ...}.
+// It returns the API error.
+func (a *api) respondError(req micro.Request, err error, hdr nats.Header) error {
 	ae := kvapprovals.ToAPIError(err)
 	if ae.Code >= 500 && !errors.Is(err, jsguard.ErrTimeout) {
 		a.log.Error("request failed", "subject", req.Subject(), "err", err)
 	}
+	body, _ := encodeJSON(map[string]any{"error": ae}) // plain data: it always encodes
+	hdr.Set(micro.ErrorCodeHeader, strconv.Itoa(ae.Code))
+	hdr.Set(micro.ErrorHeader, ae.Message)
+	a.respond(req, hdr, body)
+	return ae
+}
+
+// encodeJSON encodes v without escaping <, > and &, which replies and
+// messages carry as they are.
+func encodeJSON(v any) ([]byte, error) {
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)
-	_ = enc.Encode(map[string]any{"error": ae})
-	body := bytes.TrimSpace(buf.Bytes())
-	if rerr := req.Error(fmt.Sprint(ae.Code), ae.Message, body, opts...); rerr != nil {
-		a.log.Warn("respond", "subject", req.Subject(), "err", rerr)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
+}
+
+// respond publishes a reply to req, if it asked for one.
+func (a *api) respond(req micro.Request, hdr nats.Header, data []byte) {
+	if req.Reply() == "" {
+		return
+	}
+	if err := a.nc.PublishMsg(&nats.Msg{Subject: req.Reply(), Header: hdr, Data: data}); err != nil {
+		a.log.Warn("respond", "subject", req.Subject(), "err", err)
 	}
 }
 
-// wait waits for requests in flight, at most d; it returns how many were
-// still running when it gave up.
-func (a *api) wait(d time.Duration) int {
-	done := make(chan struct{})
-	go func() { a.inflight.Wait(); close(done) }()
-	select {
-	case <-done:
-		return 0
-	case <-time.After(d):
-		return len(a.sem)
+// shutdown stops svc from taking requests and waits, until deadline, for
+// the requests NATS delivered before that to finish and their replies to be
+// sent; then it closes nc, the API's connection.
+//
+// svc.Stop drains the endpoint subscriptions: messages already delivered to
+// this process are still handed to the handlers. Once nc has no
+// subscription left, every one of them has started, and waiting for the
+// handlers in flight covers them all.
+func (a *api) shutdown(svc micro.Service, nc *nats.Conn, deadline time.Time) {
+	if err := svc.Stop(); err != nil {
+		a.log.Warn("stop micro service", "err", err)
 	}
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for nc.NumSubscriptions() > 0 || a.inflight.Load() > 0 {
+		if !time.Now().Before(deadline) {
+			a.log.Warn("requests still running at the shutdown timeout; they get no reply", "count", a.inflight.Load())
+			break
+		}
+		<-tick.C
+	}
+	// Replies are buffered: draining a connection without subscriptions
+	// flushes them and closes it.
+	drainConn(nc, time.Until(later(deadline, time.Second)), a.log)
 }
 
 // addEndpoints registers every endpoint on svc.
@@ -139,7 +261,7 @@ func (a *api) addEndpoints(svc micro.Service) error {
 		{"audit_report", "guardian.v1.audit.report", -1, a.auditReport},
 	}
 	for _, e := range eps {
-		if err := svc.AddEndpoint(e.name, a.wrap(e.subject, e.tenant, e.h), micro.WithEndpointSubject(e.subject)); err != nil {
+		if err := svc.AddEndpoint(e.name, a.wrap(e.name, e.subject, e.tenant, e.h), micro.WithEndpointSubject(e.subject)); err != nil {
 			return fmt.Errorf("add endpoint %s: %w", e.name, err)
 		}
 	}

@@ -20,8 +20,22 @@ import (
 )
 
 // defaultClientURL is where CLI commands look for NATS without
-// GUARDIAN_NATS_URL: the embedded server's default address.
+// GUARDIAN_NATS_URL or GUARDIAN_EMBEDDED_LISTEN: the embedded server's
+// default address.
 const defaultClientURL = "nats://127.0.0.1:4222"
+
+// clientURL is the default of --server: GUARDIAN_NATS_URL, else the address
+// of the embedded server that 'guardian serve' starts with the same
+// environment.
+func clientURL() string {
+	if u := os.Getenv("GUARDIAN_NATS_URL"); u != "" {
+		return u
+	}
+	if l := os.Getenv("GUARDIAN_EMBEDDED_LISTEN"); l != "" {
+		return "nats://" + l
+	}
+	return defaultClientURL
+}
 
 // clientFlags are the flags every client command shares.
 type clientFlags struct {
@@ -31,11 +45,7 @@ type clientFlags struct {
 }
 
 func (c *clientFlags) register(fs *flag.FlagSet) {
-	def := os.Getenv("GUARDIAN_NATS_URL")
-	if def == "" {
-		def = defaultClientURL
-	}
-	fs.StringVar(&c.server, "server", def, "NATS URL of the guardian to talk to (GUARDIAN_NATS_URL)")
+	fs.StringVar(&c.server, "server", clientURL(), "NATS URL of the guardian to talk to (default GUARDIAN_NATS_URL, else nats://GUARDIAN_EMBEDDED_LISTEN)")
 	fs.DurationVar(&c.timeout, "wait", 10*time.Second, "how long to wait for an answer")
 	fs.BoolVar(&c.json, "json", false, "print JSON instead of a table")
 }
@@ -67,7 +77,7 @@ func (c *clientFlags) dial(ctx context.Context) (*session, error) {
 	defer cancel()
 	nc, err := g.Connect(cctx, c.server, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("connect to %s: %w (is 'guardian serve' running? set --server or GUARDIAN_NATS_URL)", c.server, err)
+		return nil, fmt.Errorf("connect to %s: %w (is 'guardian serve' running? set --server or GUARDIAN_NATS_URL)", redactURL(c.server), err)
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -113,8 +123,41 @@ Commands:
   get       show one approval            --tenant --id
   list      list a tenant's approvals    --tenant [--status --limit --cursor]
 
-Every command also takes --server, --wait and --json. Exit status 1 with
-the API's error (e.g. "410 expired: ...") when guardian refuses.`
+Every command also takes --server, --wait and --json; 'guardian approval
+<command> --help' lists its flags. A refusal exits with status 1 and the
+API's error, e.g. "guardian: 410 expired: ...".`
+
+// approvalHelp describes each approval command for its --help.
+var approvalHelp = map[string]string{
+	"request": `approval request --session ID --requested-by WHO [flags]
+
+Asks for an approval in a tenant and prints the pending record. Give --id to
+make retries safe: the same request again returns the same approval, and
+different content under that id is refused (409 conflict).
+
+Example:
+  guardian approval request --tenant acme --session s-1 --requested-by alice \
+      --timeout 15m --details '{"cmd":"deploy payments"}'`,
+	"approve": `approval approve --id ID --by WHO [flags]
+
+Approves a pending approval. Refused with 403 when WHO requested it
+(self-approval), 409 when it is already decided, 410 when it has expired.`,
+	"deny": `approval deny --id ID --by WHO [flags]
+
+Denies a pending approval. Refused with 409 when it is already decided, 410
+when it has expired.`,
+	"cancel": `approval cancel --id ID --by WHO [flags]
+
+Withdraws a pending approval. Refused with 409 when it is already decided,
+410 when it has expired.`,
+	"get": `approval get --id ID [flags]
+
+Prints one approval; 404 when the tenant has none with that id.`,
+	"list": `approval list [flags]
+
+Lists a tenant's approvals ordered by id, a page at a time. When the listing
+runs out of time it prints what it found and says the result is partial.`,
+}
 
 func approvalCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
@@ -125,41 +168,77 @@ func approvalCmd(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return nil
 	}
 	op := args[0]
+	help, ok := approvalHelp[op]
+	if !ok {
+		fmt.Fprintf(stderr, "guardian: unknown approval command %q\n\nUsage: guardian %s\n", op, approvalUsage)
+		return exitError{2}
+	}
 	var cf clientFlags
-	fs := newFlags("approval "+op, "approval "+op+" [flags]", stderr)
+	fs := newFlags("approval "+op, help, stderr)
 	cf.register(fs)
-	tenant := fs.String("tenant", envOr("GUARDIAN_TENANT", "default"), "tenant (GUARDIAN_TENANT)")
-	id := fs.String("id", "", "approval id ([A-Za-z0-9_-]{1,64})")
+	tenant := fs.String("tenant", envOr("GUARDIAN_TENANT", "default"), "tenant, 1-64 of A-Z a-z 0-9 _ - (default GUARDIAN_TENANT, else default)")
 	var (
-		session, requestedBy, operator, timeout, details *string
-		by, reason, status, cursor                       *string
-		limit                                            *int
+		id, session, requestedBy, operator, timeout, details *string
+		by, reason, status, cursor                           *string
+		limit                                                *int
 	)
 	switch op {
 	case "request":
+		id = fs.String("id", "", "approval id, 1-64 of A-Z a-z 0-9 _ - (default: a random one)")
 		session = fs.String("session", "", "session id (required)")
 		requestedBy = fs.String("requested-by", envOr("USER", ""), "who asks (required; default $USER)")
 		operator = fs.String("operator", "", "operator expected to decide (optional)")
 		timeout = fs.String("timeout", "", "how long until it expires, e.g. 90s or 15m (default: the service's)")
 		details = fs.String("details", "", "a JSON object with details, e.g. '{\"cmd\":\"rm -rf /tmp/x\"}'")
 	case "approve", "deny", "cancel":
+		id = fs.String("id", "", "approval id (required)")
 		by = fs.String("by", envOr("USER", ""), "who decides (default $USER)")
 		reason = fs.String("reason", "", "why")
 	case "get":
+		id = fs.String("id", "", "approval id (required)")
 	case "list":
 		status = fs.String("status", "", "only this status: pending, approved, denied, cancelled or expired")
-		limit = fs.Int("limit", 0, "at most this many (default 100)")
+		limit = fs.Int("limit", 0, "at most this many (default 100, at most 1000)")
 		cursor = fs.String("cursor", "", "continue after this cursor (next_cursor of the previous page)")
-	default:
-		fmt.Fprintf(stderr, "guardian: unknown approval command %q\n\nUsage: guardian %s\n", op, approvalUsage)
-		return exitError{2}
 	}
 	if err := parseFlags(fs, args[1:]); err != nil {
 		return err
 	}
-	if (op != "request" && op != "list") && *id == "" {
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "guardian: unexpected argument %q (values go in flags, e.g. --id %s)\n", fs.Arg(0), fs.Arg(0))
+		return exitError{2}
+	}
+	if op != "request" && op != "list" && *id == "" {
 		fmt.Fprintln(stderr, "guardian: --id is required")
 		return exitError{2}
+	}
+	var in any
+	switch op {
+	case "request":
+		r := kvapprovals.RequestInput{ID: *id, SessionID: *session, RequestedBy: *requestedBy, OperatorID: *operator}
+		if *timeout != "" {
+			d, err := time.ParseDuration(*timeout)
+			if err != nil {
+				fmt.Fprintf(stderr, "guardian: --timeout %q: not a duration like 90s or 15m\n", *timeout)
+				return exitError{2}
+			}
+			r.Timeout = kvapprovals.Duration(d)
+		}
+		if *details != "" {
+			var obj map[string]any
+			if json.Unmarshal([]byte(*details), &obj) != nil {
+				fmt.Fprintln(stderr, "guardian: --details must be a JSON object, like '{\"cmd\":\"deploy\"}'")
+				return exitError{2}
+			}
+			r.Details = json.RawMessage(*details)
+		}
+		in = r
+	case "approve", "deny":
+		in = kvapprovals.DecisionInput{ID: *id, DecidedBy: *by, Reason: *reason}
+	case "cancel":
+		in = kvapprovals.CancelInput{ID: *id, CancelledBy: *by, Reason: *reason}
+	case "list":
+		in = kvapprovals.ListInput{Status: kvapprovals.Status(*status), Limit: *limit, Cursor: *cursor}
 	}
 	s, err := cf.dial(ctx)
 	if err != nil {
@@ -172,33 +251,17 @@ func approvalCmd(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	var out any
 	switch op {
 	case "request":
-		in := kvapprovals.RequestInput{ID: *id, SessionID: *session, RequestedBy: *requestedBy, OperatorID: *operator}
-		if *timeout != "" {
-			d, err := time.ParseDuration(*timeout)
-			if err != nil {
-				fmt.Fprintf(stderr, "guardian: --timeout %q: not a duration like 90s or 15m\n", *timeout)
-				return exitError{2}
-			}
-			in.Timeout = kvapprovals.Duration(d)
-		}
-		if *details != "" {
-			if !json.Valid([]byte(*details)) {
-				fmt.Fprintln(stderr, "guardian: --details must be a JSON object")
-				return exitError{2}
-			}
-			in.Details = json.RawMessage(*details)
-		}
-		out, err = s.client.Request(ctx, *tenant, in)
+		out, err = s.client.Request(ctx, *tenant, in.(kvapprovals.RequestInput))
 	case "approve":
-		out, err = s.client.Approve(ctx, *tenant, kvapprovals.DecisionInput{ID: *id, DecidedBy: *by, Reason: *reason})
+		out, err = s.client.Approve(ctx, *tenant, in.(kvapprovals.DecisionInput))
 	case "deny":
-		out, err = s.client.Deny(ctx, *tenant, kvapprovals.DecisionInput{ID: *id, DecidedBy: *by, Reason: *reason})
+		out, err = s.client.Deny(ctx, *tenant, in.(kvapprovals.DecisionInput))
 	case "cancel":
-		out, err = s.client.Cancel(ctx, *tenant, kvapprovals.CancelInput{ID: *id, CancelledBy: *by, Reason: *reason})
+		out, err = s.client.Cancel(ctx, *tenant, in.(kvapprovals.CancelInput))
 	case "get":
 		out, err = s.client.Get(ctx, *tenant, *id)
 	case "list":
-		out, err = s.client.List(ctx, *tenant, kvapprovals.ListInput{Status: kvapprovals.Status(*status), Limit: *limit, Cursor: *cursor})
+		out, err = s.client.List(ctx, *tenant, in.(kvapprovals.ListInput))
 	}
 	if err != nil {
 		return apiFailure(stderr, err)

@@ -9,6 +9,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/jsguardian/guardian/pkg/auditstream"
 	"github.com/jsguardian/guardian/pkg/jsguard"
 )
@@ -23,6 +25,31 @@ Commands (they read the GUARDIAN_AUDIT stream directly over JetStream):
 
 Every command also takes --server, --wait and --json.`
 
+// auditHelp describes each audit command for its --help.
+var auditHelp = map[string]string{
+	"tail": `audit tail [flags]
+
+Prints audit events as they arrive: with --since or --seq first the history
+from there, then live; with --follow=false it stops once the history is
+printed (the whole stream when neither --since nor --seq is given).
+
+Example:
+  guardian audit tail --since 1h --follow=false --code TIMEOUT_KV_GET`,
+	"stats": `audit stats [flags]
+
+Counts the events stored in the last --window per minute, tenant and code.`,
+	"verify": `audit verify --public-key KEY [flags]
+
+Checks the seals (signed hashes over ranges of events) of the live stream, or
+of an export with --file, and exits with status 1 when anything was altered,
+removed or inserted. KEY is the sealer's public key, logged by 'guardian
+serve' at start when GUARDIAN_AUDIT_SEAL_SEED is set.`,
+	"export": `audit export [flags]
+
+Writes the whole audit stream, events and seals, as JSON lines: for archiving,
+and for 'guardian audit verify --file' offline.`,
+}
+
 func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fmt.Fprintln(stderr, "Usage: guardian", auditUsage)
@@ -32,8 +59,13 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return nil
 	}
 	op := args[0]
+	help, ok := auditHelp[op]
+	if !ok {
+		fmt.Fprintf(stderr, "guardian: unknown audit command %q\n\nUsage: guardian %s\n", op, auditUsage)
+		return exitError{2}
+	}
 	var cf clientFlags
-	fs := newFlags("audit "+op, "audit "+op+" [flags]", stderr)
+	fs := newFlags("audit "+op, help, stderr)
 	cf.register(fs)
 	acfg := auditstream.DefaultConfig()
 	fs.StringVar(&acfg.Stream, "stream", acfg.Stream, "audit stream name")
@@ -59,12 +91,13 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		key = fs.String("public-key", os.Getenv("GUARDIAN_AUDIT_SEAL_PUBLIC_KEY"), "the sealer's public key (logged by 'guardian serve' at start; GUARDIAN_AUDIT_SEAL_PUBLIC_KEY)")
 	case "export":
 		out = fs.String("out", "-", "file to write, - for standard output")
-	default:
-		fmt.Fprintf(stderr, "guardian: unknown audit command %q\n\nUsage: guardian %s\n", op, auditUsage)
-		return exitError{2}
 	}
 	if err := parseFlags(fs, args[1:]); err != nil {
 		return err
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "guardian: unexpected argument %q; see 'guardian audit %s --help'\n", fs.Arg(0), op)
+		return exitError{2}
 	}
 	if op == "verify" && *key == "" {
 		fmt.Fprintln(stderr, "guardian: --public-key is required (the sealer's public key, printed by 'guardian serve' at start)")
@@ -97,7 +130,7 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if !*follow && opts.StartSeq == 0 && opts.StartTime.IsZero() {
 			opts.StartSeq = 1
 		}
-		return tail(ctx, s, acfg, opts, *follow, cf.json, stdout)
+		return tail(ctx, s, acfg, opts, *follow, cf.json, stdout, stderr)
 	case "stats":
 		cctx, cancel := context.WithTimeout(ctx, cf.timeout)
 		defer cancel()
@@ -142,8 +175,8 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 }
 
 // tail prints entries; without follow it stops once nothing new arrives for
-// a moment.
-func tail(ctx context.Context, s *session, acfg auditstream.Config, opts auditstream.TailOptions, follow, asJSON bool, w io.Writer) error {
+// a moment. A table is aligned per page of history and then line by line.
+func tail(ctx context.Context, s *session, acfg auditstream.Config, opts auditstream.TailOptions, follow, asJSON bool, w, stderr io.Writer) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var idle *time.Timer
@@ -151,10 +184,9 @@ func tail(ctx context.Context, s *session, acfg auditstream.Config, opts auditst
 		idle = time.AfterFunc(time.Second, cancel)
 		defer idle.Stop()
 	}
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	const row = "%-8v  %-20v  %-16v  %-28v  %-8v  %-8v  %-32v  %v\n"
 	if !asJSON {
-		fmt.Fprintln(tw, "SEQ\tTIME\tTENANT\tCODE\tOPERATION\tBUDGET\tELAPSED\tEVENT ID")
-		tw.Flush()
+		fmt.Fprintf(w, row, "SEQ", "TIME", "TENANT", "CODE", "BUDGET", "ELAPSED", "EVENT ID", "OPERATION")
 	}
 	for e, err := range auditstream.Tail(ctx, s.js, acfg, opts) {
 		if idle != nil {
@@ -162,7 +194,7 @@ func tail(ctx context.Context, s *session, acfg auditstream.Config, opts auditst
 		}
 		if err != nil {
 			if errors.Is(err, auditstream.ErrMalformedEvent) {
-				fmt.Fprintf(os.Stderr, "guardian: seq %d: %v\n", e.Seq, err)
+				fmt.Fprintf(stderr, "guardian: seq %d: %v\n", e.Seq, err)
 				continue
 			}
 			return err
@@ -174,9 +206,8 @@ func tail(ctx context.Context, s *session, acfg auditstream.Config, opts auditst
 			continue
 		}
 		ev := e.Event
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, ev.Timestamp.Format(time.RFC3339), orDash(ev.TenantID), ev.Code,
-			ev.Operation, secs(ev.TimeoutSeconds), secs(ev.ElapsedSeconds), ev.EventID)
-		tw.Flush()
+		fmt.Fprintf(w, row, e.Seq, ev.Timestamp.Format(time.RFC3339), orDash(ev.TenantID), ev.Code,
+			secs(ev.TimeoutSeconds), secs(ev.ElapsedSeconds), ev.EventID, ev.Operation)
 	}
 	return nil
 }
@@ -231,6 +262,24 @@ Commands:
 
 Every command also takes --server, --wait and --json.`
 
+// policyHelp describes each policy command for its --help.
+var policyHelp = map[string]string{
+	"get": `policy get [flags]
+
+Prints the timeout policy the running guardian applies: the strategy, the
+default budget, the oldest stale value served and every category's budget.`,
+	"set": `policy set [flags] NAME=VALUE ...
+
+Changes entries of the policy in force and stores the result in the
+GUARDIAN_POLICY bucket; every running guardian applies it at once, and it
+wins over GUARDIAN_TIMEOUT_* at the next start. NAME is an audit code
+(TIMEOUT_KV_GET=3s), default, strategy (graceful, strict or none) or
+max_stale_age. Budgets are > 0 and <= 1h. Flags go before the assignments.
+
+Example:
+  guardian policy set TIMEOUT_KV_GET=3s strategy=strict`,
+}
+
 func policyCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fmt.Fprintln(stderr, "Usage: guardian", policyUsage)
@@ -240,17 +289,20 @@ func policyCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return nil
 	}
 	op := args[0]
-	var cf clientFlags
-	fs := newFlags("policy "+op, "policy "+op+" [flags]", stderr)
-	cf.register(fs)
-	switch op {
-	case "get", "set":
-	default:
+	help, ok := policyHelp[op]
+	if !ok {
 		fmt.Fprintf(stderr, "guardian: unknown policy command %q\n\nUsage: guardian %s\n", op, policyUsage)
 		return exitError{2}
 	}
+	var cf clientFlags
+	fs := newFlags("policy "+op, help, stderr)
+	cf.register(fs)
 	if err := parseFlags(fs, args[1:]); err != nil {
 		return err
+	}
+	if op == "get" && fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "guardian: unexpected argument %q; to change the policy use 'guardian policy set'\n", fs.Arg(0))
+		return exitError{2}
 	}
 	var changes map[string]string
 	if op == "set" {
@@ -283,7 +335,7 @@ func policyCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			fmt.Fprintln(stderr, "guardian:", err)
 			return exitError{2}
 		}
-		kv, err := jsguard.EnsurePolicyBucket(ctx, s.g, s.js, 0)
+		kv, err := openPolicyBucket(ctx, s.g, s.js)
 		if err != nil {
 			return err
 		}
@@ -303,6 +355,21 @@ func policyCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintf(tw, "%s\t%s\n", c.Code(), p.Budget(c))
 	}
 	return tw.Flush()
+}
+
+// openPolicyBucket opens the policy bucket as it is, so that a client never
+// reconfigures a bucket 'guardian serve' provisioned (its replicas, say). Only
+// when the bucket does not exist yet does it create it, with one replica.
+func openPolicyBucket(ctx context.Context, g *jsguard.Guard, js jetstream.JetStream) (*jsguard.KV, error) {
+	kv, err := jsguard.DoValue(ctx, g, jsguard.KVGet, "open kv "+jsguard.PolicyBucket,
+		func(ctx context.Context) (jetstream.KeyValue, error) { return js.KeyValue(ctx, jsguard.PolicyBucket) })
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return jsguard.EnsurePolicyBucket(ctx, g, js, 1)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open policy bucket %s: %w", jsguard.PolicyBucket, err)
+	}
+	return g.KV(kv), nil
 }
 
 // applyPolicyChanges sets NAME=VALUE entries on p.

@@ -22,9 +22,11 @@ const envPrefix = "GUARDIAN"
 
 // config is guardian's configuration, read from GUARDIAN_* variables. Field
 // names become variable names by split_words: NATSURL -> GUARDIAN_NATS_URL.
-// Fields tagged secret are redacted by `guardian config`.
+// Fields tagged secret:"true" are redacted by `guardian config`; fields
+// tagged secret:"url" show their URLs without passwords, tokens, paths or
+// queries.
 type config struct {
-	NatsURL         string        `split_words:"true" desc:"NATS server URL(s), comma-separated; empty: start an embedded server (see GUARDIAN_EMBEDDED)"`
+	NatsURL         string        `split_words:"true" desc:"NATS server URL(s), comma-separated; empty: start an embedded server (see GUARDIAN_EMBEDDED)" secret:"url"`
 	NatsUser        string        `split_words:"true" desc:"user name for NATS"`
 	NatsPassword    string        `split_words:"true" desc:"password for NATS" secret:"true"`
 	NatsCreds       string        `split_words:"true" desc:"path of a NATS .creds file (JWT and nkey seed)"`
@@ -87,7 +89,8 @@ func loadConfig() (*config, error) {
 	if err := envconfig.Process(envPrefix, &c); err != nil {
 		var pe *envconfig.ParseError
 		if errors.As(err, &pe) {
-			return nil, fmt.Errorf("%s_%s=%q: not a valid %s", envPrefix, pe.KeyName, pe.Value, typeHint(pe.TypeName))
+			// KeyName is the whole variable name, prefix included.
+			return nil, fmt.Errorf("%s=%q: not a valid %s", pe.KeyName, pe.Value, typeHint(pe.TypeName))
 		}
 		return nil, err
 	}
@@ -173,19 +176,57 @@ func (c *config) validate() error {
 	if c.NatsCreds != "" && (c.NatsUser != "" || c.NatsNkeySeed != "") {
 		return bad("NATS_CREDS", c.NatsCreds, "use one of GUARDIAN_NATS_CREDS, GUARDIAN_NATS_USER or GUARDIAN_NATS_NKEY_SEED")
 	}
-	p := c.policy()
-	if err := p.Validate(); err != nil {
-		return fmt.Errorf("%s: %w", policyVarHint(err), err)
-	}
-	if err := c.Approval.validate(); err != nil {
+	if err := c.validatePolicy(); err != nil {
 		return err
 	}
-	return c.Audit.validate()
+	if err := c.validateApproval(); err != nil {
+		return err
+	}
+	return c.validateAudit()
 }
 
-// policyVarHint names the variables that make up the policy.
-func policyVarHint(error) string {
-	return "GUARDIAN_TIMEOUT_* / GUARDIAN_TIMEOUT_DEFAULT / GUARDIAN_TIMEOUT_STRATEGY / GUARDIAN_TIMEOUT_MAX_STALE_AGE"
+// validatePolicy checks the GUARDIAN_TIMEOUT_* variables; the error names
+// the variable, its value and the allowed range.
+func (c *config) validatePolicy() error {
+	budget := func(name string, d time.Duration) error {
+		if d <= 0 || d > jsguard.MaxBudget {
+			return fmt.Errorf("%s=%s: must be > 0 and <= %s", name, envValue(name, d), jsguard.MaxBudget)
+		}
+		return nil
+	}
+	for _, cat := range jsguard.Categories() {
+		if d, ok := c.timeouts[cat]; ok {
+			if err := budget(envPrefix+"_TIMEOUT_"+string(cat), d); err != nil {
+				return err
+			}
+		}
+	}
+	if err := budget(envPrefix+"_TIMEOUT_DEFAULT", c.TimeoutDefault); err != nil {
+		return err
+	}
+	switch jsguard.Strategy(c.TimeoutStrategy) {
+	case jsguard.Graceful, jsguard.Strict, jsguard.None:
+	default:
+		return fmt.Errorf("%s_TIMEOUT_STRATEGY=%s: must be graceful, strict or none", envPrefix, c.TimeoutStrategy)
+	}
+	if d := c.TimeoutMaxStaleAge; d < 0 || d > jsguard.MaxBudget {
+		name := envPrefix + "_TIMEOUT_MAX_STALE_AGE"
+		return fmt.Errorf("%s=%s: must be >= 0 and <= %s", name, envValue(name, d), jsguard.MaxBudget)
+	}
+	p := c.policy()
+	if err := p.Validate(); err != nil {
+		return fmt.Errorf("GUARDIAN_TIMEOUT_*: %w", err)
+	}
+	return nil
+}
+
+// envValue returns the variable as set in the environment, or v followed
+// by "(default)".
+func envValue(name string, v any) string {
+	if s, ok := os.LookupEnv(name); ok {
+		return s
+	}
+	return fmt.Sprint(v) + " (default)"
 }
 
 // configVar is one documented variable.
@@ -216,10 +257,15 @@ func configVars(c *config) []configVar {
 				walk(v.Field(i), name)
 				continue
 			}
-			cv := configVar{Name: name, Type: typeName(f.Type), Default: f.Tag.Get("default"), Desc: f.Tag.Get("desc"), Secret: f.Tag.Get("secret") == "true"}
+			cv := configVar{Name: name, Type: typeName(f.Type), Default: f.Tag.Get("default"), Desc: f.Tag.Get("desc"), Secret: f.Tag.Get("secret") != ""}
 			cv.Value = fmt.Sprint(v.Field(i).Interface())
-			if cv.Secret && cv.Value != "" {
-				cv.Value = "[redacted]"
+			switch f.Tag.Get("secret") {
+			case "true":
+				if cv.Value != "" {
+					cv.Value = "[redacted]"
+				}
+			case "url":
+				cv.Value = redactURL(cv.Value)
 			}
 			out = append(out, cv)
 		}

@@ -4,9 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
+	"maps"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -15,12 +16,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// readiness collects the checks /readyz reports.
+// readiness collects the checks /readyz reports. It is safe for concurrent
+// use.
 type readiness struct {
 	mu     sync.Mutex
 	checks map[string]func() error
 }
 
+// add sets the check called name, replacing one of the same name.
 func (r *readiness) add(name string, check func() error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -30,29 +33,32 @@ func (r *readiness) add(name string, check func() error) {
 	r.checks[name] = check
 }
 
-// failing returns the failing checks, name: error.
+// failing returns the failing checks as "name: error", sorted by name.
 func (r *readiness) failing() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	var out []string
 	if len(r.checks) == 0 {
 		return []string{"starting"}
 	}
-	for name, c := range r.checks {
-		if err := c(); err != nil {
+	var out []string
+	for _, name := range slices.Sorted(maps.Keys(r.checks)) {
+		if err := r.checks[name](); err != nil {
 			out = append(out, name+": "+err.Error())
 		}
 	}
 	return out
 }
 
-// httpServer serves /healthz, /readyz and /metrics on addr until ctx ends.
-func httpServer(addr string, ready *readiness, reg *prometheus.Registry, log *slog.Logger) func(ctx context.Context) error {
+// serveHTTP serves /healthz, /readyz and /metrics on l until ctx ends, then
+// shuts down, giving requests in progress up to 5s. It returns the server's
+// error, or nil when ctx ended.
+func serveHTTP(ctx context.Context, l net.Listener, ready *readiness, reg *prometheus.Registry) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		if bad := ready.failing(); len(bad) > 0 {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			for _, b := range bad {
@@ -62,28 +68,21 @@ func httpServer(addr string, ready *readiness, reg *prometheus.Registry, log *sl
 		}
 		fmt.Fprintln(w, "ready")
 	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	return func(ctx context.Context) error {
-		l, err := net.Listen("tcp", addr)
-		if err != nil {
-			return fmt.Errorf("GUARDIAN_HTTP_ADDR=%s: %w", addr, err)
-		}
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		log.Info("http listening", "addr", l.Addr().String(), "paths", "/healthz /readyz /metrics")
-		errc := make(chan error, 1)
-		go func() { errc <- srv.Serve(l) }()
-		select {
-		case err := <-errc:
-			return err
-		case <-ctx.Done():
-		}
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			return err
-		}
-		return nil
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg, Timeout: 10 * time.Second}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(l) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
 	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
 }
 
 // newRegistry returns a registry with the Go and process collectors.

@@ -41,6 +41,9 @@ from GUARDIAN_* variables: 'guardian serve --help' lists them all.
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// The first signal starts a graceful stop; a second one gets the
+	// default behaviour and ends the process at once.
+	go func() { <-ctx.Done(); stop() }()
 	code := dispatch(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
@@ -101,7 +104,7 @@ func newFlags(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: guardian %s\n\n", synopsis)
+		fmt.Fprintf(stderr, "Usage: guardian %s\n\nFlags:\n", synopsis)
 		fs.PrintDefaults()
 	}
 	return fs

@@ -4,6 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/jsguardian/guardian/pkg/jsguard"
+	"github.com/jsguardian/guardian/pkg/kvapprovals"
 )
 
 // metrics are guardian's own Prometheus metrics, fed by hooks.
@@ -40,7 +41,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "guardian_policy_rejections_total", Help: "Policy updates rejected because they did not validate.",
 		}),
 		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "guardian_approvals_total", Help: "Approval lifecycle events seen by this process's notifier, by status.",
+			Name: "guardian_approvals_total", Help: "Approval transitions this process wrote, by the status they reached (pending for a new request, warning for a warning stamp).",
 		}, []string{"status"}),
 		lateness: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "guardian_approval_expiry_lateness_seconds", Help: "Time from expires_at + grace until an approval was marked expired.",
@@ -48,6 +49,17 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 	}
 	reg.MustRegister(m.calls, m.durations, m.timeouts, m.abandoned, m.sinkErrors, m.policyRejections, m.transitions, m.lateness)
+	// Every known label value starts at 0, so that the series exist (and
+	// rates and alerts work) before the first event.
+	for _, c := range jsguard.Categories() {
+		m.timeouts.WithLabelValues(c.Code())
+		m.abandoned.WithLabelValues(string(c))
+	}
+	for _, st := range []kvapprovals.Status{kvapprovals.StatusPending, kvapprovals.StatusApproved, kvapprovals.StatusDenied,
+		kvapprovals.StatusCancelled, kvapprovals.StatusExpired} {
+		m.transitions.WithLabelValues(string(st))
+	}
+	m.transitions.WithLabelValues("warning")
 	return m
 }
 

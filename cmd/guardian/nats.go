@@ -117,7 +117,7 @@ func natsOptions(cfg *config, name string, log *slog.Logger) ([]nats.Option, err
 func connect(ctx context.Context, g *jsguard.Guard, url string, opts []nats.Option) (*nats.Conn, error) {
 	nc, err := g.Connect(ctx, url, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w", url, err)
+		return nil, fmt.Errorf("connect to NATS at %s: %w", redactURL(url), err)
 	}
 	return nc, nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -28,9 +29,13 @@ With GUARDIAN_NATS_URL empty it starts an embedded nats-server with JetStream,
 storing under GUARDIAN_DATA_DIR and listening on GUARDIAN_EMBEDDED_LISTEN, so
 the nats CLI and other clients can connect to it.
 
+Every value is checked at start: a bad one stops guardian with a message that
+names the variable, its value and what is allowed.
+
 SIGINT or SIGTERM shut it down gracefully: it stops taking requests, finishes
-those in flight (GUARDIAN_SHUTDOWN_TIMEOUT), stops the consumers, flushes
-audit publishes and drains the NATS connection.
+those in flight, stops the consumers, flushes audit publishes and drains the
+NATS connection, all within GUARDIAN_SHUTDOWN_TIMEOUT. A second signal stops
+it at once.
 
 Configuration, from the environment:
 `
@@ -44,6 +49,10 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "guardian: serve takes no arguments (got %q); it is configured by GUARDIAN_* variables, see 'guardian serve --help'\n", fs.Arg(0))
+		return exitError{2}
+	}
 	cfg, err := loadConfig()
 	if err != nil {
 		return err
@@ -56,7 +65,11 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return nil
 }
 
-// run wires guardian and runs it until ctx ends.
+// run wires guardian and runs it until ctx ends or a part fails, then shuts
+// down in order: stop taking requests and finish those in flight, stop the
+// consumers and the other parts, flush audit publishes, drain the NATS
+// connection, all within cfg.ShutdownTimeout. It returns the error that
+// stopped it, nil when ctx ended.
 func run(ctx context.Context, cfg *config, log *slog.Logger) error {
 	if cfg.InstanceID == "" {
 		host, _ := os.Hostname()
@@ -74,6 +87,35 @@ func run(ctx context.Context, cfg *config, log *slog.Logger) error {
 	g, err := jsguard.New(jsguard.WithPolicy(cfg.policy()), jsguard.WithHooks(hooks), jsguard.WithLogger(log))
 	if err != nil {
 		return err
+	}
+
+	// HTTP first, so that /healthz answers and /readyz says what is missing
+	// while the rest starts. It stops last.
+	ready := &readiness{}
+	var stopping atomicBool
+	ready.add("shutdown", func() error {
+		if stopping.v.Load() {
+			return errors.New("shutting down")
+		}
+		return nil
+	})
+	var httpFailed <-chan error // receives when the HTTP server fails by itself
+	if cfg.HTTPAddr != "" {
+		l, err := net.Listen("tcp", cfg.HTTPAddr)
+		if err != nil {
+			return fmt.Errorf("GUARDIAN_HTTP_ADDR=%s: %w", cfg.HTTPAddr, err)
+		}
+		log.Info("http listening", "addr", l.Addr().String(), "paths", "/healthz /readyz /metrics")
+		httpCtx, stopHTTP := context.WithCancel(context.WithoutCancel(ctx))
+		done, failed := make(chan struct{}), make(chan error, 1)
+		go func() {
+			defer close(done)
+			if err := serveHTTP(httpCtx, l, ready, reg); err != nil && httpCtx.Err() == nil {
+				failed <- err
+			}
+		}()
+		httpFailed = failed
+		defer func() { stopHTTP(); <-done }()
 	}
 
 	url := cfg.NatsURL
@@ -101,46 +143,60 @@ func run(ctx context.Context, cfg *config, log *slog.Logger) error {
 		return err
 	}
 
-	ready := &readiness{}
+	// The API has a connection of its own, so that shutdown can tell when
+	// every request NATS delivered has been handed to a handler: when that
+	// connection has no subscriptions left.
+	apiOpts, err := natsOptions(cfg, "guardian "+cfg.InstanceID+" api", log)
+	if err != nil {
+		return err
+	}
+	apiNC, err := connect(ctx, g, url, apiOpts)
+	if err != nil {
+		return err
+	}
+	defer apiNC.Close()
+
 	ready.add("nats", func() error {
-		if !nc.IsConnected() {
-			return errors.New(nc.Status().String())
+		for _, c := range []*nats.Conn{nc, apiNC} {
+			if !c.IsConnected() {
+				return errors.New(c.Status().String())
+			}
 		}
 		return nil
 	})
-	var setupDone, consumersRunning atomicBool
+	var setupDone atomicBool
 	ready.add("setup", func() error { return setupDone.err("streams and buckets not ensured yet") })
-	ready.add("consumers", func() error { return consumersRunning.err("consumers not running") })
+	ready.add("consumers", func() error { return errors.New("consumers not started yet") })
 
-	// HTTP first so that /healthz answers while the rest starts.
-	var parts group
-	if cfg.HTTPAddr != "" {
-		parts.add("http", httpServer(cfg.HTTPAddr, ready, reg, log))
-	}
-
-	w, err := wire(ctx, cfg, g, nc, js, log, reg, m)
+	w, err := wire(ctx, cfg, g, js, log, reg, m)
 	if err != nil {
 		return err
 	}
 	setupDone.set()
 
-	consumerCtx, stopConsumers := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopConsumers()
+	// The long-running parts run until stopParts, not until ctx ends: at a
+	// shutdown the consumers keep running while requests finish.
+	partsCtx, stopParts := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopParts()
+	var parts group
 	for _, p := range w.parts {
-		parts.add(p.name, func(context.Context) error { return p.run(consumerCtx) })
+		parts.add(p.name, p.run)
 	}
-	consumersRunning.set()
+	partsDone := make(chan error, 1)
+	go func() { partsDone <- parts.run(partsCtx) }()
+	ready.add("consumers", consumersReady(g, js, w.consumers))
 
-	svc, err := micro.AddService(nc, micro.Config{
-		Name:        "guardian",
-		Version:     serviceVersion(),
-		Description: "guardian: approvals that expire, timeout policy and audit reports",
-		Metadata:    map[string]string{"instance": cfg.InstanceID},
+	a := &api{g: g, approvals: w.approvals, log: log, nc: apiNC, sem: make(chan struct{}, cfg.MaxInFlight)}
+	svc, err := micro.AddService(apiNC, micro.Config{
+		Name:         "guardian",
+		Version:      serviceVersion(),
+		Description:  "guardian: approvals that expire, timeout policy and audit reports",
+		Metadata:     map[string]string{"instance": cfg.InstanceID},
+		StatsHandler: a.statsData,
 	})
 	if err != nil {
 		return fmt.Errorf("micro service: %w", err)
 	}
-	a := &api{g: g, approvals: w.approvals, log: log, sem: make(chan struct{}, cfg.MaxInFlight)}
 	if err := a.addEndpoints(svc); err != nil {
 		return err
 	}
@@ -149,48 +205,63 @@ func run(ctx context.Context, cfg *config, log *slog.Logger) error {
 	}
 	log.Info("guardian ready", "service", "guardian", "subjects", "guardian.v1.<tenant>.approvals.*, guardian.v1.policy.get, guardian.v1.audit.report")
 
-	// Run until ctx ends or a part fails; then shut down in order.
-	partsDone := make(chan error, 1)
-	partsCtx, stopParts := context.WithCancel(ctx)
-	defer stopParts()
-	go func() { partsDone <- parts.run(partsCtx) }()
 	var runErr error
 	select {
 	case <-ctx.Done():
-		log.Info("shutting down", "cause", context.Cause(ctx))
+		log.Info("shutting down", "cause", context.Cause(ctx), "timeout", cfg.ShutdownTimeout.String())
 	case runErr = <-partsDone:
-		log.Error("a part stopped", "err", runErr)
+		partsDone = nil
+		log.Info("shutting down", "cause", runErr)
+	case err := <-httpFailed:
+		runErr = fmt.Errorf("http: %w", err)
+		log.Info("shutting down", "cause", runErr)
 	}
+	stopping.set()
+	deadline := time.Now().Add(cfg.ShutdownTimeout)
 
 	// 1. Stop taking requests; finish those in flight.
-	if err := svc.Stop(); err != nil {
-		log.Warn("stop micro service", "err", err)
-	}
-	if left := a.wait(cfg.ShutdownTimeout); left > 0 {
-		log.Warn("requests still running at shutdown timeout", "count", left)
-	}
-	// 2. Stop consumers and the other parts.
-	stopConsumers()
+	a.shutdown(svc, apiNC, deadline)
+	// 2. Stop the consumers and the other parts; consumers let the messages
+	// they are processing finish.
 	stopParts()
-	if runErr == nil {
-		runErr = <-partsDone
+	if partsDone != nil {
+		select {
+		case err := <-partsDone:
+			if runErr == nil {
+				runErr = err
+			}
+		case <-time.After(time.Until(deadline)):
+			log.Warn("consumers still stopping at the shutdown timeout")
+		}
 	}
 	// 3. Flush audit publishes, 4. drain the connection.
-	fctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	fctx, cancel := context.WithDeadline(context.Background(), later(deadline, time.Second))
 	defer cancel()
 	if err := w.publisher.Flush(fctx); err != nil {
 		log.Warn("flush audit publishes", "err", err)
 	}
-	drainConn(nc, cfg.ShutdownTimeout, log)
+	drainConn(nc, time.Until(later(deadline, time.Second)), log)
 	log.Info("guardian stopped")
 	return runErr
 }
 
+// later returns deadline, or now + floor when that is later: the last
+// shutdown steps get a moment even when the earlier ones used up the time.
+func later(deadline time.Time, floor time.Duration) time.Time {
+	if least := time.Now().Add(floor); deadline.Before(least) {
+		return least
+	}
+	return deadline
+}
+
+// drainConn drains nc and waits for it to close, at most d.
 func drainConn(nc *nats.Conn, d time.Duration, log *slog.Logger) {
 	closed := make(chan struct{})
 	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
 	if err := nc.Drain(); err != nil {
-		log.Warn("drain nats connection", "err", err)
+		if !errors.Is(err, nats.ErrConnectionClosed) {
+			log.Warn("drain nats connection", "err", err)
+		}
 		return
 	}
 	select {

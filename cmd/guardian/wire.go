@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -23,9 +22,12 @@ type wired struct {
 	parts     []part
 	approvals *kvapprovals.Service
 	publisher *auditstream.Publisher
+	// consumers are the durable consumers the expirer and notifier parts
+	// run, for /readyz and the lag metrics.
+	consumers []*consumerRef
 }
 
-// auditConfig returns the auditstream config the environment describes.
+// auditStream returns the auditstream config the environment describes.
 func (c *config) auditStream() auditstream.Config {
 	a := auditstream.DefaultConfig()
 	a.Replicas = c.Replicas
@@ -61,7 +63,7 @@ func (c *config) approvalsConfig() kvapprovals.Config {
 }
 
 // wire ensures streams and buckets and builds the long-running parts.
-func wire(ctx context.Context, cfg *config, g *jsguard.Guard, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, reg *prometheus.Registry, m *metrics) (*wired, error) {
+func wire(ctx context.Context, cfg *config, g *jsguard.Guard, js jetstream.JetStream, log *slog.Logger, reg *prometheus.Registry, m *metrics) (*wired, error) {
 	w := &wired{}
 	// Audit: stream, publisher (the guard's sink), drainer, sealer, alerts.
 	acfg := cfg.auditStream()
@@ -138,11 +140,14 @@ func wire(ctx context.Context, cfg *config, g *jsguard.Guard, nc *nats.Conn, js 
 	if cfg.Approval.WebhookURL != "" {
 		nopts = append(nopts, kvapprovals.WithWebhook(kvapprovals.Webhook{URL: cfg.Approval.WebhookURL}))
 	}
+	expirer := &consumerRef{name: "expirer", stream: "KV_" + acfgApprovals.TimersBucket, durable: acfgApprovals.ExpirerDurable}
+	notifier := &consumerRef{name: "notifier", stream: "KV_" + acfgApprovals.RecordsBucket, durable: acfgApprovals.NotifierDurable}
+	w.consumers = []*consumerRef{expirer, notifier}
 	w.parts = append(w.parts,
-		part{"expirer", svc.Expirer().Run},
-		part{"notifier", svc.Notifier(nopts...).Run},
+		part{"expirer", expirer.track(svc.Expirer().Run)},
+		part{"notifier", notifier.track(svc.Notifier(nopts...).Run)},
 	)
-	_ = nc
+	reg.MustRegister(newLagCollector(g, js, w.consumers, lagBudget))
 	return w, nil
 }
 

@@ -1,0 +1,299 @@
+// Command report runs guardian's benchmark scenarios, prints a table of
+// the results next to baselines measured in the same run, and writes
+// docs/PERFORMANCE.md and PNG plots under docs/.
+//
+//	cd bench && go run ./cmd/report          # quick mode, a few minutes
+//	cd bench && go run ./cmd/report -full    # full sizes (1M approvals; long)
+//
+// -only 1,2,6 runs a subset and writes nothing (for development).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jsguardian/guardian/bench/scenarios"
+)
+
+type sizes struct {
+	GuardRounds, GuardN                   int
+	KVRounds, KVBlock                     int
+	ApprovalConc                          []int
+	ApprovalDur                           time.Duration
+	ApprovalRounds                        int
+	ExpirySizes                           []int
+	TickerPhases                          int
+	MemLevels                             []int
+	AuditEvents, AuditRounds              int
+}
+
+var quickSizes = sizes{
+	GuardRounds: 7, GuardN: 200_000,
+	KVRounds: 8, KVBlock: 2000,
+	ApprovalConc: []int{8, 64}, ApprovalDur: 3 * time.Second, ApprovalRounds: 2,
+	ExpirySizes: []int{1000, 10_000}, TickerPhases: 20,
+	MemLevels:   []int{0, 10_000, 100_000},
+	AuditEvents: 50_000, AuditRounds: 3,
+}
+
+var fullSizes = sizes{
+	GuardRounds: 15, GuardN: 1_000_000,
+	KVRounds: 20, KVBlock: 4000,
+	ApprovalConc: []int{8, 32, 64}, ApprovalDur: 10 * time.Second, ApprovalRounds: 3,
+	ExpirySizes: []int{1000, 10_000, 100_000}, TickerPhases: 20,
+	MemLevels:   []int{0, 100_000, 1_000_000},
+	AuditEvents: 200_000, AuditRounds: 5,
+}
+
+func main() {
+	var (
+		quick   = flag.Bool("quick", true, "quick mode: smaller sizes, a few minutes on 2 cores")
+		full    = flag.Bool("full", false, "full mode: 100k expiries, 1M pending approvals (overrides -quick)")
+		only    = flag.String("only", "", "comma-separated scenarios to run (1-6); writes no docs")
+		root    = flag.String("root", "..", "guardian's repository root (for go build ./cmd/guardian)")
+		docs    = flag.String("docs", "../docs", "where PERFORMANCE.md and the plots go")
+		workDir = flag.String("work", "", "scratch directory (default: a new temporary directory)")
+		role    = flag.String("role", "", "internal: run as natsd or memseed")
+		port    = flag.Int("port", 0, "internal: natsd port")
+		store   = flag.String("store", "", "internal: natsd store directory")
+		n       = flag.Int("n", 0, "internal: memseed approvals")
+	)
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	switch *role {
+	case "natsd":
+		exit(scenarios.RunNatsd(ctx, *port, *store))
+	case "memseed":
+		exit(scenarios.RunMemSeed(*n))
+	case "":
+	default:
+		exit(fmt.Errorf("unknown role %q", *role))
+	}
+	mode, sz := "quick", quickSizes
+	if *full || !*quick {
+		mode, sz = "full", fullSizes
+	}
+	want := map[int]bool{}
+	if *only != "" {
+		for _, s := range strings.Split(*only, ",") {
+			i, err := strconv.Atoi(strings.TrimSpace(s))
+			if err != nil || i < 1 || i > 6 {
+				exit(fmt.Errorf("-only %q: want numbers 1-6", *only))
+			}
+			want[i] = true
+		}
+	}
+	exit(run(ctx, mode, sz, want, *root, *docs, *workDir))
+}
+
+func exit(err error) {
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "report:", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "%s  %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+}
+
+// results collects what the scenarios returned.
+type results struct {
+	Guard     *scenarios.GuardResult
+	KVGet     *scenarios.KVGetResult
+	Approvals *scenarios.ApprovalsResult
+	Expiry    *scenarios.ExpiryResult
+	Memory    *scenarios.MemoryResult
+	Audit     *scenarios.AuditResult
+	Failures  []string // scenarios that could not run, and why
+	Durations map[int]time.Duration
+}
+
+func run(ctx context.Context, mode string, sz sizes, want map[int]bool, root, docs, workDir string) error {
+	started := time.Now()
+	mach := describeMachine()
+	if workDir == "" {
+		d, err := os.MkdirTemp("", "guardian-bench-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(d)
+		workDir = d
+	}
+	root, _ = filepath.Abs(root)
+	docs, _ = filepath.Abs(docs)
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	sel := func(i int) bool { return len(want) == 0 || want[i] }
+	res := results{Durations: map[int]time.Duration{}}
+	fail := func(i int, err error) {
+		msg := fmt.Sprintf("scenario %d: %v", i, err)
+		logf("%s", msg)
+		res.Failures = append(res.Failures, msg)
+	}
+	timed := func(i int, f func() error) {
+		if !sel(i) || ctx.Err() != nil {
+			return
+		}
+		t := time.Now()
+		logf("scenario %d", i)
+		if err := f(); err != nil {
+			fail(i, err)
+		}
+		res.Durations[i] = time.Since(t)
+		logf("scenario %d done in %s", i, res.Durations[i].Round(time.Second))
+	}
+	logf("mode %s; %d cores, load %s; work dir %s", mode, mach.Cores, mach.LoadStart, workDir)
+
+	// The guardian binary, for scenarios 3 and 5. Someone may be changing
+	// it while this runs: the other scenarios go first, and a failed
+	// build is retried once before those two are reported as not run.
+	var guardianBin string
+	var buildErr error
+	build := func() {
+		if guardianBin != "" {
+			return
+		}
+		logf("go build ./cmd/guardian")
+		guardianBin, buildErr = scenarios.BuildGuardian(ctx, root, workDir)
+	}
+
+	timed(1, func() error {
+		r, err := scenarios.Guard(sz.GuardRounds, sz.GuardN)
+		res.Guard = &r
+		return err
+	})
+	timed(2, func() error {
+		r, err := scenarios.KVGet(ctx, scenarios.KVGetConfig{Keys: 10_000, Goroutines: []int{1, 8}, Rounds: sz.KVRounds, BlockGets: sz.KVBlock})
+		res.KVGet = &r
+		return err
+	})
+	timed(6, func() error {
+		r, err := scenarios.Audit(ctx, scenarios.AuditConfig{Events: sz.AuditEvents, Rounds: sz.AuditRounds})
+		res.Audit = &r
+		return err
+	})
+	timed(4, func() error {
+		r, err := scenarios.Expiry(ctx, scenarios.ExpiryConfig{
+			Sizes: sz.ExpirySizes, MinTimeout: time.Second, MaxTimeout: 10 * time.Second, Creators: 8,
+			TickerPeriods: []time.Duration{60 * time.Second, 10 * time.Second}, TickerPhases: sz.TickerPhases,
+		}, func(s string) { logf("%s", s) })
+		res.Expiry = &r
+		return err
+	})
+	if sel(3) || sel(5) {
+		build()
+		if buildErr != nil {
+			logf("build failed, retrying in 30s: %v", buildErr)
+			time.Sleep(30 * time.Second)
+			build()
+		}
+	}
+	timed(3, func() error {
+		if buildErr != nil {
+			return buildErr
+		}
+		r, err := scenarios.Approvals(ctx, scenarios.ApprovalsConfig{
+			Guardian: guardianBin, WorkDir: workDir, Concurrency: sz.ApprovalConc,
+			Duration: sz.ApprovalDur, Rounds: sz.ApprovalRounds, PerTenant: 2000,
+		}, func(s string) { logf("%s", s) })
+		res.Approvals = &r
+		return err
+	})
+	timed(5, func() error {
+		if buildErr != nil {
+			return buildErr
+		}
+		r, err := scenarios.Memory(ctx, scenarios.MemoryConfig{
+			Guardian: guardianBin, Self: self, WorkDir: workDir, Levels: sz.MemLevels, InFlight: 64,
+		}, func(s string) { logf("%s", s) })
+		res.Memory = &r
+		return err
+	})
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	mach.LoadEnd = loadavg()
+	elapsed := time.Since(started)
+
+	rows := res.rows()
+	printTable(rows)
+	for _, f := range res.Failures {
+		fmt.Println("NOT RUN:", f)
+	}
+	fmt.Printf("\n%s mode took %s\n", mode, elapsed.Round(time.Second))
+	if len(want) > 0 {
+		return nil
+	}
+	if err := os.MkdirAll(docs, 0o755); err != nil {
+		return err
+	}
+	plotsMade, err := writePlots(docs, &res)
+	if err != nil {
+		return fmt.Errorf("plots: %w", err)
+	}
+	path := filepath.Join(docs, "PERFORMANCE.md")
+	if err := os.WriteFile(path, []byte(markdown(mode, mach, elapsed, rows, &res, plotsMade)), 0o644); err != nil {
+		return err
+	}
+	logf("wrote %s and %d plots", path, len(plotsMade))
+	if len(res.Failures) > 0 {
+		return errors.New(strings.Join(res.Failures, "; "))
+	}
+	return nil
+}
+
+func (r *results) rows() []scenarios.Row {
+	var rows []scenarios.Row
+	if r.Guard != nil && len(r.Guard.Costs) > 0 {
+		rows = append(rows, r.Guard.Rows()...)
+	}
+	if r.KVGet != nil {
+		rows = append(rows, r.KVGet.Rows()...)
+	}
+	if r.Approvals != nil && len(r.Approvals.Levels) > 0 {
+		rows = append(rows, r.Approvals.Rows()...)
+	}
+	if r.Expiry != nil {
+		rows = append(rows, r.Expiry.Rows()...)
+	}
+	if r.Memory != nil {
+		rows = append(rows, r.Memory.Rows()...)
+	}
+	if r.Audit != nil && r.Audit.Raw > 0 {
+		rows = append(rows, r.Audit.Rows()...)
+	}
+	slices.SortStableFunc(rows, func(a, b scenarios.Row) int { return strings.Compare(a.Scenario[:1], b.Scenario[:1]) })
+	return rows
+}
+
+func printTable(rows []scenarios.Row) {
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SCENARIO\tMEASURE\tGUARDIAN\tBASELINE\tRATIO\tTARGET\tRESULT")
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Scenario, r.Measure, dash(r.Guardian), dash(r.Baseline), dash(r.Ratio), dash(r.Target), dash(string(r.Status)))
+	}
+	tw.Flush()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

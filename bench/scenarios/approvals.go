@@ -1,0 +1,257 @@
+package scenarios
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/jsguardian/guardian/bench/internal/natsrv"
+)
+
+// ApprovalsConfig sizes scenario 3.
+type ApprovalsConfig struct {
+	Guardian    string        // the guardian binary
+	WorkDir     string        // for the data directory and the log
+	Concurrency []int         // requests in flight (8, 64)
+	Duration    time.Duration // per measured block
+	Rounds      int           // raw/approval pairs per concurrency level
+	PerTenant   int           // approvals per tenant before the next tenant (below GUARDIAN_APPROVAL_MAX_PENDING)
+}
+
+// ApprovalsLevel is the outcome at one concurrency level.
+type ApprovalsLevel struct {
+	InFlight int
+	// Approvals per second: replies to guardian.v1.<tenant>.approvals.request.
+	Approvals float64
+	// Sustained counts until the notifier had published each approval's
+	// requested event as well.
+	Sustained float64
+	// Raw is sync kv.Create per second on the same server, same concurrency.
+	Raw    float64
+	Errors int64
+}
+
+// ApprovalsResult is scenario 3's outcome.
+type ApprovalsResult struct {
+	Levels   []ApprovalsLevel
+	Errors   int64
+	FirstErr string
+	Total    int64
+}
+
+// Approvals measures scenario 3: the guardian binary runs with its
+// embedded nats-server on a free port (default configuration, so each
+// approval has a record, an expire and a warn timer and a requested
+// event); this process sends approval requests over NATS request/reply
+// with a fixed number in flight, and, in alternating blocks, sync
+// kv.Create to a bucket on the same server with the same number of
+// goroutines.
+func Approvals(ctx context.Context, cfg ApprovalsConfig, progress func(string)) (ApprovalsResult, error) {
+	var res ApprovalsResult
+	port, err := natsrv.FreePort()
+	if err != nil {
+		return res, err
+	}
+	data := filepath.Join(cfg.WorkDir, "approvals-data")
+	if err := os.MkdirAll(data, 0o750); err != nil {
+		return res, err
+	}
+	defer os.RemoveAll(data)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	p, err := StartProc(cfg.Guardian, []string{"serve"}, []string{
+		"GUARDIAN_EMBEDDED_LISTEN=127.0.0.1:" + strconv.Itoa(port),
+		"GUARDIAN_HTTP_ADDR=",
+		"GUARDIAN_DATA_DIR=" + data,
+		"GUARDIAN_LOG_FORMAT=json",
+		"GUARDIAN_LOG_LEVEL=warn",
+	}, filepath.Join(cfg.WorkDir, "guardian-approvals.log"))
+	if err != nil {
+		return res, err
+	}
+	defer p.Stop(20 * time.Second)
+	nc, err := WaitGuardian(p, url, 90*time.Second)
+	if err != nil {
+		return res, err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return res, err
+	}
+	raw, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "BENCH_RAW_CREATE", History: 1, Storage: jetstream.FileStorage})
+	if err != nil {
+		return res, err
+	}
+	events, err := js.Stream(ctx, "GUARDIAN_EVENTS")
+	if err != nil {
+		return res, fmt.Errorf("guardian's events stream: %w", err)
+	}
+	a := &approvalLoad{nc: nc, raw: raw, events: events, perTenant: int64(cfg.PerTenant), value: make([]byte, 300)}
+	// Warm up both paths.
+	if _, err := a.rawBlock(ctx, 8, time.Second/2); err != nil {
+		return res, err
+	}
+	if _, err := a.approvalBlock(ctx, 8, time.Second/2); err != nil {
+		return res, err
+	}
+	if _, err := a.caughtUp(ctx); err != nil {
+		return res, err
+	}
+	for _, c := range cfg.Concurrency {
+		lv := ApprovalsLevel{InFlight: c}
+		var raws, apps, sust []float64
+		for r := range cfg.Rounds {
+			progress(fmt.Sprintf("approvals: %d in flight, round %d", c, r+1))
+			rr, err := a.rawBlock(ctx, c, cfg.Duration)
+			if err != nil {
+				return res, fmt.Errorf("raw kv.Create: %w", err)
+			}
+			raws = append(raws, rr)
+			start := time.Now()
+			n, err := a.approvalBlock(ctx, c, cfg.Duration)
+			if err != nil {
+				return res, err
+			}
+			el := time.Since(start)
+			apps = append(apps, float64(n)/el.Seconds())
+			tail, err := a.caughtUp(ctx)
+			if err != nil {
+				return res, err
+			}
+			sust = append(sust, float64(n)/(el+tail).Seconds())
+		}
+		lv.Raw, lv.Approvals, lv.Sustained = medianF(raws), medianF(apps), medianF(sust)
+		res.Levels = append(res.Levels, lv)
+	}
+	res.Errors, res.Total = a.errors.Load(), a.ok.Load()
+	if e := a.firstErr.Load(); e != nil {
+		res.FirstErr = *e
+	}
+	if ok, err := p.Exited(); ok {
+		return res, fmt.Errorf("guardian exited during the run (%v):\n%s", err, p.Tail(15))
+	}
+	return res, nil
+}
+
+type approvalLoad struct {
+	nc        *nats.Conn
+	raw       jetstream.KeyValue
+	events    jetstream.Stream
+	perTenant int64
+	value     []byte
+	next      atomic.Int64 // approval ids
+	rawNext   atomic.Int64 // raw keys
+	ok        atomic.Int64 // approvals granted
+	errors    atomic.Int64
+	firstErr  atomic.Pointer[string]
+}
+
+// rawBlock runs sync kv.Create with c goroutines for d and returns creates
+// per second.
+func (a *approvalLoad) rawBlock(ctx context.Context, c int, d time.Duration) (float64, error) {
+	var n atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, c)
+	start := time.Now()
+	for range c {
+		wg.Go(func() {
+			for time.Since(start) < d {
+				k := "k" + strconv.FormatInt(a.rawNext.Add(1), 10)
+				if _, err := a.raw.Create(ctx, k, a.value); err != nil {
+					errs <- err
+					return
+				}
+				n.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	el := time.Since(start)
+	close(errs)
+	return float64(n.Load()) / el.Seconds(), <-errs
+}
+
+// approvalBlock sends approval requests with c in flight for d and returns
+// how many were granted. Refusals are counted and the first is kept.
+func (a *approvalLoad) approvalBlock(ctx context.Context, c int, d time.Duration) (int64, error) {
+	var n atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range c {
+		wg.Go(func() {
+			for time.Since(start) < d {
+				id := a.next.Add(1)
+				tenant := "t" + strconv.FormatInt(id/a.perTenant, 10)
+				body := fmt.Appendf(nil, `{"id":"b%d","session_id":"s-%d","requested_by":"bench"}`, id, id)
+				rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				m, err := a.nc.RequestWithContext(rctx, "guardian.v1."+tenant+".approvals.request", body)
+				cancel()
+				if err == nil && m.Header.Get(micro.ErrorCodeHeader) != "" {
+					err = fmt.Errorf("%s %s: %s", m.Header.Get(micro.ErrorCodeHeader), m.Header.Get(micro.ErrorHeader), m.Data)
+				}
+				if err != nil {
+					if a.errors.Add(1) == 1 {
+						s := err.Error()
+						a.firstErr.Store(&s)
+					}
+					continue
+				}
+				n.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	a.ok.Add(n.Load())
+	if n.Load() == 0 {
+		if e := a.firstErr.Load(); e != nil {
+			return 0, errors.New("no approval granted: " + *e)
+		}
+	}
+	return n.Load(), nil
+}
+
+// caughtUp waits until the events stream holds a requested event for
+// every granted approval and returns how long that took.
+func (a *approvalLoad) caughtUp(ctx context.Context) (time.Duration, error) {
+	start := time.Now()
+	want := uint64(a.ok.Load())
+	var have uint64
+	err := waitUntil(ctx, 5*time.Minute, func() bool {
+		info, err := a.events.Info(ctx)
+		if err != nil {
+			return false
+		}
+		have = info.State.Msgs
+		return have >= want
+	})
+	if err != nil {
+		return 0, fmt.Errorf("notifier catching up (%d of %d events): %w", have, want, err)
+	}
+	return time.Since(start), nil
+}
+
+// Rows returns scenario 3's rows; target ≥ 50% of raw kv.Create.
+func (r ApprovalsResult) Rows() []Row {
+	var rows []Row
+	for _, lv := range r.Levels {
+		sc := fmt.Sprintf("3 Approvals via micro API, %d in flight", lv.InFlight)
+		rows = append(rows,
+			Row{sc, "approval requests vs sync kv.Create, same server", rate(lv.Approvals), rate(lv.Raw),
+				ratio(lv.Approvals, lv.Raw), "≥ 0.50", check(lv.Approvals/lv.Raw >= 0.5)},
+			Row{sc, "sustained, until each requested event is published", rate(lv.Sustained), rate(lv.Raw),
+				ratio(lv.Sustained, lv.Raw), "", Info},
+		)
+	}
+	rows = append(rows, Row{"3 Approvals via micro API", "requests refused or failed", fmt.Sprintf("%d of %d", r.Errors, r.Errors+r.Total), "", "", "0", check(r.Errors == 0)})
+	return rows
+}

@@ -1,0 +1,789 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/nats-io/nkeys"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/jsguardian/guardian/pkg/jsguard"
+	"github.com/jsguardian/guardian/pkg/kvapprovals"
+)
+
+const testTraceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+// TestServe runs one guardian and checks, as a client would, every endpoint
+// and error code over plain NATS, the micro service discovery subjects, the
+// CLI, HTTP /readyz and /metrics, and that no secret reaches the logs.
+// Subtests share the server and use a tenant each.
+func TestServe(t *testing.T) {
+	t.Parallel()
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed, _ := kp.Seed()
+	sealPub, _ := kp.PublicKey()
+	const password = "nats-password-that-must-not-leak"
+	g := startGuardian(t, "",
+		"GUARDIAN_APPROVAL_MAX_PENDING=3",
+		"GUARDIAN_NATS_USER=alice",
+		"GUARDIAN_NATS_PASSWORD="+password,
+		"GUARDIAN_AUDIT_SEAL_SEED="+string(seed),
+		"GUARDIAN_AUDIT_SEAL_INTERVAL=100ms",
+	)
+	nc := g.connect(t)
+
+	t.Run("discovery", func(t *testing.T) { testDiscovery(t, nc) })
+	t.Run("lifecycle", func(t *testing.T) { testLifecycle(t, nc) })
+	t.Run("bad input", func(t *testing.T) { testBadInput(t, nc) })
+	t.Run("too many pending", func(t *testing.T) { testTooManyPending(t, nc) })
+	t.Run("expiry", func(t *testing.T) { testExpiry(t, nc) })
+	t.Run("correlation and trace", func(t *testing.T) { testCorrelation(t, nc) })
+	t.Run("audit report", func(t *testing.T) { testAuditReport(t, nc) })
+	t.Run("policy get", func(t *testing.T) {
+		var p jsguard.Policy
+		request(t, nc, "guardian.v1.policy.get", "", nil).ok(t, &p)
+		if p.Strategy != jsguard.Graceful || p.Default != 30*time.Second || p.Budget(jsguard.KVGet) != 5*time.Second {
+			t.Fatalf("policy.get = %+v, want the defaults", p)
+		}
+		request(t, nc, "guardian.v1.policy.get", `{"x":1}`, nil).wantError(t, 400, kvapprovals.APIInvalidRequest, "x")
+	})
+	t.Run("stats", func(t *testing.T) { testStats(t, nc) })
+	t.Run("cli approvals", func(t *testing.T) { testCLIApprovals(t, g) })
+	t.Run("cli audit", func(t *testing.T) { testCLIAudit(t, g, nc, sealPub) })
+	t.Run("cli policy", func(t *testing.T) { testCLIPolicy(t, g, nc) })
+	t.Run("demo", func(t *testing.T) {
+		out, stderr, code := g.cli(t, "demo", "--expire-after", "1s")
+		if code != 0 {
+			t.Fatalf("demo exited %d\nstdout:\n%s\nstderr:\n%s", code, out, stderr)
+		}
+		for _, want := range []string{"approve deploy-", "deny    deploy-", "again: refused", "event  expired", "audit  TIMEOUT_APPROVAL_EXPIRED", "after expiry: refused", "Done."} {
+			if !strings.Contains(out, want) {
+				t.Errorf("demo output lacks %q:\n%s", want, out)
+			}
+		}
+		if strings.Contains(out, "starting one of our own") {
+			t.Errorf("demo started its own guardian although one runs:\n%s", out)
+		}
+	})
+	t.Run("http", func(t *testing.T) { testHTTP(t, g) })
+
+	logs := g.logs.String()
+	for _, secret := range []string{password, string(seed)} {
+		if strings.Contains(logs, secret) {
+			t.Errorf("serve logs show a secret (%.6s...)", secret)
+		}
+	}
+	if !strings.Contains(logs, sealPub) {
+		t.Errorf("serve logs lack the seal public key %s", sealPub)
+	}
+}
+
+func testDiscovery(t *testing.T, nc *nats.Conn) {
+	for _, subject := range []string{"$SRV.PING", "$SRV.PING.guardian"} {
+		var ping micro.Ping
+		request(t, nc, subject, "", nil).ok(t, &ping)
+		if ping.Name != "guardian" || ping.ID == "" || ping.Version == "" || ping.Type != micro.PingResponseType {
+			t.Fatalf("%s = %+v", subject, ping)
+		}
+	}
+	var info micro.Info
+	request(t, nc, "$SRV.INFO.guardian", "", nil).ok(t, &info)
+	if info.Name != "guardian" || info.Description == "" || info.Metadata["instance"] == "" {
+		t.Fatalf("$SRV.INFO.guardian = %+v", info)
+	}
+	got := map[string]string{}
+	for _, e := range info.Endpoints {
+		got[e.Name] = e.Subject
+	}
+	want := map[string]string{
+		"approvals_request": "guardian.v1.*.approvals.request",
+		"approvals_approve": "guardian.v1.*.approvals.approve",
+		"approvals_deny":    "guardian.v1.*.approvals.deny",
+		"approvals_cancel":  "guardian.v1.*.approvals.cancel",
+		"approvals_get":     "guardian.v1.*.approvals.get",
+		"approvals_list":    "guardian.v1.*.approvals.list",
+		"policy_get":        "guardian.v1.policy.get",
+		"audit_report":      "guardian.v1.audit.report",
+	}
+	for name, subject := range want {
+		if got[name] != subject {
+			t.Errorf("endpoint %s: subject %q, want %q", name, got[name], subject)
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("endpoints %v, want %v", got, want)
+	}
+}
+
+// testStats checks $SRV.STATS.guardian: micro's request count and
+// guardian's own counts (requests, errors) in each endpoint's data.
+func testStats(t *testing.T, nc *nats.Conn) {
+	read := func() (micro.EndpointStats, endpointStatsData) {
+		t.Helper()
+		var st micro.Stats
+		request(t, nc, "$SRV.STATS.guardian", "", nil).ok(t, &st)
+		if st.Name != "guardian" || len(st.Endpoints) != 8 {
+			t.Fatalf("$SRV.STATS.guardian = %+v", st)
+		}
+		for _, e := range st.Endpoints {
+			if e.Name == "approvals_get" {
+				var d endpointStatsData
+				if err := json.Unmarshal(e.Data, &d); err != nil {
+					t.Fatalf("approvals_get stats data %q: %v", e.Data, err)
+				}
+				return *e, d
+			}
+		}
+		t.Fatal("$SRV.STATS.guardian has no approvals_get")
+		return micro.EndpointStats{}, endpointStatsData{}
+	}
+	before, dBefore := read()
+	request(t, nc, subj("stats", "request"), map[string]string{"id": "s1", "session_id": "s", "requested_by": "r"}, nil).ok(t, nil)
+	request(t, nc, subj("stats", "get"), `{"id":"s1"}`, nil).ok(t, nil)
+	request(t, nc, subj("stats", "get"), `{"id":"missing"}`, nil).wantError(t, 404, kvapprovals.APINotFound, "")
+	after, dAfter := read()
+	if after.NumRequests != before.NumRequests+2 {
+		t.Errorf("num_requests %d -> %d, want +2", before.NumRequests, after.NumRequests)
+	}
+	if dAfter.Requests != dBefore.Requests+2 || dAfter.Errors != dBefore.Errors+1 {
+		t.Errorf("data requests %d -> %d (want +2), errors %d -> %d (want +1)", dBefore.Requests, dAfter.Requests, dBefore.Errors, dAfter.Errors)
+	}
+	if !strings.Contains(dAfter.LastError, "approval not found") {
+		t.Errorf("data last_error %q, want the 404's message", dAfter.LastError)
+	}
+}
+
+func testLifecycle(t *testing.T, nc *nats.Conn) {
+	const tenant = "acme"
+	in := map[string]any{"id": "a1", "session_id": "s1", "requested_by": "alice", "timeout": "10m", "details": map[string]string{"cmd": "deploy <payments> & more"}}
+	var r1 kvapprovals.Record
+	before := time.Now()
+	request(t, nc, subj(tenant, "request"), in, nil).ok(t, &r1)
+	if r1.ID != "a1" || r1.Tenant != tenant || r1.Status != kvapprovals.StatusPending || r1.Revision == 0 ||
+		r1.ExpiresAt.Before(before.Add(10*time.Minute-time.Second)) || time.Duration(r1.Timeout) != 10*time.Minute ||
+		string(r1.Details) != `{"cmd":"deploy <payments> & more"}` {
+		t.Fatalf("request = %+v (details %s)", r1, r1.Details)
+	}
+
+	// A retry returns the same approval; other content under the id is a conflict.
+	var again kvapprovals.Record
+	request(t, nc, subj(tenant, "request"), in, nil).ok(t, &again)
+	if again.Revision != r1.Revision || !again.RequestedAt.Equal(r1.RequestedAt) {
+		t.Fatalf("retry = %+v, want the same approval %+v", again, r1)
+	}
+	other := map[string]any{"id": "a1", "session_id": "s2", "requested_by": "alice", "timeout": "10m"}
+	request(t, nc, subj(tenant, "request"), other, nil).wantError(t, 409, kvapprovals.APIConflict, "")
+
+	var got kvapprovals.Record
+	request(t, nc, subj(tenant, "get"), map[string]string{"id": "a1"}, nil).ok(t, &got)
+	if got.Status != kvapprovals.StatusPending || got.Revision != r1.Revision {
+		t.Fatalf("get = %+v", got)
+	}
+
+	request(t, nc, subj(tenant, "approve"), map[string]string{"id": "a1", "decided_by": "alice"}, nil).
+		wantError(t, 403, kvapprovals.APISelfApproval, "")
+	var approved kvapprovals.Record
+	request(t, nc, subj(tenant, "approve"), map[string]string{"id": "a1", "decided_by": "bob", "reason": "ticket 42"}, nil).ok(t, &approved)
+	if approved.Status != kvapprovals.StatusApproved || approved.DecidedBy != "bob" || approved.Reason != "ticket 42" || approved.DecidedAt == nil {
+		t.Fatalf("approve = %+v", approved)
+	}
+	r := request(t, nc, subj(tenant, "approve"), map[string]string{"id": "a1", "decided_by": "carol"}, nil)
+	r.wantError(t, 409, kvapprovals.APIAlreadyDecided, "")
+	if r.Err.FinalStatus != kvapprovals.StatusApproved {
+		t.Errorf("409 final_status %q, want approved", r.Err.FinalStatus)
+	}
+	request(t, nc, subj(tenant, "deny"), map[string]string{"id": "a1", "decided_by": "carol"}, nil).wantError(t, 409, kvapprovals.APIAlreadyDecided, "")
+	request(t, nc, subj(tenant, "cancel"), map[string]string{"id": "a1", "cancelled_by": "alice"}, nil).wantError(t, 409, kvapprovals.APIAlreadyDecided, "")
+
+	request(t, nc, subj(tenant, "request"), map[string]any{"id": "a2", "session_id": "s", "requested_by": "alice"}, nil).ok(t, nil)
+	var denied kvapprovals.Record
+	request(t, nc, subj(tenant, "deny"), map[string]string{"id": "a2", "decided_by": "bob", "reason": "no"}, nil).ok(t, &denied)
+	if denied.Status != kvapprovals.StatusDenied {
+		t.Fatalf("deny = %+v", denied)
+	}
+	request(t, nc, subj(tenant, "request"), map[string]any{"id": "a3", "session_id": "s", "requested_by": "alice"}, nil).ok(t, nil)
+	var cancelled kvapprovals.Record
+	request(t, nc, subj(tenant, "cancel"), map[string]string{"id": "a3", "cancelled_by": "alice"}, nil).ok(t, &cancelled)
+	if cancelled.Status != kvapprovals.StatusCancelled || cancelled.DecidedBy != "alice" {
+		t.Fatalf("cancel = %+v", cancelled)
+	}
+
+	for _, op := range []string{"get", "approve", "deny", "cancel"} {
+		body := map[string]string{"id": "nope"}
+		switch op {
+		case "approve", "deny":
+			body["decided_by"] = "bob"
+		case "cancel":
+			body["cancelled_by"] = "bob"
+		}
+		request(t, nc, subj(tenant, op), body, nil).wantError(t, 404, kvapprovals.APINotFound, "")
+	}
+
+	var all kvapprovals.ListResult
+	request(t, nc, subj(tenant, "list"), "", nil).ok(t, &all)
+	if ids := recordIDs(all.Items); !slices.Equal(ids, []string{"a1", "a2", "a3"}) || all.Partial || all.NextCursor != "" {
+		t.Fatalf("list = %v partial %v next %q", ids, all.Partial, all.NextCursor)
+	}
+	var onlyApproved kvapprovals.ListResult
+	request(t, nc, subj(tenant, "list"), map[string]string{"status": "approved"}, nil).ok(t, &onlyApproved)
+	if ids := recordIDs(onlyApproved.Items); !slices.Equal(ids, []string{"a1"}) {
+		t.Fatalf("list status=approved = %v", ids)
+	}
+	var page1, page2 kvapprovals.ListResult
+	request(t, nc, subj(tenant, "list"), map[string]int{"limit": 2}, nil).ok(t, &page1)
+	request(t, nc, subj(tenant, "list"), map[string]any{"limit": 2, "cursor": page1.NextCursor}, nil).ok(t, &page2)
+	if ids := recordIDs(append(page1.Items, page2.Items...)); !slices.Equal(ids, []string{"a1", "a2", "a3"}) || page1.NextCursor == "" || page2.NextCursor != "" {
+		t.Fatalf("pages = %v, cursors %q %q", ids, page1.NextCursor, page2.NextCursor)
+	}
+}
+
+func recordIDs(rs []kvapprovals.Record) []string {
+	var ids []string
+	for _, r := range rs {
+		ids = append(ids, r.ID)
+	}
+	return ids
+}
+
+// testBadInput sends malformed and out-of-range requests: each is a 400
+// naming the field, and none changes anything.
+func testBadInput(t *testing.T, nc *nats.Conn) {
+	const tenant = "badin"
+	details := `{"blob":"` + strings.Repeat("x", 17<<10) + `"}`
+	tests := []struct {
+		name, subject string
+		body          any
+		field         string
+	}{
+		{"malformed JSON", subj(tenant, "request"), `{"id":"x1","session_id":`, "body"},
+		{"not an object", subj(tenant, "request"), `[1,2]`, "body"},
+		{"trailing data", subj(tenant, "request"), `{"id":"x1","session_id":"s","requested_by":"r"} {}`, "body"},
+		{"not UTF-8", subj(tenant, "request"), []byte("{\"id\":\"x1\",\"session_id\":\"\xff\",\"requested_by\":\"r\"}"), "body"},
+		{"unknown field", subj(tenant, "request"), `{"id":"x1","session_id":"s","requested_by":"r","colour":"red"}`, "colour"},
+		{"wrong type", subj(tenant, "request"), `{"id":"x1","session_id":1,"requested_by":"r"}`, "session_id"},
+		{"missing requested_by", subj(tenant, "request"), `{"id":"x1","session_id":"s"}`, "requested_by"},
+		{"timeout too long", subj(tenant, "request"), `{"id":"x1","session_id":"s","requested_by":"r","timeout":"48h"}`, "timeout"},
+		{"timeout too short", subj(tenant, "request"), `{"id":"x1","session_id":"s","requested_by":"r","timeout":"500ms"}`, "timeout"},
+		{"timeout not a duration", subj(tenant, "request"), `{"id":"x1","session_id":"s","requested_by":"r","timeout":"soon"}`, "timeout"},
+		{"details not an object", subj(tenant, "request"), `{"id":"x1","session_id":"s","requested_by":"r","details":[1]}`, "details"},
+		{"details oversized", subj(tenant, "request"), `{"id":"x1","session_id":"s","requested_by":"r","details":` + details + `}`, "details"},
+		{"bad id", subj(tenant, "request"), `{"id":"x.1","session_id":"s","requested_by":"r"}`, "id"},
+		{"bad tenant token", subj("bad!tenant", "request"), `{"id":"x1","session_id":"s","requested_by":"r"}`, "tenant"},
+		{"tenant too long", subj(strings.Repeat("t", 65), "request"), `{"id":"x1","session_id":"s","requested_by":"r"}`, "tenant"},
+		{"approve without decided_by", subj(tenant, "approve"), `{"id":"x1"}`, "decided_by"},
+		{"cancel with decided_by", subj(tenant, "cancel"), `{"id":"x1","decided_by":"r"}`, "decided_by"},
+		{"get without id", subj(tenant, "get"), `{}`, "id"},
+		{"list bad status", subj(tenant, "list"), `{"status":"maybe"}`, "status"},
+		{"list limit too large", subj(tenant, "list"), `{"limit":5000}`, "limit"},
+		{"list bad cursor", subj(tenant, "list"), `{"cursor":"!!"}`, "cursor"},
+		{"report oversized", "guardian.v1.audit.report", `{"operation":"` + strings.Repeat("x", 17<<10) + `"}`, "body"},
+		{"report bad code", "guardian.v1.audit.report", `{"timeout_category":"KV_GET","operation":"x","timeout_seconds":1}`, "timeout_category"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			request(t, nc, tt.subject, tt.body, nil).wantError(t, 400, kvapprovals.APIInvalidRequest, tt.field)
+		})
+	}
+	// Nothing was written.
+	request(t, nc, subj(tenant, "get"), `{"id":"x1"}`, nil).wantError(t, 404, kvapprovals.APINotFound, "")
+	var l kvapprovals.ListResult
+	request(t, nc, subj(tenant, "list"), "", nil).ok(t, &l)
+	if len(l.Items) != 0 {
+		t.Fatalf("bad input created %v", recordIDs(l.Items))
+	}
+}
+
+func testTooManyPending(t *testing.T, nc *nats.Conn) {
+	const tenant = "crowd" // the server allows 3 pending per tenant
+	req := func(id string) map[string]string {
+		return map[string]string{"id": id, "session_id": "s", "requested_by": "r", "timeout": "10m"}
+	}
+	for _, id := range []string{"c1", "c2", "c3"} {
+		request(t, nc, subj(tenant, "request"), req(id), nil).ok(t, nil)
+	}
+	request(t, nc, subj(tenant, "request"), req("c4"), nil).wantError(t, 429, kvapprovals.APITooManyPending, "")
+	request(t, nc, subj(tenant, "get"), `{"id":"c4"}`, nil).wantError(t, 404, kvapprovals.APINotFound, "")
+	// A retry of a pending one is not a new one.
+	request(t, nc, subj(tenant, "request"), req("c1"), nil).ok(t, nil)
+	// Another tenant is not affected.
+	request(t, nc, subj("crowd2", "request"), req("c4"), nil).ok(t, nil)
+	// A decision makes room.
+	request(t, nc, subj(tenant, "cancel"), `{"id":"c1","cancelled_by":"r"}`, nil).ok(t, nil)
+	request(t, nc, subj(tenant, "request"), req("c4"), nil).ok(t, nil)
+}
+
+// testExpiry lets an approval run out: the decision that comes too late is
+// a 410, the record turns expired, and one TIMEOUT_APPROVAL_EXPIRED audit
+// event names the tenant and carries the session as correlation id.
+func testExpiry(t *testing.T, nc *nats.Conn) {
+	const tenant = "late"
+	var r kvapprovals.Record
+	request(t, nc, subj(tenant, "request"), map[string]string{"id": "e1", "session_id": "sess-e1", "requested_by": "alice", "timeout": "1s"}, nil).ok(t, &r)
+	time.Sleep(time.Until(r.ExpiresAt.Add(50 * time.Millisecond))) // the grace period is 0
+	// Refused from expires_at on, whether or not the expirer has run.
+	request(t, nc, subj(tenant, "approve"), `{"id":"e1","decided_by":"bob"}`, nil).wantError(t, 410, kvapprovals.APIExpired, "")
+	eventually(t, 20*time.Second, func() (bool, string) {
+		var got kvapprovals.Record
+		request(t, nc, subj(tenant, "get"), `{"id":"e1"}`, nil).ok(t, &got)
+		return got.Status == kvapprovals.StatusExpired, "status " + string(got.Status)
+	})
+	rep := request(t, nc, subj(tenant, "deny"), `{"id":"e1","decided_by":"bob"}`, nil)
+	rep.wantError(t, 410, kvapprovals.APIExpired, "")
+	if rep.Err.FinalStatus != kvapprovals.StatusExpired {
+		t.Errorf("410 final_status %q, want expired", rep.Err.FinalStatus)
+	}
+	ev := findAudit(t, nc, "TIMEOUT_APPROVAL_EXPIRED for late/e1", func(e auditEntry) bool {
+		return e.Code == "TIMEOUT_APPROVAL_EXPIRED" && e.AdditionalContext["approval_id"] == "e1" && e.TenantID == tenant
+	})
+	if ev.Subject != "guardian.v1.audit.late.TIMEOUT_APPROVAL_EXPIRED" || ev.CorrelationID != "sess-e1" {
+		t.Errorf("expiry audit event %+v: want subject guardian.v1.audit.late.TIMEOUT_APPROVAL_EXPIRED and correlation id sess-e1", ev)
+	}
+}
+
+// testCorrelation: the correlation id is taken from the request header or
+// generated, and returned in the reply header, on success and on error.
+func testCorrelation(t *testing.T, nc *nats.Conn) {
+	body := map[string]string{"id": "k1", "session_id": "s", "requested_by": "r"}
+	r := request(t, nc, subj("corr", "request"), body, map[string]string{kvapprovals.CorrelationHeader: "corr-123"})
+	r.ok(t, nil)
+	if got := r.Header.Get(kvapprovals.CorrelationHeader); got != "corr-123" {
+		t.Fatalf("reply correlation id %q, want corr-123", got)
+	}
+	e := request(t, nc, subj("corr", "get"), `{"id":"none"}`, map[string]string{kvapprovals.CorrelationHeader: "corr-err"})
+	e.wantError(t, 404, kvapprovals.APINotFound, "")
+	if got := e.Header.Get(kvapprovals.CorrelationHeader); got != "corr-err" {
+		t.Fatalf("error reply correlation id %q, want corr-err", got)
+	}
+	seen := map[string]bool{}
+	for _, h := range []map[string]string{nil, {kvapprovals.CorrelationHeader: strings.Repeat("c", 200)}, {kvapprovals.CorrelationHeader: "has space"}} {
+		r := request(t, nc, subj("corr", "get"), `{"id":"k1"}`, h)
+		r.ok(t, nil)
+		id := r.Header.Get(kvapprovals.CorrelationHeader)
+		if !correlationRE.MatchString(id) || strings.HasPrefix(id, "ccccc") || seen[id] {
+			t.Fatalf("generated correlation id %q for header %v: want a new, valid one", id, h)
+		}
+		seen[id] = true
+	}
+}
+
+// testAuditReport: a reported timeout reaches the audit stream with the
+// tenant of the body and the correlation and trace ids of the headers,
+// once, under a deterministic event id.
+func testAuditReport(t *testing.T, nc *nats.Conn) {
+	body := map[string]any{"timeout_category": "TIMEOUT_KV_GET", "operation": "kv get orders/o1", "timeout_seconds": 5, "elapsed_seconds": 5.2,
+		"tenant_id": "rep", "additional_context": map[string]string{"host": "web-1"}, "started_at": "2026-01-02T03:04:05Z", "timestamp": "2026-01-02T03:04:10.2Z"}
+	hdr := map[string]string{kvapprovals.CorrelationHeader: "corr-rep", "traceparent": testTraceparent}
+	var out struct {
+		EventID string `json:"event_id"`
+	}
+	request(t, nc, "guardian.v1.audit.report", body, hdr).ok(t, &out)
+	if len(out.EventID) != 32 {
+		t.Fatalf("event_id %q", out.EventID)
+	}
+	var again struct {
+		EventID string `json:"event_id"`
+	}
+	request(t, nc, "guardian.v1.audit.report", body, hdr).ok(t, &again)
+	if again.EventID != out.EventID {
+		t.Fatalf("the same report got event ids %s and %s", out.EventID, again.EventID)
+	}
+	ev := findAudit(t, nc, "reported "+out.EventID, func(e auditEntry) bool { return e.EventID == out.EventID })
+	if ev.Subject != "guardian.v1.audit.rep.TIMEOUT_KV_GET" || ev.TenantID != "rep" || ev.CorrelationID != "corr-rep" ||
+		ev.TraceID != "4bf92f3577b34da6a3ce929d0e0e4736" || ev.BudgetSource != jsguard.SourceReported || ev.AdditionalContext["host"] != "web-1" {
+		t.Fatalf("reported event %+v", ev)
+	}
+	n := 0
+	for _, e := range auditEvents(t, nc) {
+		if e.EventID == out.EventID {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("event %s stored %d times, want once", out.EventID, n)
+	}
+	// Ids in the body win over the headers'.
+	body["correlation_id"] = "corr-body"
+	var third struct {
+		EventID string `json:"event_id"`
+	}
+	request(t, nc, "guardian.v1.audit.report", body, hdr).ok(t, &third)
+	ev = findAudit(t, nc, "reported "+third.EventID, func(e auditEntry) bool { return e.EventID == third.EventID })
+	if ev.CorrelationID != "corr-body" || ev.TraceID != "4bf92f3577b34da6a3ce929d0e0e4736" {
+		t.Fatalf("report with a correlation id in the body: %+v", ev)
+	}
+}
+
+func testHTTP(t *testing.T, g *guardian) {
+	if code, body := httpGet(t, g.httpURL+"/healthz"); code != http.StatusOK || body != "ok\n" {
+		t.Errorf("/healthz: %d %q", code, body)
+	}
+	if code, body := httpGet(t, g.httpURL+"/readyz"); code != http.StatusOK || body != "ready\n" {
+		t.Errorf("/readyz: %d %q", code, body)
+	}
+	fams := scrape(t, g)
+	atLeast := func(name string, labels map[string]string, min float64) {
+		t.Helper()
+		v, ok := metricValue(fams, name, labels)
+		if !ok || v < min {
+			t.Errorf("%s%v = %v (present %v), want >= %v", name, labels, v, ok, min)
+		}
+	}
+	// Timeouts by code: the expiry and the reports of the subtests above.
+	atLeast("guardian_timeouts_total", map[string]string{"code": "TIMEOUT_APPROVAL_EXPIRED"}, 1)
+	atLeast("guardian_timeouts_total", map[string]string{"code": "TIMEOUT_KV_GET"}, 2)
+	atLeast("guardian_timeouts_total", map[string]string{"code": "TIMEOUT_NATS_PUBLISH"}, 0)
+	// Call durations by category, abandoned calls.
+	atLeast("guardian_guarded_call_duration_seconds", map[string]string{"category": "API_REQUEST"}, 20)
+	atLeast("guardian_guarded_call_duration_seconds", map[string]string{"category": "APPROVAL_GRANT"}, 3)
+	atLeast("guardian_abandoned_calls_total", map[string]string{"category": "KV_GET"}, 0)
+	// Approvals by status, expiry lateness.
+	for st, n := range map[string]float64{"pending": 8, "approved": 1, "denied": 1, "cancelled": 2, "expired": 1} {
+		atLeast("guardian_approvals_total", map[string]string{"status": st}, n)
+	}
+	atLeast("guardian_approval_expiry_lateness_seconds", nil, 1)
+	// Audit spooled and dropped.
+	atLeast("guardian_audit_published_total", nil, 3)
+	atLeast("guardian_audit_spooled_total", nil, 0)
+	if v, ok := metricValue(fams, "guardian_audit_dropped_total", nil); !ok || v != 0 {
+		t.Errorf("guardian_audit_dropped_total = %v (present %v), want 0", v, ok)
+	}
+	// Consumer lag, looked up at the scrape.
+	for _, c := range []struct{ consumer, stream, durable string }{
+		{"expirer", "KV_GUARDIAN_TIMERS", "guardian-expirer"},
+		{"notifier", "KV_GUARDIAN_APPROVALS", "guardian-notifier"},
+	} {
+		labels := map[string]string{"consumer": c.consumer, "stream": c.stream, "durable": c.durable}
+		if v, ok := metricValue(fams, "guardian_consumer_up", labels); !ok || v != 1 {
+			t.Errorf("guardian_consumer_up%v = %v (present %v), want 1", labels, v, ok)
+		}
+		atLeast("guardian_consumer_num_pending", labels, 0)
+		atLeast("guardian_consumer_num_ack_pending", labels, 0)
+	}
+	// The notifier has caught up: the lag it reports drops to 0.
+	eventually(t, 20*time.Second, func() (bool, string) {
+		v, _ := metricValue(scrape(t, g), "guardian_consumer_num_pending", map[string]string{"consumer": "notifier", "stream": "KV_GUARDIAN_APPROVALS", "durable": "guardian-notifier"})
+		return v == 0, fmt.Sprintf("notifier num_pending %v", v)
+	})
+}
+
+// scrape reads and parses /metrics.
+func scrape(t *testing.T, g *guardian) map[string]*dto.MetricFamily {
+	t.Helper()
+	code, body := httpGet(t, g.httpURL+"/metrics")
+	if code != http.StatusOK {
+		t.Fatalf("/metrics: %d %q", code, body)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("/metrics is not Prometheus text: %v", err)
+	}
+	return fams
+}
+
+// metricValue returns the value of the series of name whose labels include
+// labels: a counter's or gauge's value, a histogram's sample count.
+func metricValue(fams map[string]*dto.MetricFamily, name string, labels map[string]string) (float64, bool) {
+	f, ok := fams[name]
+	if !ok {
+		return 0, false
+	}
+next:
+	for _, m := range f.GetMetric() {
+		have := map[string]string{}
+		for _, l := range m.GetLabel() {
+			have[l.GetName()] = l.GetValue()
+		}
+		for k, v := range labels {
+			if have[k] != v {
+				continue next
+			}
+		}
+		switch {
+		case m.Counter != nil:
+			return m.GetCounter().GetValue(), true
+		case m.Gauge != nil:
+			return m.GetGauge().GetValue(), true
+		case m.Histogram != nil:
+			return float64(m.GetHistogram().GetSampleCount()), true
+		case m.Untyped != nil:
+			return m.GetUntyped().GetValue(), true
+		}
+	}
+	return 0, false
+}
+
+func testCLIApprovals(t *testing.T, g *guardian) {
+	run := func(wantCode int, args ...string) (string, string) {
+		t.Helper()
+		out, stderr, code := g.cli(t, args...)
+		if code != wantCode {
+			t.Fatalf("guardian %s: exit %d, want %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), code, wantCode, out, stderr)
+		}
+		return out, stderr
+	}
+	out, _ := run(0, "approval", "request", "--tenant", "cli", "--id", "c1", "--session", "s1", "--requested-by", "alice",
+		"--timeout", "10m", "--details", `{"cmd":"deploy"}`, "--json")
+	var r kvapprovals.Record
+	if err := json.Unmarshal([]byte(out), &r); err != nil || r.ID != "c1" || r.Status != kvapprovals.StatusPending || string(r.Details) != `{"cmd":"deploy"}` {
+		t.Fatalf("request --json = %q (%v)", out, err)
+	}
+	out, _ = run(0, "approval", "get", "--tenant", "cli", "--id", "c1")
+	if !tableHas(out, []string{"ID", "STATUS", "REQUESTED", "BY"}, []string{"c1", "pending", "alice", "s1"}) {
+		t.Fatalf("get table:\n%s", out)
+	}
+	_, stderr := run(1, "approval", "approve", "--tenant", "cli", "--id", "c1", "--by", "alice")
+	if !strings.Contains(stderr, "guardian: 403 self_approval:") {
+		t.Errorf("self-approval stderr %q", stderr)
+	}
+	out, _ = run(0, "approval", "approve", "--tenant", "cli", "--id", "c1", "--by", "bob", "--reason", "looks good")
+	if !tableHas(out, nil, []string{"c1", "approved", "bob", "looks", "good"}) {
+		t.Fatalf("approve table:\n%s", out)
+	}
+	_, stderr = run(1, "approval", "deny", "--tenant", "cli", "--id", "c1", "--by", "bob")
+	if !strings.Contains(stderr, "guardian: 409 already_decided:") {
+		t.Errorf("second decision stderr %q", stderr)
+	}
+	_, stderr = run(1, "approval", "get", "--tenant", "cli", "--id", "nope")
+	if !strings.Contains(stderr, "guardian: 404 not_found:") {
+		t.Errorf("get missing stderr %q", stderr)
+	}
+	_, stderr = run(1, "approval", "request", "--tenant", "cli", "--session", "s", "--requested-by", "a", "--timeout", "48h")
+	if !strings.Contains(stderr, "guardian: 400 invalid_request:") || !strings.Contains(stderr, "(field timeout)") {
+		t.Errorf("bad timeout stderr %q", stderr)
+	}
+	run(0, "approval", "request", "--tenant", "cli", "--id", "c2", "--session", "s2", "--requested-by", "alice")
+	out, _ = run(0, "approval", "cancel", "--tenant", "cli", "--id", "c2", "--by", "alice", "--json")
+	if err := json.Unmarshal([]byte(out), &r); err != nil || r.Status != kvapprovals.StatusCancelled {
+		t.Fatalf("cancel --json = %q", out)
+	}
+	out, _ = run(0, "approval", "list", "--tenant", "cli", "--json")
+	var l kvapprovals.ListResult
+	if err := json.Unmarshal([]byte(out), &l); err != nil || !slices.Equal(recordIDs(l.Items), []string{"c1", "c2"}) {
+		t.Fatalf("list --json = %q", out)
+	}
+	out, _ = run(0, "approval", "list", "--tenant", "cli", "--status", "approved")
+	if !strings.Contains(out, "c1") || strings.Contains(out, "c2") {
+		t.Fatalf("list --status approved:\n%s", out)
+	}
+	out, _ = run(0, "approval", "list", "--tenant", "cli", "--limit", "1")
+	if !strings.Contains(out, "more: --cursor ") {
+		t.Fatalf("list --limit 1 does not offer the next page:\n%s", out)
+	}
+
+	// Usage errors exit 2, --help exits 0 and describes the flags.
+	run(2, "approval")
+	run(2, "approval", "frobnicate")
+	run(2, "approval", "get", "--tenant", "cli")
+	run(2, "approval", "get", "--id", "c1", "extra")
+	run(2, "approval", "request", "--details", "[1]")
+	run(2, "approval", "get", "--no-such-flag")
+	for _, op := range []string{"request", "approve", "deny", "cancel", "get", "list"} {
+		_, stderr := run(0, "approval", op, "--help")
+		for _, want := range []string{"Usage: guardian approval " + op, "-server", "-wait", "-json", "-tenant"} {
+			if !strings.Contains(stderr, want) {
+				t.Errorf("approval %s --help lacks %q:\n%s", op, want, stderr)
+			}
+		}
+	}
+	_, stderr = run(0, "approval", "--help")
+	if !strings.Contains(stderr, "request") || !strings.Contains(stderr, "list") {
+		t.Errorf("approval --help:\n%s", stderr)
+	}
+	// Nobody there: a clear error, exit 1.
+	_, stderr, code := runGuardian(t, baseEnv(), "approval", "get", "--server", "nats://127.0.0.1:1", "--id", "c1", "--wait", "3s")
+	if code != 1 || !strings.Contains(stderr, "is 'guardian serve' running?") {
+		t.Errorf("no server: exit %d, stderr %q", code, stderr)
+	}
+}
+
+// tableHas reports whether out has a line with all of header's words and a
+// line with all of row's.
+func tableHas(out string, header, row []string) bool {
+	has := func(words []string) bool {
+		if words == nil {
+			return true
+		}
+	line:
+		for l := range strings.Lines(out) {
+			f := strings.Fields(l)
+			for _, w := range words {
+				if !slices.Contains(f, w) {
+					continue line
+				}
+			}
+			return true
+		}
+		return false
+	}
+	return has(header) && has(row)
+}
+
+func testCLIAudit(t *testing.T, g *guardian, nc *nats.Conn, sealPub string) {
+	// Something to read: a report with a known operation.
+	var out struct {
+		EventID string `json:"event_id"`
+	}
+	request(t, nc, "guardian.v1.audit.report", map[string]any{"timeout_category": "TIMEOUT_KV_PUT", "operation": "cli audit check",
+		"timeout_seconds": 5, "tenant_id": "cliaudit"}, nil).ok(t, &out)
+
+	stdout, stderr, code := g.cli(t, "audit", "tail", "--follow=false", "--json", "--tenant", "cliaudit")
+	if code != 0 || !strings.Contains(stdout, out.EventID) || !strings.Contains(stdout, `"operation":"cli audit check"`) {
+		t.Fatalf("audit tail --json: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	stdout, _, code = g.cli(t, "audit", "tail", "--since", "10m", "--follow=false", "--code", "TIMEOUT_KV_PUT")
+	if code != 0 || !tableHas(stdout, []string{"SEQ", "TIME", "TENANT", "CODE"}, []string{"cliaudit", "TIMEOUT_KV_PUT", out.EventID}) {
+		t.Fatalf("audit tail table: exit %d\n%s", code, stdout)
+	}
+	stdout, _, code = g.cli(t, "audit", "stats", "--window", "10m", "--json")
+	var counts struct {
+		Total   int `json:"Total"`
+		Buckets []struct {
+			Tenant, Code string
+			Count        int
+		}
+	}
+	if code != 0 || json.Unmarshal([]byte(stdout), &counts) != nil || counts.Total < 2 {
+		t.Fatalf("audit stats --json: exit %d\n%s", code, stdout)
+	}
+	stdout, _, code = g.cli(t, "audit", "stats", "--window", "10m", "--tenant", "cliaudit")
+	if code != 0 || !tableHas(stdout, []string{"MINUTE", "TENANT", "CODE", "COUNT"}, []string{"cliaudit", "TIMEOUT_KV_PUT", "1"}) {
+		t.Fatalf("audit stats table: exit %d\n%s", code, stdout)
+	}
+
+	// The sealer seals within its interval: the live stream verifies, every
+	// event under a seal.
+	eventually(t, 30*time.Second, func() (bool, string) {
+		stdout, stderr, code := g.cli(t, "audit", "verify", "--public-key", sealPub)
+		return code == 0 && strings.Contains(stdout, "OK") && !strings.Contains(stdout, "sealed ranges verified: 0 of") &&
+			!strings.Contains(stdout, "unsealed tail"), fmt.Sprintf("exit %d\n%s%s", code, stdout, stderr)
+	})
+	// An export verifies offline; a tampered one does not.
+	file := filepath.Join(t.TempDir(), "audit.jsonl")
+	if _, stderr, code := g.cli(t, "audit", "export", "--out", file); code != 0 {
+		t.Fatalf("audit export: exit %d: %s", code, stderr)
+	}
+	if stdout, stderr, code := g.cli(t, "audit", "verify", "--file", file, "--public-key", sealPub); code != 0 || !strings.Contains(stdout, "OK") {
+		t.Fatalf("audit verify --file: exit %d\n%s%s", code, stdout, stderr)
+	}
+	if err := os.WriteFile(file, tamper(t, file, "cli audit check", "cli audit chekc"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if stdout, _, code := g.cli(t, "audit", "verify", "--file", file, "--public-key", sealPub); code != 1 || !strings.Contains(stdout, "FAILED") {
+		t.Fatalf("a tampered export verified: exit %d\n%s", code, stdout)
+	}
+	// Usage.
+	if _, _, code := g.cli(t, "audit", "verify"); code != 2 {
+		t.Errorf("audit verify without --public-key: exit %d, want 2", code)
+	}
+	for _, op := range []string{"tail", "stats", "verify", "export"} {
+		if _, stderr, code := g.cli(t, "audit", op, "--help"); code != 0 || !strings.Contains(stderr, "Usage: guardian audit "+op) {
+			t.Errorf("audit %s --help: exit %d\n%s", op, code, stderr)
+		}
+	}
+}
+
+// testCLIPolicy changes the policy with the CLI: the running guardian
+// applies it, and the bucket keeps the configuration it had.
+func testCLIPolicy(t *testing.T, g *guardian, nc *nats.Conn) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An operator tuned the bucket; `policy set` must not reconfigure it.
+	if _, err := js.UpdateKeyValue(t.Context(), jetstream.KeyValueConfig{Bucket: jsguard.PolicyBucket, History: 3,
+		Description: "tuned by an operator", Storage: jetstream.FileStorage}); err != nil {
+		t.Fatal(err)
+	}
+
+	stdout, stderr, code := g.cli(t, "policy", "set", "TIMEOUT_T1_CACHE=250ms", "max_stale_age=2m")
+	if code != 0 || !strings.Contains(stderr, "policy stored in GUARDIAN_POLICY") {
+		t.Fatalf("policy set: exit %d\n%s%s", code, stdout, stderr)
+	}
+	eventually(t, 20*time.Second, func() (bool, string) {
+		stdout, _, _ := g.cli(t, "policy", "get", "--json")
+		var p jsguard.Policy
+		if err := json.Unmarshal([]byte(stdout), &p); err != nil {
+			return false, stdout
+		}
+		return p.Budget(jsguard.T1Cache) == 250*time.Millisecond && p.MaxStaleAge == 2*time.Minute, stdout
+	})
+	stdout, _, code = g.cli(t, "policy", "get")
+	if code != 0 || !tableHas(stdout, nil, []string{"TIMEOUT_T1_CACHE", "250ms"}) || !tableHas(stdout, nil, []string{"strategy", "graceful"}) {
+		t.Fatalf("policy get table: exit %d\n%s", code, stdout)
+	}
+	kv, err := js.KeyValue(t.Context(), jsguard.PolicyBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := kv.Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.History() != 3 || st.(*jetstream.KeyValueBucketStatus).StreamInfo().Config.Description != "tuned by an operator" {
+		t.Errorf("policy set reconfigured the bucket: history %d, %+v", st.History(), st.(*jetstream.KeyValueBucketStatus).StreamInfo().Config)
+	}
+
+	for _, bad := range [][]string{{"TIMEOUT_KV_GET=2h"}, {"strategy=lenient"}, {"nonsense"}, {"KV_GET=1s"}, {}} {
+		if _, stderr, code := g.cli(t, append([]string{"policy", "set"}, bad...)...); code != 2 || !strings.HasPrefix(stderr, "guardian: ") {
+			t.Errorf("policy set %v: exit %d, stderr %q; want 2 and a message", bad, code, stderr)
+		}
+	}
+	// Nothing of the refused changes was applied.
+	stdout, _, _ = g.cli(t, "policy", "get", "--json")
+	var p jsguard.Policy
+	if err := json.Unmarshal([]byte(stdout), &p); err != nil || p.Budget(jsguard.KVGet) != 5*time.Second || p.Strategy != jsguard.Graceful {
+		t.Errorf("policy after refused changes: %s", stdout)
+	}
+}
+
+// tamper returns the export in file with old replaced by new in the data of
+// the one event that contains it.
+func tamper(t *testing.T, file, old, new string) []byte {
+	t.Helper()
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []byte
+	n := 0
+	for line := range strings.Lines(string(data)) {
+		var l map[string]any
+		if err := json.Unmarshal([]byte(line), &l); err != nil {
+			t.Fatalf("export line %q: %v", line, err)
+		}
+		var ev []byte
+		if err := json.Unmarshal([]byte(fmt.Sprintf("%q", l["data"])), &ev); err != nil {
+			t.Fatalf("export data: %v", err)
+		}
+		if strings.Contains(string(ev), old) {
+			n++
+			l["data"] = []byte(strings.Replace(string(ev), old, new, 1))
+			b, err := json.Marshal(l)
+			if err != nil {
+				t.Fatal(err)
+			}
+			line = string(b) + "\n"
+		}
+		out = append(out, line...)
+	}
+	if n != 1 {
+		t.Fatalf("%d exported events contain %q, want 1", n, old)
+	}
+	return out
+}

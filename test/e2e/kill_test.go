@@ -1,0 +1,107 @@
+package e2e
+
+import (
+	"testing"
+	"time"
+)
+
+// TestKillDuringExpiries (scenario 1): approvals with timeouts of 1–10 s
+// expire while the only guardian is killed with SIGKILL and started again
+// on the same NATS. Every approval ends in exactly one terminal state,
+// with exactly one lifecycle event per revision and one audit event per
+// expiry.
+func TestKillDuringExpiries(t *testing.T) {
+	skipShort(t)
+	n := scale(1000, 10000)
+	down := 2 * time.Second
+	ns := startNATS(t, nil)
+	g := startGuardian(t, "g1", ns.url, expiryEnv())
+	nc, js := connect(t, ns.url)
+	w := newWorkload(n, newClient(t, nc, 5*time.Second))
+
+	start := time.Now()
+	w.run(t.Context(), t, 16)
+	took := time.Since(start)
+	t.Logf("requested %d approvals in %s (%.0f/s), %d decided", n, ms(took), float64(n)/took.Seconds(), len(w.decided))
+
+	// Kill it once about half of the expiries are done.
+	expiring := n - len(w.decided)
+	if !poll(30*time.Second, 50*time.Millisecond, func() bool {
+		_, expired, err := terminalEvents(t.Context(), js)
+		return err == nil && expired >= expiring/2
+	}) {
+		t.Fatalf("half of %d expiries not seen within 30s", expiring)
+	}
+	_, before, _ := terminalEvents(t.Context(), js)
+	killed := time.Now()
+	g.kill()
+	time.Sleep(down) // guardian stays down while timers keep firing
+	g.start()
+	t.Logf("SIGKILL after %d of %d expiries, down %s, ready again after %s", before, expiring, down, ms(time.Since(killed)))
+
+	settled := waitSettled(t, js, n, 2*time.Minute)
+	settleTook := time.Since(killed)
+	l := readLedger(t, js)
+	c := l.tally(w.acked, 0)
+	t.Logf("kill -9 during expiries: %s", &c)
+	t.Logf("kill -9 during expiries: LOST %d / DUPLICATED %d; all settled %s after the kill", c.lost(), c.dup(), ms(settleTook))
+	if !settled {
+		t.Errorf("not settled within 2m of the kill")
+	}
+	if c.Approvals != n {
+		t.Errorf("%d approvals in the bucket, want %d", c.Approvals, n)
+	}
+	assertExactlyOnce(t, &c)
+	w.assertOutcomes(t, l)
+	g.assertAlive()
+}
+
+// TestReplicaKilled (scenario 2): two guardian replicas serve the same
+// NATS; one is killed with SIGKILL while approvals are being requested and
+// expire, and started again. Clients retry with the same id. The same
+// exactly-once counts hold.
+func TestReplicaKilled(t *testing.T) {
+	skipShort(t)
+	n := scale(1000, 10000)
+	ns := startNATS(t, nil)
+	g1 := startGuardian(t, "g1", ns.url, expiryEnv())
+	g2 := startGuardian(t, "g2", ns.url, expiryEnv())
+	nc1, js := connect(t, ns.url)
+	nc2, _ := connect(t, ns.url)
+	w := newWorkload(n, newClient(t, nc1, 3*time.Second), newClient(t, nc2, 3*time.Second))
+
+	ctx := t.Context()
+	done := make(chan struct{})
+	start := time.Now()
+	go func() {
+		defer close(done)
+		w.run(ctx, t, 16)
+	}()
+	if !poll(2*time.Minute, 20*time.Millisecond, func() bool { return int(w.created.Load()) >= n/2 }) {
+		t.Fatalf("half of the approvals not requested within 2m")
+	}
+	killed := time.Now()
+	g2.kill()
+	time.Sleep(time.Second) // g1 alone meanwhile
+	g2.start()
+	t.Logf("g2 killed after %d of %d requests (%s in), ready again after %s", w.created.Load(), n, ms(killed.Sub(start)), ms(time.Since(killed)))
+	<-done
+	took := time.Since(start)
+	t.Logf("requested %d approvals in %s, %d decided, %d requests or decisions retried", w.created.Load(), ms(took), len(w.decided), w.retries.Load())
+
+	settled := waitSettled(t, js, n, 2*time.Minute)
+	l := readLedger(t, js)
+	c := l.tally(w.acked, 0)
+	t.Logf("replica killed: %s", &c)
+	t.Logf("replica killed: LOST %d / DUPLICATED %d; all settled %s after the kill", c.lost(), c.dup(), ms(time.Since(killed)))
+	if !settled {
+		t.Errorf("not settled within 2m")
+	}
+	if c.Approvals != n {
+		t.Errorf("%d approvals in the bucket, want %d", c.Approvals, n)
+	}
+	assertExactlyOnce(t, &c)
+	w.assertOutcomes(t, l)
+	g1.assertAlive()
+	g2.assertAlive()
+}
