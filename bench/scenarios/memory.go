@@ -77,6 +77,9 @@ func Memory(ctx context.Context, cfg MemoryConfig, progress func(string)) (Memor
 	}
 	defer ns.Stop(30 * time.Second)
 	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	if err := waitNATS(ns, url, 60*time.Second); err != nil {
+		return res, err
+	}
 	gp, err := StartProc(cfg.Guardian, []string{"serve"}, []string{
 		"GUARDIAN_NATS_URL=" + url,
 		"GUARDIAN_HTTP_ADDR=127.0.0.1:" + strconv.Itoa(httpPort),

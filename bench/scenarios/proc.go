@@ -130,6 +130,25 @@ func WaitGuardian(p *Proc, url string, d time.Duration) (*nats.Conn, error) {
 	}
 }
 
+// waitNATS waits until a server process accepts connections at url.
+func waitNATS(p *Proc, url string, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for {
+		if ok, err := p.Exited(); ok {
+			return fmt.Errorf("nats-server exited (%v):\n%s", err, p.Tail(15))
+		}
+		nc, err := nats.Connect(url)
+		if err == nil {
+			nc.Close()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("nats-server not ready within %s: %w", d, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // RSS returns the resident set size and its peak (VmRSS, VmHWM) of pid in
 // bytes, from /proc.
 func RSS(pid int) (rss, hwm float64, err error) {

@@ -314,6 +314,16 @@ func policyCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			fmt.Fprintln(stderr, "guardian:", err)
 			return exitError{2}
 		}
+		// Every entry is checked on its own, so bad values are refused
+		// before anything is read or written.
+		probe := jsguard.DefaultPolicy()
+		if err = applyPolicyChanges(&probe, changes); err == nil {
+			err = probe.Validate()
+		}
+		if err != nil {
+			fmt.Fprintln(stderr, "guardian:", err)
+			return exitError{2}
+		}
 	}
 	s, err := cf.dial(ctx)
 	if err != nil {

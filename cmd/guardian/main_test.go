@@ -31,8 +31,12 @@ import (
 	"github.com/jsguardian/guardian/pkg/kvapprovals"
 )
 
-// bin is the guardian binary TestMain built.
-var bin string
+// bin is the guardian binary TestMain built, for the CLI; serveBin is the
+// one `guardian serve` runs from: built with the race detector when the
+// tests run with it, so that the service's own races fail the tests. (A
+// race-enabled binary starts several times slower, too slow for dozens of
+// CLI runs on a loaded machine.)
+var bin, serveBin string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "guardian-bin-")
@@ -40,16 +44,24 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "guardian tests:", err)
 		os.Exit(1)
 	}
-	bin = filepath.Join(dir, "guardian")
-	args := []string{"build", "-o", bin}
+	bin, serveBin = filepath.Join(dir, "guardian"), filepath.Join(dir, "guardian")
+	builds := [][]string{{"build", "-o", bin, "."}}
 	if raceEnabled {
-		// The service under test runs with the race detector too; its
-		// reports end up in the logs, which every test checks.
-		args = append(args, "-race")
+		serveBin = filepath.Join(dir, "guardian-race")
+		builds = append(builds, []string{"build", "-race", "-o", serveBin, "."})
 	}
-	out, err := exec.Command("go", append(args, ".")...).CombinedOutput()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "guardian tests: go build: %v\n%s", err, out)
+	errs := make([]error, len(builds))
+	var wg sync.WaitGroup
+	for i, args := range builds {
+		wg.Go(func() {
+			if out, err := exec.Command("go", args...).CombinedOutput(); err != nil {
+				errs[i] = fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		fmt.Fprintln(os.Stderr, "guardian tests:", err)
 		os.RemoveAll(dir)
 		os.Exit(1)
 	}
@@ -128,7 +140,7 @@ func startGuardian(t *testing.T, dir string, env ...string) *guardian {
 		"GUARDIAN_EMBEDDED_LISTEN=127.0.0.1:0",
 		"GUARDIAN_HTTP_ADDR=127.0.0.1:0",
 	), env...)
-	g.cmd = exec.Command(bin, "serve")
+	g.cmd = exec.Command(serveBin, "serve")
 	g.cmd.Env = g.env
 	g.cmd.Stdout = g.logs
 	g.cmd.Stderr = g.logs
@@ -150,7 +162,14 @@ func startGuardian(t *testing.T, dir string, env ...string) *guardian {
 	})
 
 	g.httpURL = "http://" + g.waitLog(t, "http listening", 90*time.Second)["addr"].(string)
-	g.natsURL = g.waitLog(t, "embedded nats-server started", 90*time.Second)["url"].(string)
+	for _, kv := range g.env {
+		if u, ok := strings.CutPrefix(kv, "GUARDIAN_NATS_URL="); ok {
+			g.natsURL = u // the last one wins, as in the process
+		}
+	}
+	if g.natsURL == "" {
+		g.natsURL = g.waitLog(t, "embedded nats-server started", 90*time.Second)["url"].(string)
+	}
 	g.waitLog(t, "guardian ready", 90*time.Second)
 	eventually(t, 30*time.Second, func() (bool, string) {
 		code, body := httpGet(t, g.httpURL+"/readyz")
