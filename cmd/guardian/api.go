@@ -28,8 +28,14 @@ const (
 	traceparentHeader = "traceparent"
 )
 
-// maxReportBytes bounds an audit.report body.
-const maxReportBytes = 16 << 10
+// Bounds of an audit.report: its body, how long the timeout it reports may
+// have run, and how old it may be (times must stay encodable, years 0-9999).
+const (
+	maxReportBytes   = 16 << 10
+	maxReportElapsed = 7 * 24 * time.Hour
+)
+
+var oldestReport = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
 
 // api serves guardian's micro service endpoints. Each request runs in its
 // own goroutine, at most cap(sem) at once (more wait in NATS), under
@@ -113,8 +119,9 @@ func traceID(traceparent string) string {
 	return m[1]
 }
 
-// wrap turns h into a micro handler. tenantToken is the index of the tenant
-// token in the subject, or -1.
+// wrap turns h into a micro handler that counts into endpoint's stats and
+// names op in audit events. tenantToken is the index of the tenant token in
+// the subject, or -1.
 func (a *api) wrap(endpoint, op string, tenantToken int, h handlerFunc) micro.Handler {
 	st := a.endpointStats(endpoint)
 	return micro.HandlerFunc(func(req micro.Request) {
@@ -315,7 +322,7 @@ func reportEvent(ctx context.Context, data []byte, now time.Time) (jsguard.Event
 	if in.TimeoutSeconds <= 0 || in.TimeoutSeconds > jsguard.MaxBudget.Seconds() {
 		return jsguard.Event{}, bad("timeout_seconds", "must be > 0 and <= 3600")
 	}
-	if in.ElapsedSeconds < 0 || in.ElapsedSeconds > 7*24*3600 {
+	if in.ElapsedSeconds < 0 || in.ElapsedSeconds > maxReportElapsed.Seconds() {
 		return jsguard.Event{}, bad("elapsed_seconds", "must be >= 0 and at most a week")
 	}
 	switch in.Level {
@@ -342,12 +349,18 @@ func reportEvent(ctx context.Context, data []byte, now time.Time) (jsguard.Event
 		if ts.After(now.Add(time.Minute)) {
 			return jsguard.Event{}, bad("timestamp", "must not be in the future")
 		}
+		if ts.Before(oldestReport) {
+			return jsguard.Event{}, bad("timestamp", "must be after "+oldestReport.Format(time.RFC3339))
+		}
 	}
 	started := ts.Add(-time.Duration(in.ElapsedSeconds * float64(time.Second)))
 	if in.StartedAt != nil {
 		started = in.StartedAt.UTC()
 		if started.After(ts) {
 			return jsguard.Event{}, bad("started_at", "must not be after timestamp")
+		}
+		if ts.Sub(started) > maxReportElapsed {
+			return jsguard.Event{}, bad("started_at", "must be at most a week before timestamp")
 		}
 	}
 	ev := jsguard.Event{

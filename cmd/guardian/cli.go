@@ -45,7 +45,7 @@ type clientFlags struct {
 }
 
 func (c *clientFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&c.server, "server", clientURL(), "NATS URL of the guardian to talk to (default GUARDIAN_NATS_URL, else nats://GUARDIAN_EMBEDDED_LISTEN)")
+	fs.StringVar(&c.server, "server", clientURL(), "NATS URL of the guardian to talk to: GUARDIAN_NATS_URL when set, else nats://$GUARDIAN_EMBEDDED_LISTEN")
 	fs.DurationVar(&c.timeout, "wait", 10*time.Second, "how long to wait for an answer")
 	fs.BoolVar(&c.json, "json", false, "print JSON instead of a table")
 }
@@ -176,7 +176,7 @@ func approvalCmd(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	var cf clientFlags
 	fs := newFlags("approval "+op, help, stderr)
 	cf.register(fs)
-	tenant := fs.String("tenant", envOr("GUARDIAN_TENANT", "default"), "tenant, 1-64 of A-Z a-z 0-9 _ - (default GUARDIAN_TENANT, else default)")
+	tenant := fs.String("tenant", envOr("GUARDIAN_TENANT", "default"), "tenant, 1-64 of A-Z a-z 0-9 _ -: GUARDIAN_TENANT when set, else default")
 	var (
 		id, session, requestedBy, operator, timeout, details *string
 		by, reason, status, cursor                           *string

@@ -157,6 +157,8 @@ func TestReportEvent(t *testing.T) {
 		{"big context", `{` + valid + `,"additional_context":{` + manyEntries(33) + `}}`, "additional_context"},
 		{"future timestamp", `{` + valid + `,"timestamp":"2026-03-04T05:08:08Z"}`, "timestamp"},
 		{"started after timestamp", `{` + valid + `,"timestamp":"2026-03-04T05:00:00Z","started_at":"2026-03-04T05:00:01Z"}`, "started_at"},
+		{"ancient timestamp", `{` + valid + `,"timestamp":"0001-01-01T00:00:00Z"}`, "timestamp"},
+		{"started over a week earlier", `{` + valid + `,"timestamp":"2026-03-04T05:00:00Z","started_at":"2026-02-20T05:00:00Z"}`, "started_at"},
 	}
 	for _, tt := range bad {
 		t.Run(tt.name, func(t *testing.T) {

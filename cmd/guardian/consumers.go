@@ -109,6 +109,13 @@ func (l *lagCollector) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (l *lagCollector) Collect(ch chan<- prometheus.Metric) {
+	if !l.js.Conn().IsConnected() {
+		// No lookups, and no timeouts to audit, while NATS is away.
+		for _, c := range l.refs {
+			ch <- prometheus.MustNewConstMetric(l.up, prometheus.GaugeValue, 0, c.name, c.stream, c.durable)
+		}
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), l.budget)
 	defer cancel()
 	var wg sync.WaitGroup

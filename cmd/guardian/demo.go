@@ -25,13 +25,13 @@ A five-minute tour. It requests three approvals for tenant "demo", approves
 one, denies one and lets the third run through its warning into expiry,
 printing every lifecycle event and audit entry as it arrives.
 
-It uses the guardian at --server when one answers there; otherwise it starts
-its own guardian with an embedded NATS server in a temporary directory.`
+It uses the guardian at --server when one answers there; otherwise, unless
+--server or GUARDIAN_NATS_URL was given, it starts its own guardian with an
+embedded NATS server in a temporary directory, and removes it at the end.`
 
 func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var cf clientFlags
 	fs := newFlags("demo", demoHelp, stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, "Usage: guardian ", demoHelp, "\n\n"); fs.PrintDefaults() }
 	cf.register(fs)
 	expireAfter := fs.Duration("expire-after", 6*time.Second, "timeout of the approval left to expire")
 	if err := parseFlags(fs, args); err != nil {

@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"sync"
 )
 
 // group runs long-lived parts, each a Run(ctx) error, until the first one
 // returns or the parent ends; then it cancels the rest and waits for them.
-// It returns the first error that is not the group's own cancellation.
+// It returns the error of the first part that returned before the group was
+// cancelled (errStoppedEarly when that part returned nil), or nil.
 type group struct {
 	parts []part
 }
@@ -32,7 +34,11 @@ func (g *group) run(ctx context.Context) error {
 	for _, p := range g.parts {
 		wg.Go(func() {
 			err := p.run(ctx)
-			if err != nil && ctx.Err() == nil {
+			if ctx.Err() == nil {
+				// A part ends before the group only when something broke.
+				if err == nil {
+					err = errStoppedEarly
+				}
 				once.Do(func() { first = &partError{p.name, err} })
 			}
 			cancel()
@@ -41,6 +47,10 @@ func (g *group) run(ctx context.Context) error {
 	wg.Wait()
 	return first
 }
+
+// errStoppedEarly is the error of a part that returned nil while the group
+// still ran.
+var errStoppedEarly = errors.New("stopped unexpectedly")
 
 type partError struct {
 	name string

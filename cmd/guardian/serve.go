@@ -59,6 +59,11 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	log := newLogger(stderr, cfg.LogLevel, cfg.LogFormat)
 	if err := run(ctx, cfg, log); err != nil {
+		if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+			// A signal while starting: stopped as asked.
+			log.Info("guardian stopped before it was ready", "cause", context.Cause(ctx))
+			return nil
+		}
 		log.Error("guardian stopped", "err", err)
 		return exitError{1}
 	}
@@ -199,6 +204,10 @@ func run(ctx context.Context, cfg *config, log *slog.Logger) error {
 	}
 	if err := a.addEndpoints(svc); err != nil {
 		return err
+	}
+	// Ready means answering: the server has the subscriptions.
+	if err := g.Do(ctx, jsguard.NATSSubscribe, "flush api subscriptions", apiNC.FlushWithContext); err != nil {
+		return fmt.Errorf("micro service: %w", err)
 	}
 	if cfg.onReady != nil {
 		cfg.onReady(url)

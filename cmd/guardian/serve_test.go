@@ -164,7 +164,7 @@ func TestExternalNATS(t *testing.T) {
 		t.Errorf("a scrape with NATS down took %s", took)
 	}
 
-	ns = natstest.Restart(t, ns)
+	natstest.Restart(t, ns) // same port and store
 	eventually(t, 30*time.Second, func() (bool, string) {
 		code, body := httpGet(t, g.httpURL+"/readyz")
 		return code == http.StatusOK, fmt.Sprintf("/readyz %d %q", code, body)
@@ -296,9 +296,7 @@ func loadUntilSIGTERM(t *testing.T, g *guardian, nc *nats.Conn, tenant string) l
 	start := time.Now()
 	res.code = g.stop()
 	res.took = time.Since(start)
-	// Let requests sent around the exit run into their answer or timeout.
-	time.Sleep(100 * time.Millisecond)
-	cancel()
+	cancel() // requests still out run into their answer or their timeout
 	wg.Wait()
 	res.afterSignal, res.noReply = after.Load(), noReply.Load()
 	t.Logf("%d accepted (%d after SIGTERM), %d without reply, refused %v, shutdown took %s",
@@ -309,4 +307,38 @@ func loadUntilSIGTERM(t *testing.T, g *guardian, nc *nats.Conn, tenant string) l
 		}
 	}
 	return res
+}
+
+func TestGroup(t *testing.T) {
+	blocker := func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() }
+	boom := errors.New("boom")
+	for name, tt := range map[string]struct {
+		part func(context.Context) error
+		want error
+	}{
+		"a part fails":          {func(context.Context) error { return boom }, boom},
+		"a part returns early":  {func(context.Context) error { return nil }, errStoppedEarly},
+		"the parent is stopped": {blocker, nil},
+	} {
+		t.Run(name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(t.Context())
+			var g group
+			g.add("blocker", blocker)
+			g.add("part", tt.part)
+			done := make(chan error, 1)
+			go func() { done <- g.run(ctx) }()
+			if tt.want == nil {
+				cancel()
+			}
+			defer cancel()
+			select {
+			case err := <-done:
+				if !errors.Is(err, tt.want) || (err != nil && !strings.HasPrefix(err.Error(), "part: ")) {
+					t.Fatalf("run = %v, want %v from part", err, tt.want)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("the group did not stop the other part")
+			}
+		})
+	}
 }

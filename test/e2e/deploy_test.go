@@ -433,19 +433,6 @@ func (p *depProc) stop(d time.Duration) int {
 	}
 }
 
-// wait waits at most d for the process to exit by itself and returns its
-// exit code; it fails the test if it keeps running.
-func (p *depProc) wait(t *testing.T, d time.Duration) int {
-	t.Helper()
-	select {
-	case <-p.exited:
-		return p.code
-	case <-time.After(d):
-		t.Fatalf("%s still running after %s:\n%s", p.name, d, p.out)
-		return 0
-	}
-}
-
 // depRun runs bin to completion (at most 60s) and returns its combined
 // output and exit code.
 func depRun(t *testing.T, bin string, env map[string]string, args ...string) (string, int) {
@@ -576,14 +563,22 @@ type depEvents struct {
 	events []kvapprovals.Event
 }
 
+// kinds returns the kinds of the events about approval id in the order of
+// the record's revisions, each revision once (a redelivered notification
+// may be published twice; the stream stores it once).
 func (e *depEvents) kinds(id string) []string {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	var out []string
+	byRev := map[uint64]string{}
 	for _, ev := range e.events {
 		if ev.ID == id {
-			out = append(out, ev.Kind)
+			byRev[ev.Revision] = ev.Kind
 		}
+	}
+	revs := slices.Sorted(maps.Keys(byRev))
+	out := make([]string, 0, len(revs))
+	for _, r := range revs {
+		out = append(out, byRev[r])
 	}
 	return out
 }
