@@ -37,8 +37,11 @@ type ApprovalsLevel struct {
 	// requested event as well.
 	Sustained float64
 	// Raw is sync kv.Create per second on the same server, same concurrency.
-	Raw    float64
-	Errors int64
+	Raw float64
+	// CPU time per approval and per raw create, guardian's process (with
+	// its embedded server) plus this client process: a measure that other
+	// load on the machine disturbs less than throughput.
+	AppCPU, RawCPU time.Duration
 }
 
 // ApprovalsResult is scenario 3's outcome.
@@ -96,6 +99,11 @@ func Approvals(ctx context.Context, cfg ApprovalsConfig, progress func(string)) 
 	if err != nil {
 		return res, fmt.Errorf("guardian's events stream: %w", err)
 	}
+	cpu := func() time.Duration {
+		g, _ := ProcCPU(p.Cmd.Process.Pid)
+		c, _ := ProcCPU(os.Getpid())
+		return g + c
+	}
 	a := &approvalLoad{nc: nc, raw: raw, events: events, perTenant: int64(cfg.PerTenant), value: make([]byte, 300)}
 	// Warm up both paths.
 	if _, err := a.rawBlock(ctx, 8, time.Second/2); err != nil {
@@ -109,14 +117,17 @@ func Approvals(ctx context.Context, cfg ApprovalsConfig, progress func(string)) 
 	}
 	for _, c := range cfg.Concurrency {
 		lv := ApprovalsLevel{InFlight: c}
-		var raws, apps, sust []float64
+		var raws, apps, sust, rawCPU, appCPU []float64
 		for r := range cfg.Rounds {
 			progress(fmt.Sprintf("approvals: %d in flight, round %d", c, r+1))
+			c0 := cpu()
 			rr, err := a.rawBlock(ctx, c, cfg.Duration)
 			if err != nil {
 				return res, fmt.Errorf("raw kv.Create: %w", err)
 			}
+			rawCPU = append(rawCPU, float64(cpu()-c0)/(rr*cfg.Duration.Seconds()))
 			raws = append(raws, rr)
+			c0 = cpu()
 			start := time.Now()
 			n, err := a.approvalBlock(ctx, c, cfg.Duration)
 			if err != nil {
@@ -128,9 +139,11 @@ func Approvals(ctx context.Context, cfg ApprovalsConfig, progress func(string)) 
 			if err != nil {
 				return res, err
 			}
+			appCPU = append(appCPU, float64(cpu()-c0)/float64(n))
 			sust = append(sust, float64(n)/(el+tail).Seconds())
 		}
 		lv.Raw, lv.Approvals, lv.Sustained = medianF(raws), medianF(apps), medianF(sust)
+		lv.RawCPU, lv.AppCPU = time.Duration(medianF(rawCPU)), time.Duration(medianF(appCPU))
 		res.Levels = append(res.Levels, lv)
 	}
 	res.Errors, res.Total = a.errors.Load(), a.ok.Load()
@@ -250,6 +263,8 @@ func (r ApprovalsResult) Rows() []Row {
 				ratio(lv.Approvals, lv.Raw), "≥ 0.50", check(lv.Approvals/lv.Raw >= 0.5)},
 			Row{sc, "sustained, until each requested event is published", rate(lv.Sustained), rate(lv.Raw),
 				ratio(lv.Sustained, lv.Raw), "", Info},
+			Row{sc, "CPU time per operation (guardian process incl. its nats-server, plus client)", fmt.Sprintf("%.0f µs", float64(lv.AppCPU)/1e3),
+				fmt.Sprintf("%.0f µs", float64(lv.RawCPU)/1e3), fmt.Sprintf("%.1f×", float64(lv.AppCPU)/float64(lv.RawCPU)), "", Info},
 		)
 	}
 	rows = append(rows, Row{"3 Approvals via micro API", "requests refused or failed", fmt.Sprintf("%d of %d", r.Errors, r.Errors+r.Total), "", "", "0", check(r.Errors == 0)})

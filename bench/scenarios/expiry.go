@@ -40,10 +40,16 @@ type ExpiryRun struct {
 	// guardian.v1.events.*.expired.
 	Guardian      stats.Latency
 	GuardianLate  []time.Duration
-	GuardianEarly int           // events seen before expires_at
-	Duplicates    int           // expired events seen more than once
-	CreateRate    float64       // approvals created per second
-	DueSpan       time.Duration // first to last deadline
+	GuardianEarly int // events seen before expires_at
+	// Written: expires_at → the expirer's compare-and-set wrote expired
+	// (Hooks.OnExpired), the first half of guardian's path.
+	Written stats.Latency
+	// Lateness of approvals whose deadline fell while approvals were still
+	// being created, and after.
+	DuringCreate, AfterCreate stats.Latency
+	Duplicates                int           // expired events seen more than once
+	CreateRate                float64       // approvals created per second
+	DueSpan                   time.Duration // first to last deadline
 	// Raw: due → TTL marker received by a durable consumer.
 	Raw        stats.Latency
 	RawLate    []time.Duration
@@ -204,7 +210,11 @@ func guardianExpiry(ctx context.Context, url string, js jetstream.JetStream, cfg
 	kc.DefaultTimeout = cfg.MaxTimeout
 	kc.GracePeriod = 0
 	kc.MaxPending = 0 // one tenant holds them all
-	svc, err := kvapprovals.Open(ctx, g, js, kc, kvapprovals.WithLogger(quiet))
+	var wmu sync.Mutex
+	written := make([]time.Duration, 0, n)
+	svc, err := kvapprovals.Open(ctx, g, js, kc, kvapprovals.WithLogger(quiet), kvapprovals.WithHooks(kvapprovals.Hooks{
+		OnExpired: func(l time.Duration) { wmu.Lock(); written = append(written, l); wmu.Unlock() },
+	}))
 	if err != nil {
 		return nil, err
 	}
@@ -215,6 +225,7 @@ func guardianExpiry(ctx context.Context, url string, js jetstream.JetStream, cfg
 	defer obs.Close()
 	var mu sync.Mutex
 	late := make([]time.Duration, 0, n)
+	dues := make([]time.Time, 0, n)
 	seen := make(map[string]int, n)
 	early := 0
 	sub, err := obs.Subscribe(kc.EventsSubjectPrefix+".*."+kvapprovals.KindExpired, func(m *nats.Msg) {
@@ -228,6 +239,7 @@ func guardianExpiry(ctx context.Context, url string, js jetstream.JetStream, cfg
 		seen[ev.ID]++
 		if seen[ev.ID] == 1 {
 			late = append(late, l)
+			dues = append(dues, ev.Record.Deadline(kc.GracePeriod))
 			if l < 0 {
 				early++
 			}
@@ -270,7 +282,8 @@ func guardianExpiry(ctx context.Context, url string, js jetstream.JetStream, cfg
 		})
 	}
 	wg.Wait()
-	run.CreateRate = float64(n) / time.Since(start).Seconds()
+	created := time.Now()
+	run.CreateRate = float64(n) / created.Sub(start).Seconds()
 	close(errs)
 	if err := <-errs; err != nil {
 		return nil, err
@@ -304,6 +317,18 @@ func guardianExpiry(ctx context.Context, url string, js jetstream.JetStream, cfg
 	run.GuardianLate = late
 	run.GuardianEarly = early
 	run.Guardian = stats.Summarize(late)
+	var during, after []time.Duration
+	for i, d := range dues {
+		if d.Before(created) {
+			during = append(during, late[i])
+		} else {
+			after = append(after, late[i])
+		}
+	}
+	run.DuringCreate, run.AfterCreate = stats.Summarize(during), stats.Summarize(after)
+	wmu.Lock()
+	run.Written = stats.Summarize(written)
+	wmu.Unlock()
 	return deadlines, nil
 }
 
@@ -369,6 +394,9 @@ func (r ExpiryResult) Rows() []Row {
 			Row{sc, "max", secs(run.Guardian.Max), secs(run.Raw.Max),
 				fmt.Sprintf("%+.3f s", (run.Guardian.Max - run.Raw.Max).Seconds()), "≤ " + secs(maxTarget), check(run.Guardian.Max <= maxTarget)},
 			Row{sc, "p50", secs(run.Guardian.P50), secs(run.Raw.P50), "", "", Info},
+			Row{sc, "split: expires_at → expirer wrote expired (Hooks.OnExpired)", lat(run.Written), "", "", "", Info},
+			Row{sc, fmt.Sprintf("split: deadlines while approvals were still being created (%d) / after (%d)", run.DuringCreate.N, run.AfterCreate.N),
+				"p99 " + secs(run.DuringCreate.P99) + " / " + secs(run.AfterCreate.P99), "", "", "", Info},
 			Row{sc, "exactly one expired event each, none early", fmt.Sprintf("%d events, %d early, %d duplicated", run.Guardian.N, run.GuardianEarly, run.Duplicates),
 				fmt.Sprintf("%d markers", run.Raw.N), "", "all once, 0 early", check(run.Guardian.N == run.N && run.GuardianEarly == 0 && run.Duplicates == 0)},
 		)

@@ -103,7 +103,10 @@ func (e *KVGetEnv) Variants() (names []string, fns []GetFunc) {
 	return []string{"raw kv.Get", "jsguard KV.Get", "jsguard KV.Get WithInline"}, []GetFunc{
 		func(ctx context.Context, k string) error { _, err := e.Raw.Get(ctx, k); return err },
 		func(ctx context.Context, k string) error { _, err := e.KV.Get(ctx, k); return err },
-		func(ctx context.Context, k string) error { _, err := e.KV.Get(ctx, k, jsguard.WithInline()); return err },
+		func(ctx context.Context, k string) error {
+			_, err := e.KV.Get(ctx, k, jsguard.WithInline())
+			return err
+		},
 	}
 }
 

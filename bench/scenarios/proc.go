@@ -149,6 +149,30 @@ func waitNATS(p *Proc, url string, d time.Duration) error {
 	}
 }
 
+// ProcCPU returns the user plus system CPU time pid has used, from
+// /proc/<pid>/stat (clock ticks of 10ms).
+func ProcCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name may hold spaces: fields start after the last ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, errors.New("malformed /proc stat")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, errors.New("malformed /proc stat")
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, errors.New("malformed /proc stat")
+	}
+	return time.Duration(ut+st) * 10 * time.Millisecond, nil
+}
+
 // RSS returns the resident set size and its peak (VmRSS, VmHWM) of pid in
 // bytes, from /proc.
 func RSS(pid int) (rss, hwm float64, err error) {

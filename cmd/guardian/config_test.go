@@ -21,7 +21,7 @@ func TestConfigValidation(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		env  string
-		want []string // substrings of the message, in order
+		want []string // substrings of the message, in order; it starts with the first
 	}{
 		{"GUARDIAN_REPLICAS=9", []string{"GUARDIAN_REPLICAS=9", "between 1 and 5"}},
 		{"GUARDIAN_SHUTDOWN_TIMEOUT=0s", []string{"GUARDIAN_SHUTDOWN_TIMEOUT=0s", "between 1s and 5m"}},
@@ -64,6 +64,9 @@ func TestConfigValidation(t *testing.T) {
 			}
 			if stdout != "" {
 				t.Errorf("printed a configuration although it is invalid:\n%s", stdout)
+			}
+			if !strings.HasPrefix(stderr, "guardian: "+tt.want[0]) {
+				t.Fatalf("message %q does not start with the variable and value %q", stderr, tt.want[0])
 			}
 			msg := stderr
 			for _, w := range tt.want {

@@ -21,12 +21,13 @@ var ErrUnavailable = errors.New("guardian unavailable")
 var tokenRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 
 // ValidateTenant returns a *FieldError (ErrInvalidRequest) unless tenant
-// matches ^[A-Za-z0-9_-]{1,64}$.
+// matches ^[A-Za-z0-9_-]{1,64}$ and is not one of the names guardian uses
+// for its own subjects under guardian.v1 (audit, events, alerts, policy).
 func ValidateTenant(tenant string) error {
 	if !tokenRE.MatchString(tenant) {
 		return &FieldError{Field: "tenant", Reason: fmt.Sprintf("%q must match ^[A-Za-z0-9_-]{1,64}$", tenant)}
 	}
-	return nil
+	return checkName("tenant", tenant)
 }
 
 // Decode strictly decodes one JSON document into a T, like DecodeRequest:

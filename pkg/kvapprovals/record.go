@@ -222,7 +222,10 @@ func jsonFieldError(err error) error {
 		return invalid("body", "empty or truncated JSON")
 	}
 	if f, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
-		return invalid(strings.Trim(f, `"`), "unknown field")
+		if name := strings.Trim(f, `"`); name != "" {
+			return invalid(name, "unknown field")
+		}
+		return invalid("body", "unknown field %s", f)
 	}
 	return invalid("body", "%v", err)
 }

@@ -461,8 +461,16 @@ func checkName(field, v string) error {
 	if !nameRe.MatchString(v) {
 		return invalid(field, "%q must be 1-64 characters of A-Z, a-z, 0-9, _ and -", truncate(v, 80))
 	}
+	if field == "tenant" && reservedTenants[v] {
+		return invalid(field, "%q is reserved: guardian.v1.%s.> holds guardian's own subjects", v, v)
+	}
 	return nil
 }
+
+// reservedTenants are the subject tokens under guardian.v1 that guardian
+// uses itself; a tenant of that name would put its requests on the audit or
+// events streams' subjects.
+var reservedTenants = map[string]bool{"audit": true, "events": true, "alerts": true, "policy": true}
 
 func checkText(field, v string, required bool, max int) error {
 	switch {

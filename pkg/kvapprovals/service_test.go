@@ -231,6 +231,8 @@ func TestRequestBadInputChangesNothing(t *testing.T) {
 		{"tenant with dot", "a.b", nil, "tenant"},
 		{"tenant wildcard", "*", nil, "tenant"},
 		{"long tenant", strings.Repeat("t", 65), nil, "tenant"},
+		{"reserved tenant audit", "audit", nil, "tenant"},
+		{"reserved tenant events", "events", nil, "tenant"},
 		{"bad id", "acme", func(in *RequestInput) { in.ID = "a b" }, "id"},
 		{"id with dot", "acme", func(in *RequestInput) { in.ID = "a.b" }, "id"},
 		{"no session", "acme", func(in *RequestInput) { in.SessionID = "" }, "session_id"},

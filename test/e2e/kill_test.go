@@ -24,11 +24,15 @@ func TestKillDuringExpiries(t *testing.T) {
 	// requests are still coming in: they are retried with the same id).
 	done := make(chan struct{})
 	start := time.Now()
+	var took time.Duration
 	go func() {
 		defer close(done)
 		w.run(t.Context(), t, 16)
+		took = time.Since(start)
 	}()
-	expiring := n * 7 / 10 // every tenth is approved, denied or cancelled
+	t.Cleanup(func() { <-done }) // t.Context() ends first, so it stops
+
+	expiring := n * 7 / 10 // three in ten are approved, denied or cancelled
 	if !poll(2*time.Minute, 50*time.Millisecond, func() bool {
 		_, expired, err := terminalEvents(t.Context(), js)
 		return err == nil && expired >= expiring/2
@@ -44,7 +48,6 @@ func TestKillDuringExpiries(t *testing.T) {
 	t.Logf("SIGKILL after %d of %d expiries and %d of %d requests, down %s, ready again after %s",
 		before, expiring, atKill, n, down, ms(time.Since(killed)))
 	<-done
-	took := time.Since(start)
 	t.Logf("requested %d approvals in %s (%.0f/s), %d decided, %d requests or decisions retried",
 		w.created.Load(), ms(took), float64(w.created.Load())/took.Seconds(), len(w.decided), w.retries.Load())
 
@@ -86,6 +89,7 @@ func TestReplicaKilled(t *testing.T) {
 		defer close(done)
 		w.run(ctx, t, 16)
 	}()
+	t.Cleanup(func() { <-done }) // ctx ends first, so it stops
 	if !poll(2*time.Minute, 20*time.Millisecond, func() bool { return int(w.created.Load()) >= n/2 }) {
 		t.Fatalf("half of the approvals not requested within 2m")
 	}

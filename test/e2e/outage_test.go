@@ -73,7 +73,10 @@ func TestOutageSpool(t *testing.T) {
 	var reads, otherErrs int
 	var firstOtherErr error
 	stop := make(chan struct{})
+	var stopOnce sync.Once
 	var wg sync.WaitGroup
+	halt := func() { stopOnce.Do(func() { close(stop) }); wg.Wait() }
+	t.Cleanup(halt) // also when a restart fails the test
 	for w := range 4 {
 		wg.Go(func() {
 			for k := 0; ; k++ {
@@ -111,8 +114,7 @@ func TestOutageSpool(t *testing.T) {
 	ns.start()
 	restarted := time.Now()
 	time.Sleep(time.Second) // normal operation again
-	close(stop)
-	wg.Wait()
+	halt()
 
 	mu.Lock()
 	want := len(timeouts)

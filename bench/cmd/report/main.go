@@ -27,15 +27,15 @@ import (
 )
 
 type sizes struct {
-	GuardRounds, GuardN                   int
-	KVRounds, KVBlock                     int
-	ApprovalConc                          []int
-	ApprovalDur                           time.Duration
-	ApprovalRounds                        int
-	ExpirySizes                           []int
-	TickerPhases                          int
-	MemLevels                             []int
-	AuditEvents, AuditRounds              int
+	GuardRounds, GuardN      int
+	KVRounds, KVBlock        int
+	ApprovalConc             []int
+	ApprovalDur              time.Duration
+	ApprovalRounds           int
+	ExpirySizes              []int
+	TickerPhases             int
+	MemLevels                []int
+	AuditEvents, AuditRounds int
 }
 
 var quickSizes = sizes{
