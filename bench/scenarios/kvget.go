@@ -146,6 +146,8 @@ type KVGetLevel struct {
 	Goroutines int
 	Names      []string
 	OpsPerSec  []float64
+	// CPUPerOp is this process's CPU time (server and client) per get.
+	CPUPerOp []time.Duration
 }
 
 // KVGetResult is scenario 2's outcome.
@@ -170,20 +172,24 @@ func KVGet(ctx context.Context, cfg KVGetConfig) (KVGetResult, error) {
 			}
 		}
 		took := make([]time.Duration, len(fns))
+		cpu := make([]time.Duration, len(fns))
 		for r := range cfg.Rounds {
 			for k := range fns {
 				i := (r + k) % len(fns)
+				c0 := selfCPU()
 				el, err := e.Block(ctx, fns[i], g, per, uint64(r))
 				if err != nil {
 					return res, fmt.Errorf("%s: %w", names[i], err)
 				}
+				cpu[i] += selfCPU() - c0
 				took[i] += el
 			}
 		}
 		lv := KVGetLevel{Goroutines: g, Names: names}
 		ops := float64(g * per * cfg.Rounds)
-		for _, t := range took {
+		for i, t := range took {
 			lv.OpsPerSec = append(lv.OpsPerSec, ops/t.Seconds())
+			lv.CPUPerOp = append(lv.CPUPerOp, time.Duration(float64(cpu[i])/ops))
 		}
 		res.Levels = append(res.Levels, lv)
 	}
@@ -200,6 +206,8 @@ func (r KVGetResult) Rows() []Row {
 		for i := 1; i < len(lv.Names); i++ {
 			rows = append(rows, Row{sc, lv.Names[i] + " vs raw kv.Get", rate(lv.OpsPerSec[i]), rate(raw),
 				ratio(lv.OpsPerSec[i], raw), "≥ 0.97", check(lv.OpsPerSec[i]/raw >= 0.97)})
+			rows = append(rows, Row{sc, lv.Names[i] + ": CPU time per get (server + client)", fmt.Sprintf("%.1f µs", float64(lv.CPUPerOp[i])/1e3),
+				fmt.Sprintf("%.1f µs", float64(lv.CPUPerOp[0])/1e3), fmt.Sprintf("%.2f×", float64(lv.CPUPerOp[i])/float64(lv.CPUPerOp[0])), "", Info})
 		}
 	}
 	return rows

@@ -50,7 +50,7 @@ func TestKVGetQuick(t *testing.T) {
 		t.Fatal(err)
 	}
 	rows := r.Rows()
-	if len(rows) != 4 {
+	if len(rows) != 8 {
 		t.Fatalf("%d rows", len(rows))
 	}
 	for _, row := range rows {

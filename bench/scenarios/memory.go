@@ -280,16 +280,17 @@ func (r MemoryResult) Rows() []Row {
 	if len(r.Points) == 0 {
 		return rows
 	}
-	base := r.Points[0]
+	prev := r.Points[0]
 	for _, pt := range r.Points {
 		sc := fmt.Sprintf("5 Memory, %s pending", count(pt.Pending))
 		g := fmt.Sprintf("RSS %s (peak %s), heap %s", mib(pt.RSS), mib(pt.HWM), mib(pt.HeapAlloc))
 		b := fmt.Sprintf("RSS %s, heap %s", mib(pt.BaseRSS), mib(pt.BaseHeap))
 		growth := ""
-		if pt.Pending > 0 {
-			growth = fmt.Sprintf("heap %+.1f B/approval (in-memory %+.0f B)", (pt.HeapAlloc-base.HeapAlloc)/float64(pt.Pending),
-				(pt.BaseHeap-base.BaseHeap)/float64(pt.Pending))
+		if added := float64(pt.Pending - prev.Pending); added > 0 {
+			growth = fmt.Sprintf("heap %+.1f B per added approval (in-memory %+.0f B)", (pt.HeapAlloc-prev.HeapAlloc)/added,
+				(pt.BaseHeap-prev.BaseHeap)/added)
 		}
+		prev = pt
 		rows = append(rows, Row{sc, "guardian process (nats-server apart) vs in-memory map + timer per approval", g, b, growth,
 			"RSS ≤ 64 MiB", check(pt.RSS <= 64<<20)})
 		rows = append(rows, Row{sc, "nats-server process RSS (context)", mib(pt.ServerRSS), "", "", "", Info})

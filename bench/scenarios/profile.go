@@ -130,22 +130,21 @@ func ProfileApprovals(ctx context.Context, dir string, inFlight int, d time.Dura
 		in, out, stor float64
 	}
 	take := func() snap {
-		var ru syscall.Rusage
-		_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 		v, _ := srv.Varz(&server.VarzOptions{})
 		var stored float64
 		if jz, err := srv.Jsz(&server.JSzOptions{}); err == nil {
 			stored = float64(jz.Messages)
 		}
-		return snap{time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), float64(v.InMsgs), float64(v.OutMsgs), stored}
+		return snap{selfCPU(), float64(v.InMsgs), float64(v.OutMsgs), stored}
 	}
 	s0 := take()
-	rr, err := a.rawBlock(ctx, inFlight, d)
+	rd := d
+	rr, err := a.rawBlock(ctx, inFlight, rd)
 	if err != nil {
 		return res, err
 	}
 	s1 := take()
-	n := rr * d.Seconds()
+	n := rr * rd.Seconds()
 	res.Raw = rr
 	res.RawCPU = time.Duration(float64(s1.cpu-s0.cpu) / n)
 	res.RawIn, res.RawOut, res.RawStored = (s1.in-s0.in)/n, (s1.out-s0.out)/n, (s1.stor-s0.stor)/n
@@ -187,4 +186,11 @@ func (p ApprovalsProfile) String() string {
 		"raw kv.Create %.0f/s, CPU %.0f µs, in %.1f / out %.1f, stored %.1f; CPU ratio %.1f×; profile %s",
 		p.InFlight, p.Approvals, float64(p.AppCPU)/1e3, p.AppIn, p.AppOut, p.AppStored,
 		p.Raw, float64(p.RawCPU)/1e3, p.RawIn, p.RawOut, p.RawStored, float64(p.AppCPU)/float64(p.RawCPU), p.CPUProfile)
+}
+
+// selfCPU returns the CPU time this process has used (getrusage).
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 )
 
@@ -57,5 +58,10 @@ type partError struct {
 	err  error
 }
 
-func (e *partError) Error() string { return e.name + ": " + e.err.Error() }
+func (e *partError) Error() string {
+	if msg := e.err.Error(); !strings.HasPrefix(msg, e.name+": ") {
+		return e.name + ": " + msg
+	}
+	return e.err.Error() // it names the part already
+}
 func (e *partError) Unwrap() error { return e.err }

@@ -136,6 +136,33 @@ func TestDegradedReads(t *testing.T) {
 	if v, ok := metricValue(scrape(t, g), "guardian_timeouts_total", map[string]string{"code": "TIMEOUT_APPROVAL_CHECK"}); v < 5 {
 		t.Errorf("guardian_timeouts_total{code=TIMEOUT_APPROVAL_CHECK} = %v (present %v), want >= 5", v, ok)
 	}
+
+	// A part that fails stops guardian, in order and with its error: here
+	// someone deletes the expirer's durable consumer.
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := js.DeleteConsumer(t.Context(), "KV_GUARDIAN_TIMERS", "guardian-expirer"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-g.exited:
+	case <-time.After(30 * time.Second):
+		t.Fatal("guardian still runs 30s after its expirer lost its consumer")
+	}
+	if code := g.stop(); code != 1 {
+		t.Errorf("exit code %d after a part failed, want 1", code)
+	}
+	var stopped map[string]any
+	for _, line := range g.logLines() {
+		if line["msg"] == "guardian stopped" && line["level"] == "ERROR" {
+			stopped = line
+		}
+	}
+	if !strings.HasPrefix(fmt.Sprint(stopped["err"]), "expirer: ") {
+		t.Errorf("guardian stopped with %v: want an error naming the expirer", stopped)
+	}
 }
 
 // TestExternalNATS runs guardian against a NATS server of its own

@@ -2,6 +2,8 @@ package kvapprovals
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,7 +22,8 @@ const DefaultAPIPrefix = "guardian.v1"
 // counterpart of `nats req guardian.v1.<tenant>.approvals.<op>`. Each call
 // runs under jsguard's API_REQUEST budget (or ctx's earlier deadline). A
 // correlation id in ctx (jsguard.WithCorrelationID) is sent as the
-// Guardian-Correlation-Id header. A Client is safe for concurrent use.
+// Guardian-Correlation-Id header, and a 32-hex-digit trace id
+// (jsguard.WithTraceID) as a W3C traceparent header. A Client is safe for concurrent use.
 //
 // Errors: a refusal comes back as an *APIError that matches the same
 // sentinels a Service returns (ErrNotFound, ErrExpired, …); no responders
@@ -135,6 +138,12 @@ func (c *Client) Call(ctx context.Context, subject string, in, out any) error {
 	msg.Data = data
 	if id := jsguard.CorrelationID(ctx); id != "" {
 		msg.Header.Set(CorrelationHeader, id)
+	}
+	if tid := jsguard.TraceID(ctx); len(tid) == 32 {
+		// A W3C traceparent with a fresh parent (span) id.
+		var span [8]byte
+		_, _ = rand.Read(span[:])
+		msg.Header.Set("traceparent", "00-"+tid+"-"+hex.EncodeToString(span[:])+"-01")
 	}
 	reply, err := c.g.Request(ctx, c.nc, msg)
 	if errors.Is(err, nats.ErrNoResponders) {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -270,7 +271,7 @@ func (n *Notifier) deliver(ctx context.Context, w *Webhook, ev *Event) error {
 	if err != nil {
 		return err
 	}
-	return n.s.g.Do(ctx, jsguard.APIRequest, "webhook POST "+w.URL, func(ctx context.Context) error {
+	return n.s.g.Do(ctx, jsguard.APIRequest, "webhook POST "+webhookHost(w.URL), func(ctx context.Context) error {
 		req, err := http.NewRequestWithContext(ctx, http.MethodPost, w.URL, bytes.NewReader(body))
 		if err != nil {
 			return err
@@ -288,4 +289,14 @@ func (n *Notifier) deliver(ctx context.Context, w *Webhook, ev *Event) error {
 		}
 		return nil
 	}, jsguard.WithDetail("approval_id", ev.ID), jsguard.WithDetail("event", ev.MsgID()))
+}
+
+// webhookHost returns the scheme and host of a webhook URL for operation
+// names and logs: its path, query and user info may hold a secret token.
+func webhookHost(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return "(webhook)"
+	}
+	return u.Scheme + "://" + u.Host
 }

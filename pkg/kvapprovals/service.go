@@ -498,7 +498,7 @@ func normDetails(d json.RawMessage, max int) (json.RawMessage, error) {
 		return nil, nil
 	}
 	if len(d) > MaxInputBytes {
-		return nil, invalid("details", "%d bytes exceeds the maximum %d", len(d), max)
+		return nil, invalid("details", "%d bytes exceeds the maximum %d", len(d), MaxInputBytes)
 	}
 	var v any
 	if err := json.Unmarshal(d, &v); err != nil {

@@ -159,10 +159,10 @@ func markdown(mode string, m machine, elapsed time.Duration, rows []scenarios.Ro
 		}
 		w("\n\n")
 	}
-	w("Scenario run times:")
+	w("Scenario run times (load average at start):")
 	for i := 1; i <= 6; i++ {
 		if d, ok := r.Durations[i]; ok {
-			w(" %d: %s;", i, d.Round(time.Second))
+			w(" %d: %s (%s);", i, d.Round(time.Second), r.Load[i])
 		}
 	}
 	w("\n\n")
@@ -180,6 +180,15 @@ func markdown(mode string, m machine, elapsed time.Duration, rows []scenarios.Ro
 6. **Audit.** An embedded server with the audit stream (auditstream defaults) and a plain stream with the same storage and duplicate window. Raw: ` + "`PublishMsgAsync`" + ` of the JSON events with message ids, 1,024 in flight, until every ack. Publish: ` + "`Publisher.Emit`" + ` of the same kind of events, then ` + "`Flush`" + ` (every ack received). Drain: a Publisher whose connection is closed spools the events (as during an outage), is closed, and a new Publisher on a live connection over the same spool directory runs ` + "`Run`" + ` until ` + "`Stats().Drained`" + ` counts them all. Medians over the rounds, raw rounds interleaved.
 `)
 	w("\n## Findings\n\n")
+	if p := r.Profile; p != nil {
+		w("**Approval path, measured in this run** (an in-process replica of guardian's request path: embedded server, `kvapprovals` with the default configuration, Expirer and Notifier, a micro endpoint calling `Service.Request`; %d in flight; `go run ./cmd/report -only 3 -profile DIR` keeps the CPU profile):\n\n", p.InFlight)
+		w("| per operation | approval | raw sync kv.Create | ratio |\n|---|---|---|---|\n")
+		w("| CPU time (server + client + service) | %.0f µs | %.0f µs | %.1f× |\n", float64(p.AppCPU)/1e3, float64(p.RawCPU)/1e3, float64(p.AppCPU)/float64(p.RawCPU))
+		w("| messages into the server | %.1f | %.1f | %.1f× |\n", p.AppIn, p.RawIn, p.AppIn/p.RawIn)
+		w("| messages out of the server | %.1f | %.1f | %.1f× |\n", p.AppOut, p.RawOut, p.AppOut/p.RawOut)
+		w("| messages stored in streams | %.1f | %.1f | %.1f× |\n", p.AppStored, p.RawStored, p.AppStored/max(p.RawStored, 1e-9))
+		w("| throughput | %s | %s | %.2f |\n\n", fmtRate(p.Approvals), fmtRate(p.Raw), p.Approvals/p.Raw)
+	}
 	w("%s\n", strings.TrimSpace(analysis))
 	w("\n## Reproduce\n\n")
 	w("```sh\ncd bench\ngo run ./cmd/report            # quick mode (default), writes docs/PERFORMANCE.md and docs/perf-*.png\ngo run ./cmd/report -full      # full sizes: 100k expiries, 1M pending approvals (~4M writes; long, several GiB of disk)\ngo run ./cmd/report -only 1,2  # a subset, table only\n")

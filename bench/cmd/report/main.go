@@ -64,6 +64,7 @@ func main() {
 		root    = flag.String("root", "..", "guardian's repository root (for go build ./cmd/guardian)")
 		docs    = flag.String("docs", "../docs", "where PERFORMANCE.md and the plots go")
 		workDir = flag.String("work", "", "scratch directory (default: a new temporary directory)")
+		profDir = flag.String("profile", "", "keep the CPU profile of the approval-path diagnosis here (default: discarded)")
 		role    = flag.String("role", "", "internal: run as natsd or memseed")
 		port    = flag.Int("port", 0, "internal: natsd port")
 		store   = flag.String("store", "", "internal: natsd store directory")
@@ -95,7 +96,7 @@ func main() {
 			want[i] = true
 		}
 	}
-	exit(run(ctx, mode, sz, want, *root, *docs, *workDir))
+	exit(run(ctx, mode, sz, want, *root, *docs, *workDir, *profDir))
 }
 
 func exit(err error) {
@@ -118,11 +119,13 @@ type results struct {
 	Expiry    *scenarios.ExpiryResult
 	Memory    *scenarios.MemoryResult
 	Audit     *scenarios.AuditResult
+	Profile   *scenarios.ApprovalsProfile
 	Failures  []string // scenarios that could not run, and why
 	Durations map[int]time.Duration
+	Load      map[int]string // load average when each scenario started
 }
 
-func run(ctx context.Context, mode string, sz sizes, want map[int]bool, root, docs, workDir string) error {
+func run(ctx context.Context, mode string, sz sizes, want map[int]bool, root, docs, workDir, profDir string) error {
 	started := time.Now()
 	mach := describeMachine()
 	if workDir == "" {
@@ -140,7 +143,7 @@ func run(ctx context.Context, mode string, sz sizes, want map[int]bool, root, do
 		return err
 	}
 	sel := func(i int) bool { return len(want) == 0 || want[i] }
-	res := results{Durations: map[int]time.Duration{}}
+	res := results{Durations: map[int]time.Duration{}, Load: map[int]string{}}
 	fail := func(i int, err error) {
 		msg := fmt.Sprintf("scenario %d: %v", i, err)
 		logf("%s", msg)
@@ -151,7 +154,8 @@ func run(ctx context.Context, mode string, sz sizes, want map[int]bool, root, do
 			return
 		}
 		t := time.Now()
-		logf("scenario %d", i)
+		res.Load[i] = loadavg()
+		logf("scenario %d (load %s)", i, res.Load[i])
 		if err := f(); err != nil {
 			fail(i, err)
 		}
@@ -225,6 +229,21 @@ func run(ctx context.Context, mode string, sz sizes, want map[int]bool, root, do
 		res.Memory = &r
 		return err
 	})
+	if sel(3) && ctx.Err() == nil {
+		// Diagnosis of scenario 3: what one approval costs, in process.
+		dir := profDir
+		if dir == "" {
+			dir = workDir
+		}
+		logf("approval path diagnosis (in-process replica, CPU profile)")
+		p, err := scenarios.ProfileApprovals(ctx, dir, 64, sz.ApprovalDur+time.Second)
+		if err != nil {
+			fail(3, fmt.Errorf("diagnosis: %w", err))
+		} else {
+			res.Profile = &p
+			logf("%s", p)
+		}
+	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
