@@ -148,6 +148,9 @@ type KVGetLevel struct {
 	OpsPerSec  []float64
 	// CPUPerOp is this process's CPU time (server and client) per get.
 	CPUPerOp []time.Duration
+	// VsRaw is each variant's median, over the rounds, of its throughput
+	// over raw's in the same round (adjacent blocks).
+	VsRaw []float64
 }
 
 // KVGetResult is scenario 2's outcome.
@@ -173,6 +176,7 @@ func KVGet(ctx context.Context, cfg KVGetConfig) (KVGetResult, error) {
 		}
 		took := make([]time.Duration, len(fns))
 		cpu := make([]time.Duration, len(fns))
+		rounds := make([][]time.Duration, len(fns))
 		for r := range cfg.Rounds {
 			for k := range fns {
 				i := (r + k) % len(fns)
@@ -183,11 +187,17 @@ func KVGet(ctx context.Context, cfg KVGetConfig) (KVGetResult, error) {
 				}
 				cpu[i] += selfCPU() - c0
 				took[i] += el
+				rounds[i] = append(rounds[i], el)
 			}
 		}
 		lv := KVGetLevel{Goroutines: g, Names: names}
 		ops := float64(g * per * cfg.Rounds)
 		for i, t := range took {
+			var rs []float64
+			for r := range rounds[i] {
+				rs = append(rs, float64(rounds[0][r])/float64(rounds[i][r]))
+			}
+			lv.VsRaw = append(lv.VsRaw, medianF(rs))
 			lv.OpsPerSec = append(lv.OpsPerSec, ops/t.Seconds())
 			lv.CPUPerOp = append(lv.CPUPerOp, time.Duration(float64(cpu[i])/ops))
 		}
@@ -205,7 +215,7 @@ func (r KVGetResult) Rows() []Row {
 		raw := lv.OpsPerSec[0]
 		for i := 1; i < len(lv.Names); i++ {
 			rows = append(rows, Row{sc, lv.Names[i] + " vs raw kv.Get", rate(lv.OpsPerSec[i]), rate(raw),
-				ratio(lv.OpsPerSec[i], raw), "≥ 0.97", check(lv.OpsPerSec[i]/raw >= 0.97)})
+				fmt.Sprintf("%.3f", lv.VsRaw[i]), "≥ 0.97", check(lv.VsRaw[i] >= 0.97)})
 			rows = append(rows, Row{sc, lv.Names[i] + ": CPU time per get (server + client)", fmt.Sprintf("%.1f µs", float64(lv.CPUPerOp[i])/1e3),
 				fmt.Sprintf("%.1f µs", float64(lv.CPUPerOp[0])/1e3), fmt.Sprintf("%.2f×", float64(lv.CPUPerOp[i])/float64(lv.CPUPerOp[0])), "", Info})
 		}

@@ -273,17 +273,17 @@ func TestDeadlineRace(t *testing.T) {
 		n, approved, expiredRecs, okCount.Load(), decided.Load(), expired.Load())
 }
 
-var memApprovals = flag.Int("mem-approvals", 10000, "pending approvals TestMemoryFlat grows to")
+var memApprovals = flag.Int("mem-approvals", 5000, "pending approvals TestMemoryFlat grows to")
 
 // TestMemoryFlat shows that the service holds no per-approval state: the
-// heap that kvapprovals code keeps alive stays flat from 1k to 10k pending
+// heap that kvapprovals code keeps alive stays flat from 1k to 5k pending
 // approvals (-mem-approvals=20000 for more) while the expirer and notifier
 // run. (The embedded nats-server
 // shares the process, so the total heap grows with the data it stores;
 // that growth is logged separately.)
 func TestMemoryFlat(t *testing.T) {
 	if testing.Short() {
-		t.Skip("10k approvals")
+		t.Skip("5k approvals")
 	}
 	total := *memApprovals
 	const rate = 4096
@@ -294,7 +294,7 @@ func TestMemoryFlat(t *testing.T) {
 	e := newEnv(t, func(c *Config) { c.DefaultTimeout = time.Hour; c.MaxPending = 0 })
 	startConsumers(t, e.svc)
 	measure := func(pending int) (svc, heap uint64) {
-		waitFor(t, 30*time.Second, "notifier to catch up", func() bool {
+		waitFor(t, 90*time.Second, "notifier to catch up", func() bool {
 			return e.countEvents("guardian.v1.events.mem.requested") == pending
 		})
 		for range 3 {

@@ -47,7 +47,7 @@ func writePlots(dir string, r *results) ([][2]string, error) {
 	var groups []plots.Group
 	if r.KVGet != nil {
 		for _, lv := range r.KVGet.Levels {
-			groups = append(groups, plots.Group{Label: fmt.Sprintf("KV Get ×%d\n(%.2f×)", lv.Goroutines, lv.OpsPerSec[1]/lv.OpsPerSec[0]), Values: []float64{lv.OpsPerSec[0], lv.OpsPerSec[1]}})
+			groups = append(groups, plots.Group{Label: fmt.Sprintf("KV Get ×%d\n(%.2f×)", lv.Goroutines, lv.VsRaw[1]), Values: []float64{lv.OpsPerSec[0], lv.OpsPerSec[1]}})
 		}
 	}
 	if r.Approvals != nil {

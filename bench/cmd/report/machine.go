@@ -68,3 +68,13 @@ func loadavg() string {
 	}
 	return strings.Join(f[:3], " ")
 }
+
+// load1 returns the 1-minute load average (0 when unknown).
+func load1() float64 {
+	f := strings.Fields(loadavg())
+	if len(f) == 0 {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[0], 64)
+	return v
+}

@@ -39,8 +39,8 @@ type sizes struct {
 }
 
 var quickSizes = sizes{
-	GuardRounds: 7, GuardN: 200_000,
-	KVRounds: 8, KVBlock: 2000,
+	GuardRounds: 15, GuardN: 100_000,
+	KVRounds: 30, KVBlock: 600,
 	ApprovalConc: []int{8, 64}, ApprovalDur: 3 * time.Second, ApprovalRounds: 2,
 	ExpirySizes: []int{1000, 10_000}, TickerPhases: 20,
 	MemLevels:   []int{0, 10_000, 100_000},
@@ -48,8 +48,8 @@ var quickSizes = sizes{
 }
 
 var fullSizes = sizes{
-	GuardRounds: 15, GuardN: 1_000_000,
-	KVRounds: 20, KVBlock: 4000,
+	GuardRounds: 31, GuardN: 300_000,
+	KVRounds: 80, KVBlock: 1200,
 	ApprovalConc: []int{8, 32, 64}, ApprovalDur: 10 * time.Second, ApprovalRounds: 3,
 	ExpirySizes: []int{1000, 10_000, 100_000}, TickerPhases: 20,
 	MemLevels:   []int{0, 100_000, 1_000_000},
@@ -65,6 +65,8 @@ func main() {
 		docs    = flag.String("docs", "../docs", "where PERFORMANCE.md and the plots go")
 		workDir = flag.String("work", "", "scratch directory (default: a new temporary directory)")
 		profDir = flag.String("profile", "", "keep the CPU profile of the approval-path diagnosis here (default: discarded)")
+		quietL  = flag.Float64("quiet-load", 0, "before each scenario, wait until the 1-minute load average is below this (0: don't wait)")
+		quietW  = flag.Duration("quiet-wait", 3*time.Minute, "longest wait for -quiet-load before each scenario")
 		role    = flag.String("role", "", "internal: run as natsd or memseed")
 		port    = flag.Int("port", 0, "internal: natsd port")
 		store   = flag.String("store", "", "internal: natsd store directory")
@@ -96,7 +98,31 @@ func main() {
 			want[i] = true
 		}
 	}
+	quietLoad, quietWait = *quietL, *quietW
 	exit(run(ctx, mode, sz, want, *root, *docs, *workDir, *profDir))
+}
+
+var (
+	quietLoad float64
+	quietWait time.Duration
+)
+
+// waitQuiet waits, at most quietWait, until the machine's 1-minute load
+// average drops below quietLoad: other work on a shared machine distorts
+// every figure.
+func waitQuiet(ctx context.Context) {
+	if quietLoad <= 0 {
+		return
+	}
+	deadline := time.Now().Add(quietWait)
+	logged := false
+	for load1() >= quietLoad && time.Now().Before(deadline) && ctx.Err() == nil {
+		if !logged {
+			logf("load %s: waiting up to %s for it to fall below %.1f", loadavg(), quietWait, quietLoad)
+			logged = true
+		}
+		time.Sleep(5 * time.Second)
+	}
 }
 
 func exit(err error) {
@@ -153,6 +179,7 @@ func run(ctx context.Context, mode string, sz sizes, want map[int]bool, root, do
 		if !sel(i) || ctx.Err() != nil {
 			return
 		}
+		waitQuiet(ctx)
 		t := time.Now()
 		res.Load[i] = loadavg()
 		logf("scenario %d (load %s)", i, res.Load[i])
