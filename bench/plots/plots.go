@@ -43,10 +43,10 @@ func LatenessCDF(path, title string, series []Series, targets map[string]float64
 	p.X.Min, p.X.Max = 0.01, 100
 	p.Y.Min, p.Y.Max = 0, 1
 	p.Add(plotter.NewGrid())
-	p.Legend.Top = false
-	p.Legend.Left = false
-	p.Legend.XOffs = -4
-	p.Legend.YOffs = 4
+	p.Legend.Top = true
+	p.Legend.Left = true
+	p.Legend.XOffs = 8
+	p.Legend.YOffs = -8
 	for i, s := range series {
 		if len(s.Samples) == 0 {
 			continue
@@ -172,7 +172,9 @@ func Bars(path, title, unit string, series []string, groups []Group, scale float
 	p.Y.Max = ymax * 1.15
 	p.NominalX(labels...)
 	p.Legend.Top = true
-	p.Legend.Left = false
+	p.Legend.Left = true
+	p.Legend.XOffs = 8
+	p.Y.Max = ymax * 1.3
 	return p.Save(vg.Length(max(7, 1.6*float64(len(groups))))*vg.Inch, 5*vg.Inch, path)
 }
 

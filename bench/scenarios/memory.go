@@ -178,11 +178,19 @@ func fill(ctx context.Context, nc *nats.Conn, from, to, inFlight int) error {
 					return
 				}
 				body := fmt.Appendf(nil, `{"id":"m%d","session_id":"s-%d","requested_by":"bench"}`, i, i)
-				rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-				m, err := nc.RequestWithContext(rctx, fmt.Sprintf("guardian.v1.m%02d.approvals.request", i%16), body)
-				cancel()
-				if err == nil && m.Header.Get(micro.ErrorCodeHeader) != "" {
-					err = fmt.Errorf("%s: %s", m.Header.Get(micro.ErrorCodeHeader), m.Data)
+				var err error
+				// Same id on a retry: guardian returns the same approval.
+				for attempt := 0; attempt < 5 && ctx.Err() == nil; attempt++ {
+					rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+					var m *nats.Msg
+					m, err = nc.RequestWithContext(rctx, fmt.Sprintf("guardian.v1.m%02d.approvals.request", i%16), body)
+					cancel()
+					if err == nil && m.Header.Get(micro.ErrorCodeHeader) != "" {
+						err = fmt.Errorf("%s: %s", m.Header.Get(micro.ErrorCodeHeader), m.Data)
+					}
+					if err == nil {
+						break
+					}
 				}
 				if err != nil {
 					errs <- fmt.Errorf("approval %d: %w", i, err)

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -67,7 +68,10 @@ func wire(ctx context.Context, cfg *config, g *jsguard.Guard, js jetstream.JetSt
 	w := &wired{}
 	// Audit: stream, publisher (the guard's sink), drainer, sealer, alerts.
 	acfg := cfg.auditStream()
-	if _, err := auditstream.Ensure(ctx, g, js, acfg); err != nil {
+	if err := provision(ctx, log, "audit stream", func(ctx context.Context) error {
+		_, err := auditstream.Ensure(ctx, g, js, acfg)
+		return err
+	}); err != nil {
 		return nil, fmt.Errorf("audit stream: %w", err)
 	}
 	pub, err := auditstream.NewPublisher(g, js, acfg, auditstream.WithLogger(log.With("component", "audit")))
@@ -95,7 +99,11 @@ func wire(ctx context.Context, cfg *config, g *jsguard.Guard, js jetstream.JetSt
 	}
 
 	// Policy: the bucket, when it holds a policy, wins over the environment.
-	pkv, err := jsguard.EnsurePolicyBucket(ctx, g, js, cfg.Replicas)
+	var pkv *jsguard.KV
+	err = provision(ctx, log, "policy bucket", func(ctx context.Context) (err error) {
+		pkv, err = jsguard.EnsurePolicyBucket(ctx, g, js, cfg.Replicas)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("policy bucket: %w", err)
 	}
@@ -113,7 +121,7 @@ func wire(ctx context.Context, cfg *config, g *jsguard.Guard, js jetstream.JetSt
 
 	// Approvals: buckets, events stream, expirer, notifier.
 	acfgApprovals := cfg.approvalsConfig()
-	svc, err := kvapprovals.Open(ctx, g, js, acfgApprovals,
+	approvalOpts := []kvapprovals.Option{
 		kvapprovals.WithLogger(log.With("component", "approvals")),
 		kvapprovals.WithHooks(kvapprovals.Hooks{
 			OnTransition: func(_ string, to kvapprovals.Status, warning bool) {
@@ -131,7 +139,13 @@ func wire(ctx context.Context, cfg *config, g *jsguard.Guard, js jetstream.JetSt
 			OnNotificationFailed: func(e kvapprovals.Event, err error) {
 				log.Error("notification failed after all attempts", "event", e.MsgID(), "err", err)
 			},
-		}))
+		}),
+	}
+	var svc *kvapprovals.Service
+	err = provision(ctx, log, "approval buckets and events stream", func(ctx context.Context) (err error) {
+		svc, err = kvapprovals.Open(ctx, g, js, acfgApprovals, approvalOpts...)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("approvals: %w", err)
 	}
@@ -167,4 +181,38 @@ func registerPublisherMetrics(reg *prometheus.Registry, pub *auditstream.Publish
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "guardian_audit_spool_bytes", Help: "Size of the audit spool on disk."},
 			stat(func(s auditstream.PublisherStats) float64 { return float64(s.SpoolBytes) })),
 	)
+}
+
+// provisionLimit bounds how long start-up keeps retrying the creation of a
+// stream or bucket while the cluster is not ready.
+const provisionLimit = 2 * time.Minute
+
+// provision runs ensure, retrying with backoff while it fails for a reason
+// that passes once the cluster is ready: a timeout (a replicated stream
+// created by two guardians at once can leave both without a reply), no
+// responders, or JetStream answering 503 (no meta leader yet). Every retry is
+// logged. It returns ensure's last error, or ctx's.
+func provision(ctx context.Context, log *slog.Logger, what string, ensure func(context.Context) error) error {
+	deadline := time.Now().Add(provisionLimit)
+	wait := 500 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := ensure(ctx)
+		if err == nil || !transient(err) || time.Now().Add(wait).After(deadline) {
+			return err
+		}
+		log.Warn("provisioning failed; retrying", "what", what, "attempt", attempt, "retry_in", wait, "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
+}
+
+// transient reports whether a provisioning error may pass by itself.
+func transient(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, jsguard.ErrTimeout) || errors.Is(err, nats.ErrNoResponders) ||
+		(errors.As(err, &apiErr) && apiErr.Code == 503)
 }
