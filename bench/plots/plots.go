@@ -121,8 +121,9 @@ type Group struct {
 }
 
 // Bars writes grouped bars: groups along X, one bar per series in each.
-// Values are plotted divided by scale and labelled with unit.
-func Bars(path, title, unit string, series []string, groups []Group, scale float64) error {
+// Values are plotted divided by scale and labelled with unit. A target
+// above 0 (in plotted units) is drawn as a dashed horizontal line.
+func Bars(path, title, unit string, series []string, groups []Group, scale, target float64) error {
 	p := plot.New()
 	p.Title.Text = title
 	p.Y.Label.Text = unit
@@ -169,12 +170,24 @@ func Bars(path, title, unit string, series []string, groups []Group, scale float
 		lb.Offset = vg.Point{X: b.Offset, Y: vg.Points(1)}
 		p.Add(lb)
 	}
-	p.Y.Max = ymax * 1.15
+	if target > 0 {
+		l, err := plotter.NewLine(plotter.XYs{{X: -0.5, Y: target}, {X: float64(len(groups)) - 0.5, Y: target}})
+		if err != nil {
+			return err
+		}
+		l.Color = color.Gray{Y: 0x40}
+		l.Width = vg.Points(1.5)
+		l.Dashes = []vg.Length{vg.Points(5), vg.Points(3)}
+		p.Add(l)
+		p.Legend.Add("target "+strconv.FormatFloat(target, 'f', -1, 64)+" "+unit, l)
+		ymax = max(ymax, target)
+	}
 	p.NominalX(labels...)
+	p.X.Min, p.X.Max = -0.6, float64(len(groups))-0.4
+	p.Y.Max = ymax * 1.3
 	p.Legend.Top = true
 	p.Legend.Left = true
 	p.Legend.XOffs = 8
-	p.Y.Max = ymax * 1.3
 	return p.Save(vg.Length(max(7, 1.6*float64(len(groups))))*vg.Inch, 5*vg.Inch, path)
 }
 

@@ -38,7 +38,7 @@ func TestPlots(t *testing.T) {
 		{Label: "approvals, 64 in flight\nvs kv.Create (0.13×)", Values: []float64{35900, 4710}},
 		{Label: "audit publish\n(0.83×)", Values: []float64{60200, 50100}},
 		{Label: "audit spool drain\n(0.76×)", Values: []float64{60200, 46000}},
-	}, 1000)
+	}, 1000, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,5 +46,20 @@ func TestPlots(t *testing.T) {
 		if st, err := os.Stat(filepath.Join(dir, f)); err != nil || st.Size() < 1000 {
 			t.Fatalf("%s: %v", f, err)
 		}
+	}
+}
+
+func TestBarsTarget(t *testing.T) {
+	dir := t.TempDir()
+	if d := os.Getenv("PLOTS_DIR"); d != "" {
+		dir = d
+	}
+	err := Bars(filepath.Join(dir, "mem.png"), "Memory", "MiB", []string{"guardian RSS", "guardian Go heap", "in-memory RSS", "in-memory heap"}, []Group{
+		{Label: "0 pending", Values: []float64{17.6, 1.2, 17.4, 0.6}},
+		{Label: "10k pending", Values: []float64{24.7, 1.9, 23, 5.5}},
+		{Label: "100k pending", Values: []float64{25.2, 2.2, 69.9, 48.3}},
+	}, 1, 64)
+	if err != nil {
+		t.Fatal(err)
 	}
 }

@@ -195,11 +195,6 @@ func (g *guardian) running() bool {
 // kill sends SIGKILL to the current run and waits until it is gone.
 func (g *guardian) kill() { g.signal(syscall.SIGKILL) }
 
-// stop sends SIGTERM and waits for a graceful exit (SIGKILL after 20s).
-func (g *guardian) stop() {
-	g.signal(syscall.SIGTERM)
-}
-
 func (g *guardian) signal(sig syscall.Signal) {
 	g.mu.Lock()
 	cmd, exited := g.cmd, g.exited

@@ -63,7 +63,7 @@ func writePlots(dir string, r *results) ([][2]string, error) {
 	if len(groups) > 0 {
 		name := "perf-throughput.png"
 		if err := plots.Bars(filepath.Join(dir, name), "Throughput: guardian next to its baseline in the same run", "thousand operations per second",
-			[]string{"baseline (raw nats.go)", "guardian"}, groups, 1000); err != nil {
+			[]string{"baseline (raw nats.go)", "guardian"}, groups, 1000, 0); err != nil {
 			return made, err
 		}
 		made = append(made, [2]string{name, "Throughput of each guardian path next to its raw baseline measured in the same run"})
@@ -74,8 +74,8 @@ func writePlots(dir string, r *results) ([][2]string, error) {
 			mg = append(mg, plots.Group{Label: countLabel(pt.Pending) + " pending", Values: []float64{pt.RSS, pt.HeapAlloc, pt.BaseRSS, pt.BaseHeap}})
 		}
 		name := "perf-memory.png"
-		if err := plots.Bars(filepath.Join(dir, name), "Memory by pending approvals (target: guardian RSS ≤ 64 MiB, flat)", "MiB",
-			[]string{"guardian RSS", "guardian Go heap", "in-memory design RSS", "in-memory design Go heap"}, mg, 1<<20); err != nil {
+		if err := plots.Bars(filepath.Join(dir, name), "Memory by pending approvals (target: guardian RSS flat, ≤ 64 MiB)", "MiB",
+			[]string{"guardian RSS", "guardian Go heap", "in-memory design RSS", "in-memory design Go heap"}, mg, 1<<20, 64); err != nil {
 			return made, err
 		}
 		made = append(made, [2]string{name, "Guardian process memory (nats-server measured apart) against the in-memory design"})
