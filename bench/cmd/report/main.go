@@ -99,12 +99,15 @@ func main() {
 		}
 	}
 	quietLoad, quietWait = *quietL, *quietW
+	cmdline = strings.Join(os.Args[1:], " ")
 	exit(run(ctx, mode, sz, want, *root, *docs, *workDir, *profDir))
 }
 
 var (
 	quietLoad float64
 	quietWait time.Duration
+	waited    time.Duration // spent in waitQuiet
+	cmdline   string        // the flags this run was given
 )
 
 // waitQuiet waits, at most quietWait, until the machine's 1-minute load
@@ -114,7 +117,9 @@ func waitQuiet(ctx context.Context) {
 	if quietLoad <= 0 {
 		return
 	}
-	deadline := time.Now().Add(quietWait)
+	start := time.Now()
+	defer func() { waited += time.Since(start) }()
+	deadline := start.Add(quietWait)
 	logged := false
 	for load1() >= quietLoad && time.Now().Before(deadline) && ctx.Err() == nil {
 		if !logged {
