@@ -89,6 +89,31 @@ func (c *clientFlags) dial(ctx context.Context) (*session, error) {
 
 func (s *session) close() { s.nc.Close() }
 
+// subcommand picks the subcommand of a command group (approval, audit,
+// policy) from args and returns it with a flag set for it that has the client
+// flags registered. It prints the group's usage and returns flag.ErrHelp
+// (exit 0) when args ask for help, and exit status 2 when they name no known
+// subcommand.
+func subcommand(group, usage string, helps map[string]string, args []string, stderr io.Writer) (string, *flag.FlagSet, *clientFlags, error) {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprintln(stderr, "Usage: guardian", usage)
+		if len(args) == 0 {
+			return "", nil, nil, exitError{2}
+		}
+		return "", nil, nil, flag.ErrHelp
+	}
+	op := args[0]
+	help, ok := helps[op]
+	if !ok {
+		fmt.Fprintf(stderr, "guardian: unknown %s command %q\n\nUsage: guardian %s\n", group, op, usage)
+		return "", nil, nil, exitError{2}
+	}
+	cf := &clientFlags{}
+	fs := newFlags(group+" "+op, help, stderr)
+	cf.register(fs)
+	return op, fs, cf, nil
+}
+
 // printJSON writes v as indented JSON.
 func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
@@ -160,22 +185,10 @@ runs out of time it prints what it found and says the result is partial.`,
 }
 
 func approvalCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprintln(stderr, "Usage: guardian", approvalUsage)
-		if len(args) == 0 {
-			return exitError{2}
-		}
-		return nil
+	op, fs, cf, err := subcommand("approval", approvalUsage, approvalHelp, args, stderr)
+	if err != nil {
+		return err
 	}
-	op := args[0]
-	help, ok := approvalHelp[op]
-	if !ok {
-		fmt.Fprintf(stderr, "guardian: unknown approval command %q\n\nUsage: guardian %s\n", op, approvalUsage)
-		return exitError{2}
-	}
-	var cf clientFlags
-	fs := newFlags("approval "+op, help, stderr)
-	cf.register(fs)
 	tenant := fs.String("tenant", envOr("GUARDIAN_TENANT", "default"), "tenant, 1-64 of A-Z a-z 0-9 _ -: GUARDIAN_TENANT when set, else default")
 	var (
 		id, session, requestedBy, operator, timeout, details *string

@@ -51,22 +51,10 @@ and for 'guardian audit verify --file' offline.`,
 }
 
 func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprintln(stderr, "Usage: guardian", auditUsage)
-		if len(args) == 0 {
-			return exitError{2}
-		}
-		return nil
+	op, fs, cf, err := subcommand("audit", auditUsage, auditHelp, args, stderr)
+	if err != nil {
+		return err
 	}
-	op := args[0]
-	help, ok := auditHelp[op]
-	if !ok {
-		fmt.Fprintf(stderr, "guardian: unknown audit command %q\n\nUsage: guardian %s\n", op, auditUsage)
-		return exitError{2}
-	}
-	var cf clientFlags
-	fs := newFlags("audit "+op, help, stderr)
-	cf.register(fs)
 	acfg := auditstream.DefaultConfig()
 	fs.StringVar(&acfg.Stream, "stream", acfg.Stream, "audit stream name")
 	var (
@@ -281,22 +269,10 @@ Example:
 }
 
 func policyCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprintln(stderr, "Usage: guardian", policyUsage)
-		if len(args) == 0 {
-			return exitError{2}
-		}
-		return nil
+	op, fs, cf, err := subcommand("policy", policyUsage, policyHelp, args, stderr)
+	if err != nil {
+		return err
 	}
-	op := args[0]
-	help, ok := policyHelp[op]
-	if !ok {
-		fmt.Fprintf(stderr, "guardian: unknown policy command %q\n\nUsage: guardian %s\n", op, policyUsage)
-		return exitError{2}
-	}
-	var cf clientFlags
-	fs := newFlags("policy "+op, help, stderr)
-	cf.register(fs)
 	if err := parseFlags(fs, args[1:]); err != nil {
 		return err
 	}
