@@ -116,8 +116,17 @@ func (s *Service) consume(ctx context.Context, cons jetstream.Consumer, workers 
 		case <-cc.Closed():
 			runErr = errors.New("consumer stopped")
 		}
+		// Drain rather than Stop while connected: messages nats.go has
+		// already pulled still reach the callback, and the workers Nak
+		// them, so another replica gets them at once instead of after
+		// AckWait. Draining needs the server, so a disconnected consumer
+		// just stops.
 		stopping.Store(true)
-		cc.Stop()
+		if s.js.Conn().IsConnected() {
+			cc.Drain()
+		} else {
+			cc.Stop()
+		}
 		<-cc.Closed() // the callback has returned: no more sends to shards
 	} else {
 		runErr = err

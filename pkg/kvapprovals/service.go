@@ -190,7 +190,7 @@ func (s *Service) Request(ctx context.Context, tenant string, in RequestInput) (
 	rev, err := s.records.Create(ctx, key, encodeRecord(&rec))
 	if errors.Is(err, jetstream.ErrKeyExists) {
 		s.pending.release(tenant)
-		existing, gerr := s.get(ctx, key)
+		existing, gerr := s.getExisting(ctx, key)
 		if gerr != nil {
 			return Record{}, fmt.Errorf("request %s: %w", key, gerr)
 		}
@@ -207,6 +207,24 @@ func (s *Service) Request(ctx context.Context, tenant string, in RequestInput) (
 		return Record{}, fmt.Errorf("request %s: record written but timers not (retry to repair): %w", key, err)
 	}
 	return rec, nil
+}
+
+// getExisting reads a record that Create has just reported to exist. In a
+// replicated bucket the read may be answered by a follower that has not
+// applied the write yet (KV reads are direct gets), so a not-found answer is
+// retried briefly before it is believed.
+func (s *Service) getExisting(ctx context.Context, key string) (Record, error) {
+	for wait := 10 * time.Millisecond; ; wait *= 2 {
+		rec, err := s.get(ctx, key)
+		if !errors.Is(err, ErrNotFound) || wait > 640*time.Millisecond {
+			return rec, err
+		}
+		select {
+		case <-ctx.Done():
+			return rec, err
+		case <-time.After(wait):
+		}
+	}
 }
 
 // retried answers a request whose id exists: the same content returns the
