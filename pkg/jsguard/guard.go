@@ -281,12 +281,11 @@ func WithDetail(key, value string) CallOption {
 }
 
 // WithInline runs the function on the caller's goroutine instead of a
-// goroutine of its own. That saves a goroutine start and hand-off (a few
-// microseconds, noticeable on calls that take tens of microseconds, such as
-// a KV Get on a local server) but gives up abandonment: the call returns
-// only when the function does. Use it only for functions that return
-// promptly once their context is done; a nats.go call can, in rare cases,
-// block longer (e.g. behind a write to a stalled socket, bounded by
+// pooled worker goroutine. That saves the hand-off to the worker and back
+// (under a microsecond) but gives up abandonment: the call returns only when
+// the function does. Use it only for functions that return promptly once
+// their context is done; a nats.go call can, in rare cases, block longer
+// (e.g. behind a write to a stalled socket, bounded by
 // nats.FlusherTimeout). The deadline, the error and the audit event are as
 // without it.
 func WithInline() CallOption { return func(o *callOpts) { o.inline = true } }
@@ -438,9 +437,11 @@ func run[T any, F caller[T]](ctx context.Context, g *Guard, c Category, op strin
 	parentBound := false
 	cl := &call[T]{}
 	f := &cl.frame
+	f.parent, f.deadline = ctx, deadline
 	f.sc = &f.own
 	if pd, ok := ctx.Deadline(); ok && !pd.After(deadline) {
 		deadline, parentBound, source = pd, true, SourceParent
+		f.deadline = deadline
 		if pf, _ := ctx.Value(frameKey{}).(*frame); pf != nil && pf.sc.deadline.Equal(pd) {
 			// Bound by an enclosing guarded call's deadline: share its
 			// scope so that one event describes this timeout.
@@ -450,16 +451,18 @@ func run[T any, F caller[T]](ctx context.Context, g *Guard, c Category, op strin
 		}
 	}
 	f.own.deadline = deadline
-	cctx, cancel := context.WithDeadline(ctx, deadline)
-	defer cancel()
-	f.Context = cctx
+	// Like the cancel of context.WithDeadline: the function's context is
+	// done once the call returns.
+	defer f.cancel(context.Canceled)
 
 	var res outcome[T]
 	abandoned := false
 	if o.inline {
+		disarm := f.armInline(ctx, deadline.Sub(start))
 		res.v, res.err = fn.call(f)
+		disarm()
 	} else {
-		res, abandoned = cl.await(ctx, cctx, fn, g.abandonGrace)
+		res, abandoned = cl.await(ctx, fn, deadline.Sub(start), g.abandonGrace, canPool(start))
 		if abandoned {
 			if release != nil {
 				go releaseLate(cl, release)
@@ -480,7 +483,7 @@ func run[T any, F caller[T]](ctx context.Context, g *Guard, c Category, op strin
 		// the context's timer has not run yet (a loaded machine): fn may have
 		// returned an error of its own making for the same instant, such as
 		// an i/o timeout.
-		fired := cctx.Err() == context.DeadlineExceeded || (ctx.Err() == nil && !time.Now().Before(deadline))
+		fired := f.Err() == context.DeadlineExceeded || (ctx.Err() == nil && !time.Now().Before(deadline))
 		if !fired {
 			if ctx.Err() == context.Canceled && errors.Is(res.err, context.Canceled) {
 				g.record(c, op, budget, elapsed, Canceled)
@@ -535,34 +538,55 @@ func run[T any, F caller[T]](ctx context.Context, g *Guard, c Category, op strin
 	return runResult[T]{err: te, te: te}
 }
 
-// call is one guarded call: the context its function runs with, and the
-// function's result, which is written before done is closed.
+// call is one guarded call: the context its function runs with, the
+// function, and its result, which is written before done is closed.
 type call[T any] struct {
 	frame
+	fn   caller[T]
 	v    T
 	err  error
 	done chan struct{}
 }
 
-// await runs fn on a goroutine of its own and waits for it. When cctx
-// ends first, it returns at once with abandoned set if ctx was cancelled,
-// and otherwise waits up to grace for fn before abandoning it.
-func (cl *call[T]) await(ctx, cctx context.Context, fn caller[T], grace time.Duration) (outcome[T], bool) {
+// run is what a worker does with the call.
+func (cl *call[T]) run() {
+	cl.v, cl.err = cl.fn.call(&cl.frame)
+	close(cl.done)
+}
+
+// await runs fn on a worker and waits for it, at most wait. When the wait
+// ends or ctx is done first, it cancels the frame; it returns at once with
+// abandoned set if ctx was cancelled, and otherwise waits up to grace for fn
+// before abandoning it.
+//
+// pooled says whether the function may run on a pooled worker with a
+// pooled timer; see canPool.
+func (cl *call[T]) await(ctx context.Context, fn caller[T], wait, grace time.Duration, pooled bool) (outcome[T], bool) {
+	cl.fn = fn
 	cl.done = make(chan struct{})
-	go func() {
-		cl.v, cl.err = fn.call(&cl.frame)
-		close(cl.done)
-	}()
+	var t *time.Timer
+	if pooled {
+		dispatch(cl)
+		t = getTimer(wait)
+		defer putTimer(t)
+	} else {
+		go cl.run()
+		t = time.NewTimer(wait)
+		defer t.Stop()
+	}
 	select {
 	case <-cl.done:
 		return outcome[T]{cl.v, cl.err}, false
-	case <-cctx.Done():
+	case <-t.C:
+		cl.frame.cancel(context.DeadlineExceeded)
+	case <-ctx.Done():
+		err := ctx.Err()
+		cl.frame.cancel(err)
+		if err == context.Canceled {
+			return outcome[T]{}, true
+		}
 	}
-	if ctx.Err() == context.Canceled {
-		return outcome[T]{}, true
-	}
-	t := time.NewTimer(grace)
-	defer t.Stop()
+	t.Reset(grace)
 	select {
 	case <-cl.done:
 		return outcome[T]{cl.v, cl.err}, false

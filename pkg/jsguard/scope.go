@@ -1,7 +1,6 @@
 package jsguard
 
 import (
-	"context"
 	"sync"
 	"time"
 )
@@ -88,23 +87,4 @@ func (s *scope) claim(id string) (bool, string, chan struct{}) {
 	}
 	s.claimed, s.eventID, s.emitted = true, id, make(chan struct{})
 	return true, id, s.emitted
-}
-
-type frameKey struct{}
-
-// frame is the context a guarded function runs with: the deadline context,
-// plus the scope it belongs to, which nested guarded calls find through
-// Value(frameKey{}). Embedding the scope saves an allocation per call.
-type frame struct {
-	context.Context
-	sc    *scope
-	depth int
-	own   scope
-}
-
-func (f *frame) Value(key any) any {
-	if _, ok := key.(frameKey); ok {
-		return f
-	}
-	return f.Context.Value(key)
 }
