@@ -37,7 +37,7 @@ type Config struct {
 	WarningBefore time.Duration
 	// MaxPending caps the pending approvals of one tenant (10000; 0 means no
 	// cap). Over it Request fails with ErrTooManyPending. The count is the
-	// tenant's live expire timers, listed at most once a second per tenant
+	// tenant's live timers (one per pending approval), listed at most once a second per tenant
 	// and process and adjusted locally in between, so several replicas
 	// together may briefly admit a few more than the cap.
 	MaxPending int

@@ -3,12 +3,14 @@
 //
 // An approval is a record in the records bucket (default GUARDIAN_APPROVALS,
 // key <tenant>.<id>) whose every transition is one compare-and-set write. Its
-// deadline is a pair of write-once keys with a per-key TTL in the timers
-// bucket (GUARDIAN_TIMERS): <tenant>.<id>.expire fires at expires_at + grace
-// and <tenant>.<id>.warn WarningBefore the deadline. When a TTL runs out the
-// server writes a marker (Nats-Marker-Reason: MaxAge); the Expirer, a durable
-// consumer shared by all replicas, turns it into the expired transition or a
-// warned_at stamp. The Notifier, a durable consumer on the records bucket's
+// deadline is a chain of write-once keys with a per-key TTL in the timers
+// bucket (GUARDIAN_TIMERS), one live at a time: <tenant>.<id>.warn fires
+// WarningBefore expires_at, and <tenant>.<id>.expire at expires_at + grace
+// (the request creates the first of them with the record, the expirer the
+// expire timer when it sends the warning). When a TTL runs out the server
+// writes a marker (Nats-Marker-Reason: MaxAge); the Expirer, a durable
+// consumer shared by all replicas, turns it into a warned_at stamp or the
+// expired transition. The Notifier, a durable consumer on the records bucket's
 // stream, turns each record revision into one lifecycle event on the events
 // stream (GUARDIAN_EVENTS, subjects guardian.v1.events.<tenant>.<kind>) and
 // each expiry into one TIMEOUT_APPROVAL_EXPIRED audit event.

@@ -15,7 +15,7 @@ import (
 
 // Expirer turns fired timers into record transitions: a TTL marker on
 // <tenant>.<id>.expire moves a pending record to expired, one on .warn
-// stamps warned_at. It is a durable consumer on the timers bucket's stream
+// stamps warned_at and creates the expire timer. It is a durable consumer on the timers bucket's stream
 // that every replica shares (Config.ExpirerDurable), so each marker is
 // processed by one of them; processing is idempotent, so a redelivery after
 // a crash is harmless. An Expirer is safe for concurrent use; run it once
@@ -158,10 +158,10 @@ func (e *Expirer) handle(ctx context.Context, msg jetstream.Msg) {
 	key := parts[0] + "." + parts[1]
 	ctx = withTenant(ctx, parts[0])
 	switch parts[2] {
-	case "expire":
+	case timerExpire:
 		_, err := s.expire(ctx, key, nil)
 		s.settle(msg, err)
-	case "warn":
+	case timerWarn:
 		s.settle(msg, s.warn(ctx, key))
 	default:
 		_ = msg.Term()
@@ -212,7 +212,11 @@ func (s *Service) expire(ctx context.Context, key string, rec *Record) (bool, er
 	}
 }
 
-// warn stamps warned_at on a pending, not yet warned record.
+// warn handles a fired warn timer: it stamps warned_at on a pending, not
+// yet warned record and creates the expire timer, which comes next in the
+// chain (see nextTimer). A redelivery after a crash between the two creates
+// the timer; a record already past its deadline (the expirer was down) is
+// expired at once.
 func (s *Service) warn(ctx context.Context, key string) error {
 	for attempt := 1; ; attempt++ {
 		rec, err := s.get(ctx, key)
@@ -223,30 +227,38 @@ func (s *Service) warn(ctx context.Context, key string) error {
 			return err
 		}
 		now := s.now().UTC()
-		if rec.Status != StatusPending || rec.WarnedAt != nil || now.After(rec.Deadline(s.cfg.GracePeriod)) {
+		if rec.Status != StatusPending {
 			return nil
 		}
-		if wait := rec.ExpiresAt.Add(-s.cfg.WarningBefore).Sub(now); wait > 0 {
-			return errRetryAfter(wait)
-		}
-		next := rec
-		next.WarnedAt = &now
-		_, err = s.update(ctx, &next, rec.Revision)
-		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) && attempt < maxCASAttempts {
-			continue
-		}
-		if err != nil {
+		if !now.Before(rec.Deadline(s.cfg.GracePeriod)) {
+			_, err := s.expire(ctx, key, &rec)
 			return err
 		}
-		s.stats.warned.Add(1)
-		s.transition(rec.Tenant, StatusPending, true)
-		return nil
+		if rec.WarnedAt == nil {
+			if wait := rec.ExpiresAt.Add(-s.cfg.WarningBefore).Sub(now); wait > 0 {
+				return errRetryAfter(wait)
+			}
+			next := rec
+			next.WarnedAt = &now
+			_, err = s.update(ctx, &next, rec.Revision)
+			if errors.Is(err, jetstream.ErrKeyRevisionMismatch) && attempt < maxCASAttempts {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			s.stats.warned.Add(1)
+			s.transition(rec.Tenant, StatusPending, true)
+		}
+		_, err = s.armTimer(ctx, &rec, timerExpire, rec.Deadline(s.cfg.GracePeriod), now)
+		return err
 	}
 }
 
 // Sweep reads the latest revision of every record and expires each pending
 // one whose expires_at + grace has passed, through the same compare-and-set
-// path as the timers. Run calls it at start; call it yourself after an
+// path as the timers; it also arms the expire timer of a pending one whose
+// warn timer fired more than MaxOutage ago, whose marker may have been lost. Run calls it at start; call it yourself after an
 // outage longer than MaxOutage or to close the window of a request whose
 // process died between writing the record and its timers. It returns how
 // many it expired (overdue) and how many of those were overdue by more than
@@ -268,8 +280,23 @@ func (e *Expirer) Sweep(ctx context.Context) (overdue, lost int, err error) {
 			if err != nil || rec.Status != StatusPending {
 				return nil
 			}
-			late := s.now().Sub(rec.Deadline(s.cfg.GracePeriod))
+			now := s.now()
+			deadline := rec.Deadline(s.cfg.GracePeriod)
+			late := now.Sub(deadline)
 			if late <= 0 {
+				// Its warn timer fired longer than MaxOutage ago, so the
+				// marker that would have armed the expire timer may be
+				// gone: arm it (a no-op when it exists).
+				warnAt := rec.ExpiresAt.Add(-s.cfg.WarningBefore)
+				if s.warnScheduled(time.Duration(rec.Timeout)) && now.Sub(warnAt) > s.cfg.MaxOutage {
+					created, err := s.armTimer(withTenant(ctx, rec.Tenant), &rec, timerExpire, deadline, now)
+					if err != nil {
+						return fmt.Errorf("arm expire timer %s: %w", rec.Key(), err)
+					}
+					if created {
+						s.stats.repaired.Add(1)
+					}
+				}
 				return nil
 			}
 			// The revision may be stale by now: expire re-reads on a

@@ -312,6 +312,47 @@ func TestOutage(t *testing.T) {
 	}
 }
 
+// TestLostWarnMarker: the expire timer comes from the warn timer's marker.
+// When the expirer was down until that marker was gone (longer than
+// MaxOutage), its start sweep arms the expire timer, and the approval still
+// expires at its deadline, not before.
+func TestLostWarnMarker(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, func(c *Config) {
+		c.GracePeriod = time.Second
+		c.WarningBefore = 4 * time.Second
+		c.MaxOutage = time.Second
+	})
+	r := e.request("acme", RequestInput{ID: "lw", SessionID: "s", RequestedBy: "alice", Timeout: Duration(8 * time.Second)})
+	str, err := e.js.Stream(t.Context(), "KV_"+e.cfg.TimersBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The warn timer fires 4s in; its marker lives MaxOutage (1s) more.
+	waitFor(t, 15*time.Second, "the warn marker to expire", func() bool {
+		info, err := str.Info(t.Context())
+		return err == nil && info.State.Msgs == 0 && time.Since(r.ExpiresAt.Add(-e.cfg.WarningBefore)) > e.cfg.MaxOutage
+	})
+	if !time.Now().Before(r.Deadline(e.cfg.GracePeriod)) {
+		t.Skip("the machine was too slow: the deadline passed before the expirer could start")
+	}
+	if keys := e.timerKeys(); len(keys) != 0 {
+		t.Fatalf("timers before the restart = %v, want none", keys)
+	}
+	startConsumers(t, e.svc)
+	waitFor(t, 15*time.Second, "expiry", func() bool { return e.get("acme", "lw").Status == StatusExpired })
+	got := e.get("acme", "lw")
+	if got.DecidedAt.Before(r.Deadline(e.cfg.GracePeriod)) {
+		t.Errorf("expired at %s, before the deadline %s", got.DecidedAt, r.Deadline(e.cfg.GracePeriod))
+	}
+	if got.WarnedAt != nil {
+		t.Errorf("warned_at = %v: the lost marker's warning was sent", got.WarnedAt)
+	}
+	if s := e.svc.Stats(); s.TimersRepaired != 1 || s.Expired != 1 {
+		t.Errorf("stats = %+v, want 1 timer repaired, 1 expired", s)
+	}
+}
+
 // TestEarlyMarker: when the expirer's clock is behind the clock that wrote
 // the record, the marker arrives before expires_at + grace by the
 // expirer's clock; it waits (the marker is redelivered later) rather than

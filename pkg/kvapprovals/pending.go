@@ -29,7 +29,7 @@ type pendingCounts struct {
 type tenantPending struct {
 	mu sync.Mutex // held while listing: one listing per tenant at a time
 	n  int
-	// inflight counts admitted requests whose expire timer may not exist
+	// inflight counts admitted requests whose timer may not exist
 	// yet, so a listing does not see them.
 	inflight int
 	at       time.Time // when n was listed; zero: never
@@ -98,7 +98,8 @@ func (s *Service) admit(ctx context.Context, tenant string) (bool, error) {
 }
 
 // Pending returns how many approvals of tenant are pending, counted as the
-// tenant's live expire timers: this is the count Config.MaxPending limits.
+// tenant's live timers, of which each pending approval has one (see
+// Service.Request): this is the count Config.MaxPending limits.
 // An approval whose timer has fired but which the expirer has not moved yet
 // is not counted. It scans the timers bucket under ApprovalCheck, so its
 // cost grows with the tenant's pending approvals. It returns a *FieldError for a bad tenant, or the jetstream
@@ -114,13 +115,13 @@ func (s *Service) Pending(ctx context.Context, tenant string) (int, error) {
 	return n, nil
 }
 
-// countPending counts the tenant's live expire timers, under ApprovalCheck.
+// countPending counts the tenant's live timers, under ApprovalCheck.
 // Fired markers and purge tombstones are not live timers.
 func (s *Service) countPending(ctx context.Context, tenant string) (int, error) {
 	return jsguard.DoValue(ctx, s.g, jsguard.ApprovalCheck, "approval count pending "+s.cfg.TimersBucket+"/"+tenant,
 		func(ctx context.Context) (int, error) {
 			n := 0
-			err := scanLatest(ctx, s.timersStream, "$KV."+s.cfg.TimersBucket+"."+tenant+".*.expire", true, func(m jetstream.Msg) error {
+			err := scanLatest(ctx, s.timersStream, "$KV."+s.cfg.TimersBucket+"."+tenant+".*.*", true, func(m jetstream.Msg) error {
 				if isEntry(m) {
 					n++
 				}

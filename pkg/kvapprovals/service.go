@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -146,10 +145,11 @@ const (
 	purgeTTL       = time.Second // lifetime of the tombstone a timer purge leaves
 )
 
-// Request creates a pending approval in tenant and arms its timers, and
-// returns the record. Retrying with the same id and the same content returns
-// the existing approval (in whatever state it is now) and re-creates
-// missing timers of a still pending one.
+// Request creates a pending approval in tenant and arms its first timer
+// (the warn timer when a warning is scheduled, else the expire timer; both
+// writes go out together), and returns the record. Retrying with the same
+// id and the same content returns the existing approval (in whatever state
+// it is now) and re-creates the missing timer of a still pending one.
 //
 // It returns a *FieldError (ErrInvalidRequest) for bad input, which changes
 // nothing; ErrConflict when the id exists with other content;
@@ -187,9 +187,24 @@ func (s *Service) Request(ctx context.Context, tenant string, in RequestInput) (
 		}
 		return Record{}, fmt.Errorf("request %s: %w", key, err)
 	}
+	// The record and its first timer are written at once: a request costs
+	// one round trip, not two. The timer is only ever acted on through the
+	// record, so one without a record (the record write failed) fires
+	// into nothing.
+	var timerCreated bool
+	var timerErr error
+	var wg sync.WaitGroup
+	wg.Go(func() { timerCreated, timerErr = s.armNext(ctx, &rec, now) })
 	rev, err := s.records.Create(ctx, key, encodeRecord(&rec))
+	wg.Wait()
 	if errors.Is(err, jetstream.ErrKeyExists) {
 		s.pending.release(tenant)
+		if timerCreated {
+			// Armed for this request's deadline, not the existing
+			// approval's: take it back; retried arms the right one.
+			kind, _ := rec.nextTimer(s, now)
+			_ = s.timers.Purge(context.WithoutCancel(ctx), key+"."+kind, jetstream.PurgeTTL(purgeTTL))
+		}
 		existing, gerr := s.getExisting(ctx, key)
 		if gerr != nil {
 			return Record{}, fmt.Errorf("request %s: %w", key, gerr)
@@ -203,8 +218,8 @@ func (s *Service) Request(ctx context.Context, tenant string, in RequestInput) (
 	rec.Revision = rev
 	s.stats.requested.Add(1)
 	s.transition(tenant, StatusPending, false)
-	if _, err := s.armTimers(ctx, &rec, now); err != nil {
-		return Record{}, fmt.Errorf("request %s: record written but timers not (retry to repair): %w", key, err)
+	if timerErr != nil {
+		return Record{}, fmt.Errorf("request %s: record written but timers not (retry to repair): %w", key, timerErr)
 	}
 	return rec, nil
 }
@@ -234,11 +249,13 @@ func (s *Service) retried(ctx context.Context, rec Record, in *RequestInput, tim
 		return Record{}, fmt.Errorf("request %s: %w", rec.Key(), ErrConflict)
 	}
 	if rec.Status == StatusPending {
-		n, err := s.armTimers(ctx, &rec, s.now())
+		created, err := s.armNext(ctx, &rec, s.now())
 		if err != nil {
 			return Record{}, fmt.Errorf("request %s: repair timers: %w", rec.Key(), err)
 		}
-		s.stats.repaired.Add(uint64(n))
+		if created {
+			s.stats.repaired.Add(1)
+		}
 	}
 	return rec, nil
 }
@@ -257,42 +274,48 @@ func ttlUntil(t, now time.Time) time.Duration {
 	return (d + time.Second - 1).Truncate(time.Second)
 }
 
-// armTimers creates the expire timer and, when scheduled and not yet sent,
-// the warn timer, concurrently. A timer that exists already is left alone.
-// It returns how many timers it created.
-func (s *Service) armTimers(ctx context.Context, rec *Record, now time.Time) (int, error) {
-	key := rec.Key()
-	var created atomic.Int32
-	create := func(suffix string, at time.Time) error {
-		_, err := s.timers.Create(ctx, key+"."+suffix, nil, jetstream.KeyTTL(ttlUntil(at, now)))
-		if errors.Is(err, jetstream.ErrKeyExists) {
-			return nil
-		}
-		if err == nil {
-			created.Add(1)
-		}
-		return err
+// Timer kinds, the last token of a timer key.
+const (
+	timerWarn   = "warn"
+	timerExpire = "expire"
+)
+
+// nextTimer returns the kind of timer a pending approval in rec's state
+// runs on next, and when it must fire. Timers are chained, so that an
+// approval has one live timer at a time: the warn timer while a warning is
+// scheduled and not yet sent, then the expire timer, which the expirer
+// creates when it sends the warning.
+func (r *Record) nextTimer(s *Service, now time.Time) (kind string, at time.Time) {
+	if s.warnScheduled(time.Duration(r.Timeout)) && r.WarnedAt == nil && now.Before(r.ExpiresAt) {
+		return timerWarn, r.ExpiresAt.Add(-s.cfg.WarningBefore)
 	}
-	var warnErr error
-	var wg sync.WaitGroup
-	if s.warnScheduled(time.Duration(rec.Timeout)) && rec.WarnedAt == nil && now.Before(rec.ExpiresAt) {
-		wg.Go(func() { warnErr = create("warn", rec.ExpiresAt.Add(-s.cfg.WarningBefore)) })
-	}
-	expErr := create("expire", rec.Deadline(s.cfg.GracePeriod))
-	wg.Wait()
-	return int(created.Load()), errors.Join(expErr, warnErr)
+	return timerExpire, r.Deadline(s.cfg.GracePeriod)
 }
 
-// disarm purges an approval's timers after a decision, best effort: a timer
-// left behind fires into a record that is no longer pending and is ignored.
-func (s *Service) disarm(ctx context.Context, rec *Record) {
-	ctx = context.WithoutCancel(ctx)
-	var wg sync.WaitGroup
-	if s.warnScheduled(time.Duration(rec.Timeout)) && rec.WarnedAt == nil {
-		wg.Go(func() { _ = s.timers.Purge(ctx, rec.Key()+".warn", jetstream.PurgeTTL(purgeTTL)) })
+// armNext creates the approval's next timer (see nextTimer). A timer that
+// exists already is left alone. It reports whether it created one.
+func (s *Service) armNext(ctx context.Context, rec *Record, now time.Time) (bool, error) {
+	kind, at := rec.nextTimer(s, now)
+	return s.armTimer(ctx, rec, kind, at, now)
+}
+
+// armTimer creates timer kind of rec firing no earlier than at. A timer
+// that exists already is left alone. It reports whether it created one.
+func (s *Service) armTimer(ctx context.Context, rec *Record, kind string, at, now time.Time) (bool, error) {
+	_, err := s.timers.Create(ctx, rec.Key()+"."+kind, nil, jetstream.KeyTTL(ttlUntil(at, now)))
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return false, nil
 	}
-	_ = s.timers.Purge(ctx, rec.Key()+".expire", jetstream.PurgeTTL(purgeTTL))
-	wg.Wait()
+	return err == nil, err
+}
+
+// disarm purges an approval's live timer after a decision, best effort: a
+// timer left behind fires into a record that is no longer pending and is
+// ignored. (An expire timer the expirer creates while the decision is being
+// written is such a timer.)
+func (s *Service) disarm(ctx context.Context, rec *Record) {
+	kind, _ := rec.nextTimer(s, time.Time{})
+	_ = s.timers.Purge(context.WithoutCancel(ctx), rec.Key()+"."+kind, jetstream.PurgeTTL(purgeTTL))
 }
 
 // Approve approves a pending approval and returns the approved record.

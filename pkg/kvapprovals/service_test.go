@@ -186,16 +186,20 @@ func TestRequest(t *testing.T) {
 	if m["timeout"] != "2s" || !strings.HasSuffix(m["expires_at"].(string), "Z") {
 		t.Errorf("timeout %v expires_at %v: want a duration string and UTC", m["timeout"], m["expires_at"])
 	}
-	// Timers: expire with TTL timeout+grace, warn with timeout-WarningBefore,
-	// whole seconds rounded up.
+	// Timers are chained, one live at a time: a request arms the warn
+	// timer (TTL timeout-WarningBefore) when a warning is scheduled, else
+	// the expire timer (TTL timeout+grace); whole seconds rounded up.
 	r2 := e.request("acme", RequestInput{ID: "frac", SessionID: "s", RequestedBy: "u", Timeout: Duration(2500 * time.Millisecond)})
+	// No warning when the timeout is not longer than WarningBefore.
+	r3 := e.request("acme", RequestInput{ID: "short", SessionID: "s", RequestedBy: "u", Timeout: Duration(time.Second)})
+	r4 := e.request("acme", RequestInput{ID: "short-frac", SessionID: "s", RequestedBy: "u", Timeout: Duration(1500 * time.Millisecond)})
 	tests := []struct {
 		key, ttl string
 	}{
-		{r.Key() + ".expire", "3s"},
 		{r.Key() + ".warn", "1s"},
-		{r2.Key() + ".expire", "4s"}, // 2.5s + 1s grace, rounded up
-		{r2.Key() + ".warn", "2s"},   // 1.5s rounded up
+		{r2.Key() + ".warn", "2s"}, // 1.5s rounded up
+		{r3.Key() + ".expire", "2s"},
+		{r4.Key() + ".warn", "1s"}, // 0.5s: at least 1s
 	}
 	str, err := e.js.Stream(ctx, "KV_"+e.cfg.TimersBucket)
 	if err != nil {
@@ -210,10 +214,12 @@ func TestRequest(t *testing.T) {
 			t.Errorf("timer %s TTL = %q, want %q", tt.key, got, tt.ttl)
 		}
 	}
-	// No warning timer when the timeout is not longer than WarningBefore.
-	r3 := e.request("acme", RequestInput{ID: "short", SessionID: "s", RequestedBy: "u", Timeout: Duration(time.Second)})
-	if slices.Contains(e.timerKeys(), r3.Key()+".warn") {
-		t.Errorf("warn timer for a 1s timeout with WarningBefore 1s")
+	keys := e.timerKeys()
+	slices.Sort(keys)
+	wantKeys := []string{r.Key() + ".warn", r2.Key() + ".warn", r3.Key() + ".expire", r4.Key() + ".warn"}
+	slices.Sort(wantKeys)
+	if !slices.Equal(keys, wantKeys) {
+		t.Errorf("timers = %v, want one per approval: %v", keys, wantKeys)
 	}
 }
 
@@ -310,11 +316,9 @@ func TestRequestIdempotent(t *testing.T) {
 		}
 	}
 
-	// A crash after the record write lost the timers: the retry repairs them.
-	for _, k := range []string{first.Key() + ".expire", first.Key() + ".warn"} {
-		if err := e.svc.timers.Purge(ctx, k); err != nil {
-			t.Fatal(err)
-		}
+	// A crash after the record write lost the timer: the retry repairs it.
+	if err := e.svc.timers.Purge(ctx, first.Key()+".warn"); err != nil {
+		t.Fatal(err)
 	}
 	if len(e.timerKeys()) != 0 {
 		t.Fatalf("timers not removed: %v", e.timerKeys())
@@ -324,11 +328,11 @@ func TestRequestIdempotent(t *testing.T) {
 	}
 	keys := e.timerKeys()
 	slices.Sort(keys)
-	if want := []string{"acme.r1.expire", "acme.r1.warn"}; !slices.Equal(keys, want) {
+	if want := []string{"acme.r1.warn"}; !slices.Equal(keys, want) {
 		t.Errorf("timers after repair = %v, want %v", keys, want)
 	}
-	if s := e.svc.Stats(); s.TimersRepaired != 2 || s.Requested != 1 {
-		t.Errorf("stats = %+v, want 2 repaired, 1 requested", s)
+	if s := e.svc.Stats(); s.TimersRepaired != 1 || s.Requested != 1 {
+		t.Errorf("stats = %+v, want 1 repaired, 1 requested", s)
 	}
 
 	// A retry of a decided approval returns it and re-arms nothing.
@@ -661,8 +665,8 @@ func TestListPartial(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, func(c *Config) { c.DefaultTimeout = time.Hour })
 	ctx := t.Context()
-	for i := range 60 {
-		e.request("acme", req(fmt.Sprintf("q%02d", i)))
+	for i := range 200 {
+		e.request("acme", req(fmt.Sprintf("q%03d", i)))
 	}
 	p := jsguard.DefaultPolicy()
 	p.Budgets[jsguard.ApprovalCheck] = 3 * time.Millisecond
@@ -697,8 +701,8 @@ func TestListPartial(t *testing.T) {
 	if partials == 0 {
 		t.Fatalf("no partial result with a 3ms budget")
 	}
-	if len(seen) != 60 {
-		t.Errorf("listed %d distinct approvals, want 60", len(seen))
+	if len(seen) != 200 {
+		t.Errorf("listed %d distinct approvals, want 200", len(seen))
 	}
 	for id, n := range seen {
 		if n != 1 {
