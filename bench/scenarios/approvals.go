@@ -38,6 +38,10 @@ type ApprovalsLevel struct {
 	Sustained float64
 	// Raw is sync kv.Create per second on the same server, same concurrency.
 	Raw float64
+	// Floor is what the design allows at best: request/reply to a micro
+	// endpoint that writes a record and a TTL timer, both at once, and
+	// replies; no validation, no consumers, no events.
+	Floor float64
 	// CPU time per approval and per raw create, guardian's process (with
 	// its embedded server) plus this client process: a measure that other
 	// load on the machine disturbs less than throughput.
@@ -105,6 +109,11 @@ func Approvals(ctx context.Context, cfg ApprovalsConfig, progress func(string)) 
 		return g + c
 	}
 	a := &approvalLoad{nc: nc, raw: raw, events: events, perTenant: int64(cfg.PerTenant), value: make([]byte, 300)}
+	stopFloor, err := a.startFloor(ctx, url)
+	if err != nil {
+		return res, fmt.Errorf("design floor service: %w", err)
+	}
+	defer stopFloor()
 	// Warm up both paths.
 	if _, err := a.rawBlock(ctx, 8, time.Second/2); err != nil {
 		return res, err
@@ -117,7 +126,7 @@ func Approvals(ctx context.Context, cfg ApprovalsConfig, progress func(string)) 
 	}
 	for _, c := range cfg.Concurrency {
 		lv := ApprovalsLevel{InFlight: c}
-		var raws, apps, sust, rawCPU, appCPU []float64
+		var raws, apps, sust, floors, rawCPU, appCPU []float64
 		for r := range cfg.Rounds {
 			progress(fmt.Sprintf("approvals: %d in flight, round %d", c, r+1))
 			c0 := cpu()
@@ -127,6 +136,11 @@ func Approvals(ctx context.Context, cfg ApprovalsConfig, progress func(string)) 
 			}
 			rawCPU = append(rawCPU, float64(cpu()-c0)/(rr*cfg.Duration.Seconds()))
 			raws = append(raws, rr)
+			fr, err := a.floorBlock(ctx, c, cfg.Duration)
+			if err != nil {
+				return res, fmt.Errorf("design floor: %w", err)
+			}
+			floors = append(floors, fr)
 			c0 = cpu()
 			start := time.Now()
 			n, err := a.approvalBlock(ctx, c, cfg.Duration)
@@ -142,7 +156,7 @@ func Approvals(ctx context.Context, cfg ApprovalsConfig, progress func(string)) 
 			appCPU = append(appCPU, float64(cpu()-c0)/float64(n))
 			sust = append(sust, float64(n)/(el+tail).Seconds())
 		}
-		lv.Raw, lv.Approvals, lv.Sustained = medianF(raws), medianF(apps), medianF(sust)
+		lv.Raw, lv.Approvals, lv.Sustained, lv.Floor = medianF(raws), medianF(apps), medianF(sust), medianF(floors)
 		lv.RawCPU, lv.AppCPU = time.Duration(medianF(rawCPU)), time.Duration(medianF(appCPU))
 		res.Levels = append(res.Levels, lv)
 	}
@@ -233,6 +247,83 @@ func (a *approvalLoad) approvalBlock(ctx context.Context, c int, d time.Duration
 	return n.Load(), nil
 }
 
+// startFloor serves the design floor's endpoint, bench.floor, on a
+// connection of its own: each request creates a key in a bucket shaped like
+// guardian's records bucket (history 10) and, at the same time, a key with
+// a 1h TTL in one shaped like the timers bucket, and replies when both are
+// stored. That is the least an approval needs (its record and its timer,
+// durable before the reply), without anything else guardian does.
+func (a *approvalLoad) startFloor(ctx context.Context, url string) (stop func(), err error) {
+	nc, js, err := natsrv.Connect(url)
+	if err != nil {
+		return nil, err
+	}
+	recs, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "BENCH_FLOOR_RECORDS", History: 10, Storage: jetstream.FileStorage})
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	timers, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "BENCH_FLOOR_TIMERS", LimitMarkerTTL: time.Hour, Storage: jetstream.FileStorage})
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	var next atomic.Int64
+	svc, err := micro.AddService(nc, micro.Config{Name: "bench-floor", Version: "0.0.1"})
+	if err == nil {
+		err = svc.AddEndpoint("floor", micro.HandlerFunc(func(r micro.Request) {
+			go func() {
+				key := "f" + strconv.FormatInt(next.Add(1), 10)
+				var terr error
+				var wg sync.WaitGroup
+				wg.Go(func() { _, terr = timers.Create(ctx, key+".expire", nil, jetstream.KeyTTL(time.Hour)) })
+				_, err := recs.Create(ctx, key, r.Data())
+				wg.Wait()
+				if err = errors.Join(err, terr); err != nil {
+					_ = r.Error("500", err.Error(), nil)
+					return
+				}
+				_ = r.Respond(r.Data())
+			}()
+		}), micro.WithEndpointSubject("bench.floor"))
+	}
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return func() { _ = svc.Stop(); nc.Close() }, nil
+}
+
+// floorBlock sends requests to the design floor's endpoint with c in
+// flight for d and returns replies per second.
+func (a *approvalLoad) floorBlock(ctx context.Context, c int, d time.Duration) (float64, error) {
+	var n atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, c)
+	start := time.Now()
+	for range c {
+		wg.Go(func() {
+			for time.Since(start) < d {
+				rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				m, err := a.nc.RequestWithContext(rctx, "bench.floor", a.value)
+				cancel()
+				if err == nil && m.Header.Get(micro.ErrorCodeHeader) != "" {
+					err = fmt.Errorf("%s", m.Header.Get(micro.ErrorHeader))
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+				n.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	el := time.Since(start)
+	close(errs)
+	return float64(n.Load()) / el.Seconds(), <-errs
+}
+
 // caughtUp waits until the events stream holds a requested event for
 // every granted approval and returns how long that took.
 func (a *approvalLoad) caughtUp(ctx context.Context) (time.Duration, error) {
@@ -263,6 +354,10 @@ func (r ApprovalsResult) Rows() []Row {
 				ratio(lv.Approvals, lv.Raw), "≥ 0.50", check(lv.Approvals/lv.Raw >= 0.5)},
 			Row{sc, "sustained, until each requested event is published", rate(lv.Sustained), rate(lv.Raw),
 				ratio(lv.Sustained, lv.Raw), "", Info},
+			Row{sc, "design floor: request/reply + record and timer writes at once, nothing else", rate(lv.Floor), rate(lv.Raw),
+				ratio(lv.Floor, lv.Raw), "", Info},
+			Row{sc, "guardian vs the design floor", rate(lv.Approvals), rate(lv.Floor),
+				ratio(lv.Approvals, lv.Floor), "", Info},
 			Row{sc, "CPU time per operation (guardian process incl. its nats-server, plus client)", fmt.Sprintf("%.0f µs", float64(lv.AppCPU)/1e3),
 				fmt.Sprintf("%.0f µs", float64(lv.RawCPU)/1e3), fmt.Sprintf("%.1f×", float64(lv.AppCPU)/float64(lv.RawCPU)), "", Info},
 		)

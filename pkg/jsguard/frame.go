@@ -62,10 +62,19 @@ func (f *frame) Done() <-chan struct{} {
 
 // Err returns nil until Done is closed, then context.DeadlineExceeded or
 // the parent's error, or context.Canceled once the guarded call returned.
+// It reads the clock too: once the deadline has passed it reports
+// DeadlineExceeded (and closes Done) even if the waiting goroutine has not
+// been scheduled yet to do so, so a function that checks Err between steps
+// stops on time on a busy machine.
 func (f *frame) Err() error {
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.err
+	err := f.err
+	f.mu.Unlock()
+	if err == nil && !time.Now().Before(f.deadline) {
+		f.cancel(context.DeadlineExceeded)
+		return f.Err()
+	}
+	return err
 }
 
 // Value returns the frame for frameKey{} and the parent's value otherwise.

@@ -76,12 +76,13 @@ func redeliveryDelay(delivered uint64) time.Duration {
 
 // consume runs cons until ctx ends, handing each message to handle on one of
 // workers goroutines picked by subject, so one subject's messages stay in
-// order. handle must Ack, Nak or Term. Handlers run on a context that is not
+// order. handle must Ack, Nak or Term. A message for which ignore (when not
+// nil) returns true is acked at once instead, without a worker. Handlers run on a context that is not
 // cancelled with ctx, bounded by budget, so that a stop lets messages in
 // progress finish; messages fetched but not started are Nak'ed at once so
 // another replica takes them. It returns nil when ctx ends and an error
 // when consuming stopped by itself.
-func (s *Service) consume(ctx context.Context, cons jetstream.Consumer, workers int, budget time.Duration, handle func(context.Context, jetstream.Msg)) error {
+func (s *Service) consume(ctx context.Context, cons jetstream.Consumer, workers int, budget time.Duration, ignore func(jetstream.Msg) bool, handle func(context.Context, jetstream.Msg)) error {
 	hctx := context.WithoutCancel(ctx)
 	var stopping atomic.Bool
 	shards := make([]chan jetstream.Msg, workers)
@@ -104,6 +105,10 @@ func (s *Service) consume(ctx context.Context, cons jetstream.Consumer, workers 
 	cc, err := jsguard.DoValue(ctx, s.g, jsguard.NATSSubscribe, "consume "+cons.CachedInfo().Stream+"/"+cons.CachedInfo().Name,
 		func(context.Context) (jetstream.ConsumeContext, error) {
 			return cons.Consume(func(m jetstream.Msg) {
+				if ignore != nil && ignore(m) && !stopping.Load() {
+					_ = m.Ack()
+					return
+				}
 				h := fnv.New32a()
 				h.Write([]byte(m.Subject()))
 				shards[h.Sum32()%uint32(workers)] <- m

@@ -95,7 +95,7 @@ func (e *Expirer) Run(ctx context.Context) error {
 			e.report(outage)
 		})
 	}
-	err = s.consume(ctx, cons, e.o.workers, handleBudget, e.handle)
+	err = s.consume(ctx, cons, e.o.workers, handleBudget, notFired, e.handle)
 	wg.Wait()
 	if err != nil {
 		return fmt.Errorf("expirer: %w", err)
@@ -140,6 +140,14 @@ func (e *Expirer) report(o Outage) {
 	}
 }
 
+// notFired reports whether a message of the timers stream is anything but a
+// timer firing: only a TTL running out is. Timer creation (no header) and
+// guardian's own purges (KV-Operation PURGE/DEL) are acked and ignored; they
+// are most of the stream, one of each per approval.
+func notFired(msg jetstream.Msg) bool {
+	return msg.Headers().Get(jetstream.MarkerReasonHeader) != "MaxAge"
+}
+
 // handle processes one message of the timers stream.
 func (e *Expirer) handle(ctx context.Context, msg jetstream.Msg) {
 	s := e.s
@@ -149,9 +157,7 @@ func (e *Expirer) handle(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.Term() // not a guardian timer
 		return
 	}
-	// Only a TTL running out is a timer firing. Timer creation (no header)
-	// and guardian's own purges (KV-Operation PURGE/DEL) are ignored.
-	if msg.Headers().Get(jetstream.MarkerReasonHeader) != "MaxAge" {
+	if notFired(msg) {
 		_ = msg.Ack()
 		return
 	}

@@ -149,7 +149,7 @@ func (n *Notifier) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("notifier: %w", err)
 	}
-	if err := s.consume(ctx, cons, n.o.workers, handleBudget, n.handle); err != nil {
+	if err := s.consume(ctx, cons, n.o.workers, handleBudget, nil, n.handle); err != nil {
 		return fmt.Errorf("notifier: %w", err)
 	}
 	return nil

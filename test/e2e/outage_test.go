@@ -245,7 +245,7 @@ func TestLongOutage(t *testing.T) {
 	// (LimitMarkerTTL = MAX_OUTAGE): only the long approvals' timers are
 	// left, and every short approval is overdue by more than MaxOutage+1s.
 	if !poll(time.Minute, 100*time.Millisecond, func() bool {
-		cs, err := subjectCounts(ctx, js, timersStream, "$KV.GUARDIAN_TIMERS.acme.*.expire")
+		cs, err := subjectCounts(ctx, js, timersStream, "$KV.GUARDIAN_TIMERS.acme.*.*")
 		return err == nil && len(cs) == long
 	}) {
 		t.Fatalf("the fired timers' markers did not expire within 1m")
