@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -423,6 +424,7 @@ func run[T any, F caller[T]](ctx context.Context, g *Guard, c Category, op strin
 		return runResult[T]{err: err}
 	}
 	p := g.policy.Load()
+	st := g.stat(c)
 	budget := p.Budget(c)
 	level := c.Level()
 	source := SourceCategory
@@ -462,13 +464,13 @@ func run[T any, F caller[T]](ctx context.Context, g *Guard, c Category, op strin
 		res.v, res.err = fn.call(f)
 		disarm()
 	} else {
-		res, abandoned = cl.await(ctx, fn, deadline.Sub(start), g.abandonGrace, canPool(start))
+		res, abandoned = cl.await(ctx, fn, deadline.Sub(start), g.abandonGrace, canPool(start), st.quick.Load())
 		if abandoned {
 			if release != nil {
 				go releaseLate(cl, release)
 			}
 			if ctx.Err() == context.Canceled {
-				g.record(c, op, budget, time.Since(start), Canceled)
+				g.record(st, c, op, budget, time.Since(start), Canceled)
 				return runResult[T]{err: ctx.Err()}
 			}
 		}
@@ -476,7 +478,7 @@ func run[T any, F caller[T]](ctx context.Context, g *Guard, c Category, op strin
 	elapsed := time.Since(start)
 	if !abandoned {
 		if res.err == nil {
-			g.record(c, op, budget, elapsed, OK)
+			g.record(st, c, op, budget, elapsed, OK)
 			return runResult[T]{v: res.v}
 		}
 		// The deadline counts as fired when the clock has passed it, even if
@@ -486,10 +488,10 @@ func run[T any, F caller[T]](ctx context.Context, g *Guard, c Category, op strin
 		fired := f.Err() == context.DeadlineExceeded || (ctx.Err() == nil && !time.Now().Before(deadline))
 		if !fired {
 			if ctx.Err() == context.Canceled && errors.Is(res.err, context.Canceled) {
-				g.record(c, op, budget, elapsed, Canceled)
+				g.record(st, c, op, budget, elapsed, Canceled)
 				return runResult[T]{err: ctx.Err()}
 			}
-			g.record(c, op, budget, elapsed, Failed)
+			g.record(st, c, op, budget, elapsed, Failed)
 			return runResult[T]{err: res.err}
 		}
 	}
@@ -516,7 +518,7 @@ func run[T any, F caller[T]](ctx context.Context, g *Guard, c Category, op strin
 	id := EventID(te.Code, op, Tenant(ctx), CorrelationID(ctx), TraceID(ctx), start)
 	won, winner, emitted := f.sc.claim(id)
 	te.EventID = winner
-	g.record(c, op, budget, elapsed, outc)
+	g.record(st, c, op, budget, elapsed, outc)
 	if won {
 		g.emit(ctx, te, o, fallbackUsed != nil && fallbackUsed())
 		close(emitted)
@@ -560,13 +562,24 @@ func (cl *call[T]) run() {
 // before abandoning it.
 //
 // pooled says whether the function may run on a pooled worker with a
-// pooled timer; see canPool.
-func (cl *call[T]) await(ctx context.Context, fn caller[T], wait, grace time.Duration, pooled bool) (outcome[T], bool) {
+// pooled timer; see canPool. quick says whether the function is expected to
+// return within a few microseconds: then await first yields its processor
+// once, which runs the worker it just woke, and returns without arming a
+// timer or parking if the function is done by then.
+func (cl *call[T]) await(ctx context.Context, fn caller[T], wait, grace time.Duration, pooled, quick bool) (outcome[T], bool) {
 	cl.fn = fn
 	cl.done = make(chan struct{})
 	var t *time.Timer
 	if pooled {
 		dispatch(cl)
+		if quick {
+			runtime.Gosched()
+			select {
+			case <-cl.done:
+				return outcome[T]{cl.v, cl.err}, false
+			default:
+			}
+		}
 		t = getTimer(wait)
 		defer putTimer(t)
 	} else {

@@ -17,6 +17,10 @@ var DurationBuckets = []time.Duration{
 }
 
 type catStats struct {
+	// quick is set while the category's last call that ran its course
+	// took under quickCall: such calls wait for their function by
+	// yielding once instead of parking on a timer (see call.await).
+	quick                                                atomic.Bool
 	calls, failed, timeouts, abandoned, canceled, events atomic.Uint64
 	sumNanos                                             atomic.Int64
 	buckets                                              [16]atomic.Uint64 // len(DurationBuckets)+1
@@ -109,8 +113,15 @@ func lenOf(m *map[Category]*catStats) int {
 	return len(*m)
 }
 
-func (g *Guard) record(c Category, op string, budget, d time.Duration, o Outcome) {
-	s := g.stat(c)
+// quickCall is the duration under which a category's calls count as quick.
+const quickCall = 2 * time.Microsecond
+
+func (g *Guard) record(s *catStats, c Category, op string, budget, d time.Duration, o Outcome) {
+	if o == OK || o == Failed {
+		if q := d < quickCall; s.quick.Load() != q {
+			s.quick.Store(q)
+		}
+	}
 	s.calls.Add(1)
 	switch o {
 	case Failed:
