@@ -142,3 +142,26 @@ func TestAbandonedWorkerReturns(t *testing.T) {
 	}
 	sink.one(t)
 }
+
+// After many calls that return at once, a call of the same category that
+// blocks still times out on time and is abandoned: the quick path only
+// changes how the caller first waits.
+func TestQuickCategoryStillTimesOut(t *testing.T) {
+	g, sink := newGuard(t, jsguard.WithPolicy(policyWith(map[jsguard.Category]time.Duration{jsguard.KVGet: 30 * time.Millisecond})))
+	for range 1000 {
+		if err := g.Do(context.Background(), jsguard.KVGet, "hit", func(context.Context) error { return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	release := make(chan struct{})
+	defer close(release)
+	start := time.Now()
+	err := g.Do(context.Background(), jsguard.KVGet, "miss", func(context.Context) error { <-release; return nil })
+	if te := asTimeout(t, err); !te.Abandoned {
+		t.Errorf("Abandoned = false: %v", te)
+	}
+	if el := time.Since(start); el < 30*time.Millisecond || el > 2*time.Second {
+		t.Errorf("returned after %s, want about 30ms", el)
+	}
+	sink.one(t)
+}
