@@ -389,7 +389,7 @@ func TickerLateness(deadlines []time.Time, period time.Duration, phases int, see
 
 // Rows returns scenario 4's rows. Targets: p99 ≤ 0.4 s and max ≤ 0.6 s,
 // raised to the raw markers' p99 + 0.1 s and max + 0.1 s measured in the
-// same run where those are higher (the TTL floor, BASELINES.md).
+// same run where those are higher (the TTL floor).
 func (r ExpiryResult) Rows() []Row {
 	var rows []Row
 	for _, run := range r.Runs {

@@ -10,6 +10,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -71,6 +72,7 @@ func main() {
 		port    = flag.Int("port", 0, "internal: natsd port")
 		store   = flag.String("store", "", "internal: natsd store directory")
 		n       = flag.Int("n", 0, "internal: memseed approvals")
+		render  = flag.String("render", "", "write the docs again from the results.json a run left in its -work directory, with this build's text, without measuring")
 	)
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -83,6 +85,9 @@ func main() {
 	case "":
 	default:
 		exit(fmt.Errorf("unknown role %q", *role))
+	}
+	if *render != "" {
+		exit(renderSaved(*render, *docs))
 	}
 	mode, sz := "quick", quickSizes
 	if *full || !*quick {
@@ -291,22 +296,63 @@ func run(ctx context.Context, mode string, sz sizes, want map[int]bool, root, do
 	if len(want) > 0 {
 		return nil
 	}
-	if err := os.MkdirAll(docs, 0o755); err != nil {
+	snap := snapshot{Mode: mode, Machine: mach, Elapsed: elapsed, Finished: time.Now(), Results: res, Cmdline: cmdline, Waited: waited}
+	if b, err := json.Marshal(&snap); err == nil {
+		saved := filepath.Join(workDir, "results.json")
+		if err := os.WriteFile(saved, b, 0o644); err == nil {
+			logf("saved %s (re-render with -render while it exists)", saved)
+		}
+	}
+	if err := writeDocs(docs, &snap); err != nil {
 		return err
 	}
-	plotsMade, err := writePlots(docs, &res)
-	if err != nil {
-		return fmt.Errorf("plots: %w", err)
-	}
-	path := filepath.Join(docs, "PERFORMANCE.md")
-	if err := os.WriteFile(path, []byte(markdown(mode, mach, elapsed, rows, &res, plotsMade)), 0o644); err != nil {
-		return err
-	}
-	logf("wrote %s and %d plots", path, len(plotsMade))
 	if len(res.Failures) > 0 {
 		return errors.New(strings.Join(res.Failures, "; "))
 	}
 	return nil
+}
+
+// snapshot is a finished run: what its docs are written from.
+type snapshot struct {
+	Mode     string
+	Machine  machine
+	Elapsed  time.Duration
+	Finished time.Time
+	Results  results
+	Cmdline  string
+	Waited   time.Duration
+}
+
+// writeDocs writes PERFORMANCE.md and the plots of snap into docs.
+func writeDocs(docs string, snap *snapshot) error {
+	if err := os.MkdirAll(docs, 0o755); err != nil {
+		return err
+	}
+	plotsMade, err := writePlots(docs, &snap.Results)
+	if err != nil {
+		return fmt.Errorf("plots: %w", err)
+	}
+	cmdline, waited = snap.Cmdline, snap.Waited
+	path := filepath.Join(docs, "PERFORMANCE.md")
+	md := markdown(snap.Mode, snap.Machine, snap.Finished, snap.Elapsed, snap.Results.rows(), &snap.Results, plotsMade)
+	if err := os.WriteFile(path, []byte(md), 0o644); err != nil {
+		return err
+	}
+	logf("wrote %s and %d plots", path, len(plotsMade))
+	return nil
+}
+
+// renderSaved writes the docs of the run saved in file.
+func renderSaved(file, docs string) error {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	var snap snapshot
+	if err := json.Unmarshal(b, &snap); err != nil {
+		return fmt.Errorf("%s: %w", file, err)
+	}
+	return writeDocs(docs, &snap)
 }
 
 func (r *results) rows() []scenarios.Row {
