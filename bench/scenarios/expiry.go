@@ -28,6 +28,11 @@ type ExpiryConfig struct {
 	Sizes         []int           // pending approvals per run (1k, 10k; 100k in full mode)
 	MinTimeout    time.Duration   // timeouts spread over [MinTimeout, MaxTimeout] in whole seconds
 	MaxTimeout    time.Duration   //
+	// LeadPerItem adds n×LeadPerItem (rounded up to whole seconds) to every
+	// timeout at size n, so that all n are created, and pending, before the
+	// first deadline: the lateness of n pending approvals, not of approvals
+	// expiring while others are still being created.
+	LeadPerItem time.Duration
 	Creators      int             // goroutines creating approvals / raw keys
 	TickerPeriods []time.Duration // the in-memory design's scan periods (60s, 10s)
 	TickerPhases  int             // random ticker phases pooled per period
@@ -82,10 +87,12 @@ func Expiry(ctx context.Context, cfg ExpiryConfig, progress func(string)) (Expir
 	return res, nil
 }
 
-// timeoutOf spreads timeouts over whole seconds in [min, max].
-func timeoutOf(cfg ExpiryConfig, i int) time.Duration {
+// timeoutOf spreads the timeouts of n items over whole seconds in [min,
+// max], after the lead for n.
+func timeoutOf(cfg ExpiryConfig, n, i int) time.Duration {
 	lo, hi := int(cfg.MinTimeout/time.Second), int(cfg.MaxTimeout/time.Second)
-	return time.Duration(lo+i%(hi-lo+1)) * time.Second
+	lead := (time.Duration(n)*cfg.LeadPerItem + time.Second - 1).Truncate(time.Second)
+	return lead + time.Duration(lo+i%(hi-lo+1))*time.Second
 }
 
 func expiryAt(ctx context.Context, cfg ExpiryConfig, n int, progress func(string)) (ExpiryRun, error) {
@@ -163,7 +170,7 @@ func rawMarkers(ctx context.Context, js jetstream.JetStream, cfg ExpiryConfig, n
 	for w := range cfg.Creators {
 		wg.Go(func() {
 			for i := w; i < n; i += cfg.Creators {
-				ttl := timeoutOf(cfg, i)
+				ttl := timeoutOf(cfg, n, i)
 				now := time.Now()
 				mu.Lock()
 				due[i] = now.Add(ttl)
@@ -209,7 +216,7 @@ func guardianExpiry(ctx context.Context, url string, js jetstream.JetStream, cfg
 	}
 	kc := kvapprovals.DefaultConfig()
 	kc.MinTimeout = time.Second
-	kc.DefaultTimeout = cfg.MaxTimeout
+	kc.DefaultTimeout = timeoutOf(cfg, n, 0)
 	kc.GracePeriod = 0
 	kc.MaxPending = 0 // one tenant holds them all
 	var wmu sync.Mutex
@@ -275,7 +282,7 @@ func guardianExpiry(ctx context.Context, url string, js jetstream.JetStream, cfg
 	for w := range cfg.Creators {
 		wg.Go(func() {
 			for i := w; i < n; i += cfg.Creators {
-				in := kvapprovals.RequestInput{ID: fmt.Sprintf("a%07d", i), SessionID: "s", RequestedBy: "bench", Timeout: kvapprovals.Duration(timeoutOf(cfg, i))}
+				in := kvapprovals.RequestInput{ID: fmt.Sprintf("a%07d", i), SessionID: "s", RequestedBy: "bench", Timeout: kvapprovals.Duration(timeoutOf(cfg, n, i))}
 				rec, err := svc.Request(ctx, "lat", in)
 				// A request that failed (a guarded write timing out on a
 				// starved machine) is retried with the same id, which

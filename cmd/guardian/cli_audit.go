@@ -313,19 +313,19 @@ func policyCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return apiFailure(stderr, err)
 	}
 	if op == "set" {
-		if err := applyPolicyChanges(&p, changes); err != nil {
-			fmt.Fprintln(stderr, "guardian:", err)
-			return exitError{2}
-		}
-		if err := p.Validate(); err != nil {
-			fmt.Fprintln(stderr, "guardian:", err)
-			return exitError{2}
-		}
 		kv, err := openPolicyBucket(ctx, s.g, s.js)
 		if err != nil {
 			return err
 		}
-		if err := jsguard.NewPolicyStore(s.g, kv).Save(ctx, p); err != nil {
+		// The changes go onto the stored policy (the one in force when
+		// none is stored yet), checked by revision, so two concurrent
+		// sets both take effect.
+		p, err = jsguard.NewPolicyStore(s.g, kv).Update(ctx, p, func(q *jsguard.Policy) error { return applyPolicyChanges(q, changes) })
+		if errors.Is(err, jsguard.ErrInvalidPolicy) {
+			fmt.Fprintln(stderr, "guardian:", err)
+			return exitError{2}
+		}
+		if err != nil {
 			return err
 		}
 		fmt.Fprintf(stderr, "policy stored in %s; running guardians apply it now\n", kv.Bucket())

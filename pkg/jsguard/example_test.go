@@ -165,3 +165,60 @@ func ExampleKV() {
 	// acme.a1 = approved
 	// missing: true timeout: false
 }
+
+func ExamplePolicyStore_Update() {
+	dir, err := os.MkdirTemp("", "jsguard-example")
+	if err != nil {
+		panic(err)
+	}
+	defer os.RemoveAll(dir)
+	s, err := server.NewServer(natstest.Options(dir))
+	if err != nil {
+		panic(err)
+	}
+	go s.Start()
+	defer s.Shutdown()
+	if !s.ReadyForConnections(10 * time.Second) {
+		panic("server not ready")
+	}
+	g, err := jsguard.New()
+	if err != nil {
+		panic(err)
+	}
+	ctx := context.Background()
+	nc, err := g.Connect(ctx, s.ClientURL())
+	if err != nil {
+		panic(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		panic(err)
+	}
+	kv, err := g.EnsureKV(ctx, js, jsguard.PolicyBucketConfig(jsguard.PolicyBucket, 1))
+	if err != nil {
+		panic(err)
+	}
+	store := jsguard.NewPolicyStore(g, kv)
+
+	// Change one budget of the stored policy (the default policy when none
+	// is stored yet); a concurrent change to another entry is kept.
+	p, err := store.Update(ctx, jsguard.DefaultPolicy(), func(p *jsguard.Policy) error {
+		p.Budgets[jsguard.KVGet] = 3 * time.Second
+		return nil
+	})
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("KV get budget:", p.Budget(jsguard.KVGet))
+
+	// A change that does not validate writes nothing.
+	_, err = store.Update(ctx, jsguard.DefaultPolicy(), func(p *jsguard.Policy) error {
+		p.Budgets[jsguard.KVGet] = -time.Second
+		return nil
+	})
+	fmt.Println("invalid:", errors.Is(err, jsguard.ErrInvalidPolicy))
+	// Output:
+	// KV get budget: 3s
+	// invalid: true
+}

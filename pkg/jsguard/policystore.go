@@ -124,7 +124,8 @@ func (s *PolicyStore) Load(ctx context.Context) (Policy, error) {
 }
 
 // Save validates p and writes it as the stored policy (JSON, as
-// Policy.MarshalJSON). Every running store, this one's included, applies it
+// Policy.MarshalJSON), replacing whatever is stored; to change part of the
+// stored policy without losing a concurrent change, use Update. Every running store, this one's included, applies it
 // when its watch sees it. It returns the validation error (wrapping
 // ErrInvalidPolicy) without writing anything when p is invalid, or the KV
 // error or *TimeoutError of the write.
@@ -140,6 +141,59 @@ func (s *PolicyStore) Save(ctx context.Context, p Policy) error {
 		return fmt.Errorf("save policy %s/%s: %w", s.kv.Bucket(), s.key, err)
 	}
 	return nil
+}
+
+// maxUpdateAttempts bounds Update's read-modify-write rounds.
+const maxUpdateAttempts = 8
+
+// Update changes the stored policy without losing a concurrent change: it
+// reads the stored policy (base when none is stored yet), applies change to
+// it, validates the result and writes it back only if the key is still at
+// the revision it read, starting over when another writer got in between.
+// It returns the policy it stored. It returns change's error or the
+// validation error (wrapping ErrInvalidPolicy) without writing anything, an
+// error wrapping jetstream.ErrKeyExists when other writers kept winning for
+// 8 rounds, or the KV error or *TimeoutError of a read or the write.
+func (s *PolicyStore) Update(ctx context.Context, base Policy, change func(*Policy) error) (Policy, error) {
+	for attempt := 1; ; attempt++ {
+		p, rev := base.Clone(), uint64(0)
+		e, err := s.kv.Get(ctx, s.key)
+		switch {
+		case err == nil:
+			if p, err = decodePolicy(e.Value()); err != nil {
+				return Policy{}, fmt.Errorf("update policy %s/%s revision %d: %w", s.kv.Bucket(), s.key, e.Revision(), err)
+			}
+			rev = e.Revision()
+		case !errors.Is(err, jetstream.ErrKeyNotFound):
+			return Policy{}, fmt.Errorf("update policy %s/%s: %w", s.kv.Bucket(), s.key, err)
+		}
+		if err := change(&p); err != nil {
+			return Policy{}, err
+		}
+		if err := p.Validate(); err != nil {
+			return Policy{}, err
+		}
+		b, err := p.MarshalJSON()
+		if err != nil {
+			return Policy{}, fmt.Errorf("update policy: %w", err)
+		}
+		if rev == 0 {
+			_, err = s.kv.Create(ctx, s.key, b)
+		} else {
+			_, err = s.kv.Update(ctx, s.key, b, rev)
+		}
+		lost := errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch)
+		if lost && attempt < maxUpdateAttempts {
+			continue
+		}
+		if lost {
+			return Policy{}, fmt.Errorf("update policy %s/%s: other writers won %d times: %w", s.kv.Bucket(), s.key, attempt, jetstream.ErrKeyExists)
+		}
+		if err != nil {
+			return Policy{}, fmt.Errorf("update policy %s/%s: %w", s.kv.Bucket(), s.key, err)
+		}
+		return p, nil
+	}
 }
 
 func decodePolicy(b []byte) (Policy, error) {

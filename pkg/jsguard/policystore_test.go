@@ -200,3 +200,63 @@ func TestPolicyStore(t *testing.T) {
 		}
 	}
 }
+
+// Concurrent Updates that change different entries all take effect: none
+// is lost to another's write.
+func TestPolicyStoreUpdate(t *testing.T) {
+	s := natstest.Run(t)
+	_, js := natstest.Connect(t, s)
+	ctx := t.Context()
+	g, _ := newGuard(t)
+	kv, err := g.EnsureKV(ctx, js, jetstream.KeyValueConfig{Bucket: jsguard.PolicyBucket})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := jsguard.NewPolicyStore(g, kv)
+
+	// Nothing stored: the first update starts from base.
+	base := policyWith(map[jsguard.Category]time.Duration{jsguard.KVPut: 7 * time.Second})
+	if _, err := store.Update(ctx, base, func(*jsguard.Policy) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	cats := []jsguard.Category{jsguard.KVGet, jsguard.KVDelete, jsguard.NATSPublish, jsguard.NATSSubscribe, jsguard.APIRequest, jsguard.ApprovalCheck}
+	var wg sync.WaitGroup
+	for i, c := range cats {
+		wg.Go(func() {
+			// A fresh store per writer, as separate processes would have.
+			_, err := jsguard.NewPolicyStore(g, kv).Update(ctx, jsguard.DefaultPolicy(), func(p *jsguard.Policy) error {
+				p.Budgets[c] = time.Duration(i+1) * time.Second
+				return nil
+			})
+			if err != nil {
+				t.Errorf("update %s: %v", c, err)
+			}
+		})
+	}
+	wg.Wait()
+	got, err := store.Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range cats {
+		if want := time.Duration(i+1) * time.Second; got.Budget(c) != want {
+			t.Errorf("%s = %s, want %s: a concurrent update was lost", c, got.Budget(c), want)
+		}
+	}
+	if got.Budget(jsguard.KVPut) != 7*time.Second {
+		t.Errorf("KV_PUT = %s, want the base's 7s", got.Budget(jsguard.KVPut))
+	}
+
+	// An invalid result writes nothing.
+	e, err := kv.Raw().Get(ctx, jsguard.PolicyKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = store.Update(ctx, base, func(p *jsguard.Policy) error { p.Budgets[jsguard.KVGet] = -time.Second; return nil })
+	if !errors.Is(err, jsguard.ErrInvalidPolicy) {
+		t.Fatalf("invalid update: %v, want ErrInvalidPolicy", err)
+	}
+	if e2, err := kv.Raw().Get(ctx, jsguard.PolicyKey); err != nil || e2.Revision() != e.Revision() {
+		t.Errorf("revision %d -> %v (%v): an invalid update wrote", e.Revision(), e2, err)
+	}
+}

@@ -2,6 +2,7 @@ package kvapprovals
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync/atomic"
 	"testing"
@@ -49,4 +50,35 @@ func BenchmarkRequest(b *testing.B) {
 		})
 		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "creates/s")
 	})
+}
+
+// BenchmarkExpiry measures how fast a backlog of fired timers turns into
+// expired records and expired events: b.N approvals with a 1s timeout are
+// created while the notifier runs, their timers fire while the expirer is
+// stopped, then the expirer starts and the clock runs until the notifier has
+// published every expired event. Run with -benchtime 20000x.
+func BenchmarkExpiry(b *testing.B) {
+	e := newEnv(b, func(c *Config) { c.GracePeriod = 0; c.MaxPending = 0 })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	notifierDone := make(chan error, 1)
+	go func() { notifierDone <- e.svc.Notifier().Run(ctx) }()
+	requestMany(b, e.svc, "bench", b.N, func(int) time.Duration { return time.Second })
+	wantEvents := uint64(b.N)
+	for e.svc.Stats().EventsPublished < wantEvents {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(2500 * time.Millisecond) // every timer has fired
+	b.ResetTimer()
+	expirerDone := make(chan error, 1)
+	go func() { expirerDone <- e.svc.Expirer(WithoutStartSweep()).Run(ctx) }()
+	for e.svc.Stats().EventsPublished < 2*wantEvents {
+		time.Sleep(time.Millisecond)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "expiries/s")
+	cancel()
+	if err := errors.Join(<-notifierDone, <-expirerDone); err != nil {
+		b.Fatal(err)
+	}
 }

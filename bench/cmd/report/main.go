@@ -231,7 +231,7 @@ func run(ctx context.Context, mode string, sz sizes, want map[int]bool, root, do
 	})
 	timed(4, func() error {
 		r, err := scenarios.Expiry(ctx, scenarios.ExpiryConfig{
-			Sizes: sz.ExpirySizes, MinTimeout: time.Second, MaxTimeout: 10 * time.Second, Creators: 8,
+			Sizes: sz.ExpirySizes, MinTimeout: time.Second, MaxTimeout: 10 * time.Second, LeadPerItem: 250 * time.Microsecond, Creators: 8,
 			TickerPeriods: []time.Duration{60 * time.Second, 10 * time.Second}, TickerPhases: sz.TickerPhases,
 		}, func(s string) { logf("%s", s) })
 		res.Expiry = &r
