@@ -25,14 +25,14 @@ import (
 
 // ExpiryConfig sizes scenario 4.
 type ExpiryConfig struct {
-	Sizes         []int           // pending approvals per run (1k, 10k; 100k in full mode)
-	MinTimeout    time.Duration   // timeouts spread over [MinTimeout, MaxTimeout] in whole seconds
-	MaxTimeout    time.Duration   //
+	Sizes      []int         // pending approvals per run (1k, 10k; 100k in full mode)
+	MinTimeout time.Duration // timeouts spread over [MinTimeout, MaxTimeout] in whole seconds
+	MaxTimeout time.Duration //
 	// LeadPerItem adds n×LeadPerItem (rounded up to whole seconds) to every
 	// timeout at size n, so that all n are created, and pending, before the
 	// first deadline: the lateness of n pending approvals, not of approvals
 	// expiring while others are still being created.
-	LeadPerItem time.Duration
+	LeadPerItem   time.Duration
 	Creators      int             // goroutines creating approvals / raw keys
 	TickerPeriods []time.Duration // the in-memory design's scan periods (60s, 10s)
 	TickerPhases  int             // random ticker phases pooled per period
