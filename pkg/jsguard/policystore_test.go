@@ -247,6 +247,32 @@ func TestPolicyStoreUpdate(t *testing.T) {
 		t.Errorf("KV_PUT = %s, want the base's 7s", got.Budget(jsguard.KVPut))
 	}
 
+	// A writer that gets in between Update's read and its write: Update
+	// starts over from what that writer stored, so both changes stay.
+	calls := 0
+	_, err = store.Update(ctx, base, func(p *jsguard.Policy) error {
+		calls++
+		if calls == 1 {
+			other := got.Clone()
+			other.Budgets[jsguard.KVCreate] = 9 * time.Second
+			if err := store.Save(ctx, other); err != nil {
+				t.Fatal(err)
+			}
+		}
+		p.Budgets[jsguard.NATSConnect] = 11 * time.Second
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err = store.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if calls != 2 || got.Budget(jsguard.KVCreate) != 9*time.Second || got.Budget(jsguard.NATSConnect) != 11*time.Second {
+		t.Errorf("after an interleaved write: %d rounds, KV_CREATE %s, NATS_CONNECT %s; want 2 rounds, 9s and 11s",
+			calls, got.Budget(jsguard.KVCreate), got.Budget(jsguard.NATSConnect))
+	}
+
 	// An invalid result writes nothing.
 	e, err := kv.Raw().Get(ctx, jsguard.PolicyKey)
 	if err != nil {
