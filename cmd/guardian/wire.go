@@ -108,14 +108,28 @@ func wire(ctx context.Context, cfg *config, g *jsguard.Guard, js jetstream.JetSt
 		return nil, fmt.Errorf("policy bucket: %w", err)
 	}
 	store := jsguard.NewPolicyStore(g, pkv)
-	if p, err := store.Load(ctx); err == nil {
-		if err := g.SetPolicy(p); err != nil {
+	// Retried like provisioning: right after a replicated bucket is
+	// created, its reads can find no responder for a moment.
+	var stored *jsguard.Policy
+	err = provision(ctx, log, "policy load", func(ctx context.Context) error {
+		p, err := store.Load(ctx)
+		if err == nil {
+			stored = &p
+		}
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			return nil
+		}
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load policy: %w", err)
+	}
+	if stored != nil {
+		if err := g.SetPolicy(*stored); err != nil {
 			log.Error("policy in the bucket is invalid; keeping the environment's", "bucket", pkv.Bucket(), "err", err)
 		} else {
 			log.Info("policy loaded from bucket", "bucket", pkv.Bucket())
 		}
-	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, fmt.Errorf("load policy: %w", err)
 	}
 	w.parts = append(w.parts, part{"policy-watch", store.Run})
 
