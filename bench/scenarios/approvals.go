@@ -186,6 +186,15 @@ type approvalLoad struct {
 // rawBlock runs sync kv.Create with c goroutines for d and returns creates
 // per second.
 func (a *approvalLoad) rawBlock(ctx context.Context, c int, d time.Duration) (float64, error) {
+	return closedLoop(c, d, func() error {
+		_, err := a.raw.Create(ctx, "k"+strconv.FormatInt(a.rawNext.Add(1), 10), a.value)
+		return err
+	})
+}
+
+// closedLoop runs op in a loop on c goroutines for d and returns completed
+// ops per second; a goroutine stops at its first error, which is returned.
+func closedLoop(c int, d time.Duration, op func() error) (float64, error) {
 	var n atomic.Int64
 	var wg sync.WaitGroup
 	errs := make(chan error, c)
@@ -193,8 +202,7 @@ func (a *approvalLoad) rawBlock(ctx context.Context, c int, d time.Duration) (fl
 	for range c {
 		wg.Go(func() {
 			for time.Since(start) < d {
-				k := "k" + strconv.FormatInt(a.rawNext.Add(1), 10)
-				if _, err := a.raw.Create(ctx, k, a.value); err != nil {
+				if err := op(); err != nil {
 					errs <- err
 					return
 				}
@@ -297,31 +305,15 @@ func (a *approvalLoad) startFloor(ctx context.Context, url string) (stop func(),
 // floorBlock sends requests to the design floor's endpoint with c in
 // flight for d and returns replies per second.
 func (a *approvalLoad) floorBlock(ctx context.Context, c int, d time.Duration) (float64, error) {
-	var n atomic.Int64
-	var wg sync.WaitGroup
-	errs := make(chan error, c)
-	start := time.Now()
-	for range c {
-		wg.Go(func() {
-			for time.Since(start) < d {
-				rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-				m, err := a.nc.RequestWithContext(rctx, "bench.floor", a.value)
-				cancel()
-				if err == nil && m.Header.Get(micro.ErrorCodeHeader) != "" {
-					err = fmt.Errorf("%s", m.Header.Get(micro.ErrorHeader))
-				}
-				if err != nil {
-					errs <- err
-					return
-				}
-				n.Add(1)
-			}
-		})
-	}
-	wg.Wait()
-	el := time.Since(start)
-	close(errs)
-	return float64(n.Load()) / el.Seconds(), <-errs
+	return closedLoop(c, d, func() error {
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		m, err := a.nc.RequestWithContext(rctx, "bench.floor", a.value)
+		if err == nil && m.Header.Get(micro.ErrorCodeHeader) != "" {
+			err = fmt.Errorf("%s", m.Header.Get(micro.ErrorHeader))
+		}
+		return err
+	})
 }
 
 // caughtUp waits until the events stream holds a requested event for

@@ -106,29 +106,35 @@ func ExampleCache() {
 	// uncached: true
 }
 
-func ExampleKV() {
-	// An embedded JetStream server, as guardian serve starts without a URL.
+// exampleServer starts an embedded JetStream server in a temporary
+// directory and returns its URL and a function that stops it.
+func exampleServer() (url string, stop func()) {
 	dir, err := os.MkdirTemp("", "jsguard-example")
 	if err != nil {
 		panic(err)
 	}
-	defer os.RemoveAll(dir)
 	s, err := server.NewServer(natstest.Options(dir))
 	if err != nil {
 		panic(err)
 	}
 	go s.Start()
-	defer s.Shutdown()
 	if !s.ReadyForConnections(10 * time.Second) {
 		panic("server not ready")
 	}
+	return s.ClientURL(), func() { s.Shutdown(); s.WaitForShutdown(); os.RemoveAll(dir) }
+}
+
+func ExampleKV() {
+	// An embedded JetStream server, as guardian serve starts without a URL.
+	url, stop := exampleServer()
+	defer stop()
 
 	g, err := jsguard.New()
 	if err != nil {
 		panic(err)
 	}
 	ctx := context.Background()
-	nc, err := g.Connect(ctx, s.ClientURL()) // under TIMEOUT_NATS_CONNECT's budget
+	nc, err := g.Connect(ctx, url) // under TIMEOUT_NATS_CONNECT's budget
 	if err != nil {
 		panic(err)
 	}
@@ -167,26 +173,14 @@ func ExampleKV() {
 }
 
 func ExamplePolicyStore_Update() {
-	dir, err := os.MkdirTemp("", "jsguard-example")
-	if err != nil {
-		panic(err)
-	}
-	defer os.RemoveAll(dir)
-	s, err := server.NewServer(natstest.Options(dir))
-	if err != nil {
-		panic(err)
-	}
-	go s.Start()
-	defer s.Shutdown()
-	if !s.ReadyForConnections(10 * time.Second) {
-		panic("server not ready")
-	}
+	url, stop := exampleServer()
+	defer stop()
 	g, err := jsguard.New()
 	if err != nil {
 		panic(err)
 	}
 	ctx := context.Background()
-	nc, err := g.Connect(ctx, s.ClientURL())
+	nc, err := g.Connect(ctx, url)
 	if err != nil {
 		panic(err)
 	}
