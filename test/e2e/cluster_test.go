@@ -28,6 +28,9 @@ func TestClusterLeaderKilled(t *testing.T) {
 		"GUARDIAN_REPLICAS":              "3",
 		"GUARDIAN_AUDIT_ALERT_THRESHOLD": "0",
 		"GUARDIAN_TIMEOUT_NATS_PUBLISH":  "3s",
+		// Every request is a new pending approval of one tenant: no cap,
+		// however many the run manages.
+		"GUARDIAN_APPROVAL_MAX_PENDING": "0",
 	})
 	nc, js := connect(t, urls)
 	c := newClient(t, nc, 2*time.Second)
