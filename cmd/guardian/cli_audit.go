@@ -42,12 +42,25 @@ Counts the events stored in the last --window per minute, tenant and code.`,
 
 Checks the seals (signed hashes over ranges of events) of the live stream, or
 of an export with --file, and exits with status 1 when anything was altered,
-removed or inserted. KEY is the sealer's public key, logged by 'guardian
-serve' at start when GUARDIAN_AUDIT_SEAL_SEED is set.`,
+removed, inserted or stored twice, when the head is gone while younger than
+the retention, when the latest seal is older than one seal interval plus
+slack (a cut tail, or no sealer running), or when the retention was
+shortened. KEY is the sealer's public key, logged by 'guardian serve' at
+start when GUARDIAN_AUDIT_SEAL_SEED is set.
+
+It reads the trail once, in bounded memory, and shows its progress on a
+terminal. --json prints the report as JSON.
+
+Examples:
+  guardian audit verify --public-key U...
+  guardian audit verify --public-key U... --file audit.jsonl --chain-head 4711:3f5a...`,
 	"export": `audit export [flags]
 
-Writes the whole audit stream, events and seals, as JSON lines: for archiving,
-and for 'guardian audit verify --file' offline.`,
+Writes the whole audit stream, events and seals, as JSON lines: a header
+with the export's anchors (time, first and last sequence, limits, chain
+head), then every message, for archiving and for 'guardian audit verify
+--file' offline. It prints the chain head (SEQ:HASH) on standard error:
+keep it apart from the file and give it to verify --chain-head.`,
 }
 
 func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -58,10 +71,11 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	acfg := auditstream.DefaultConfig()
 	fs.StringVar(&acfg.Stream, "stream", acfg.Stream, "audit stream name")
 	var (
-		tenant, code, file, key, out *string
-		since, window                *time.Duration
-		seq                          *uint64
-		follow                       *bool
+		tenant, code, file, key, out, head *string
+		since, window, retention           *time.Duration
+		progress                           *bool
+		seq                                *uint64
+		follow                             *bool
 	)
 	switch op {
 	case "tail":
@@ -77,6 +91,9 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	case "verify":
 		file = fs.String("file", "", "verify this export (from 'guardian audit export') instead of the live stream")
 		key = fs.String("public-key", os.Getenv("GUARDIAN_AUDIT_SEAL_PUBLIC_KEY"), "the sealer's public key (logged by 'guardian serve' at start; GUARDIAN_AUDIT_SEAL_PUBLIC_KEY)")
+		retention = fs.Duration("retention", 0, "the retention the trail must keep at least, e.g. 2160h; a shorter MaxAge is reported (default: not checked)")
+		head = fs.String("chain-head", "", "SEQ:HASH printed by 'guardian audit export': the trail must contain this seal")
+		progress = fs.Bool("progress", isTerminal(stderr), "show progress on standard error (default: when it is a terminal)")
 	case "export":
 		out = fs.String("out", "-", "file to write, - for standard output")
 	}
@@ -91,13 +108,37 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintln(stderr, "guardian: --public-key is required (the sealer's public key, printed by 'guardian serve' at start)")
 		return exitError{2}
 	}
+	var vopts []auditstream.VerifyOption
+	if op == "verify" {
+		if *head != "" {
+			h, err := auditstream.ParseChainHead(*head)
+			if err != nil {
+				fmt.Fprintf(stderr, "guardian: --chain-head: %v\n", err)
+				return exitError{2}
+			}
+			vopts = append(vopts, auditstream.WithChainHead(h))
+		}
+		if *retention < 0 {
+			fmt.Fprintln(stderr, "guardian: --retention must not be negative")
+			return exitError{2}
+		}
+		if *retention > 0 {
+			vopts = append(vopts, auditstream.WithRetention(*retention))
+		}
+		if *progress {
+			vopts = append(vopts, auditstream.WithProgress(progressPrinter(stderr)))
+		}
+	}
 	if op == "verify" && *file != "" {
 		f, err := os.Open(*file)
 		if err != nil {
 			return err
 		}
 		defer f.Close()
-		rep, err := auditstream.VerifyExportConfig(f, acfg, *key)
+		rep, err := auditstream.VerifyExportConfig(f, acfg, *key, vopts...)
+		if *progress {
+			fmt.Fprintln(stderr)
+		}
 		if err != nil {
 			return err
 		}
@@ -138,9 +179,10 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintf(stdout, "total %d events from %s to %s\n", c.Total, c.From.Format(time.RFC3339), c.To.Format(time.RFC3339))
 		return nil
 	case "verify":
-		cctx, cancel := context.WithTimeout(ctx, max(cf.timeout, time.Minute))
-		defer cancel()
-		rep, err := auditstream.Verify(cctx, s.js, acfg, *key)
+		rep, err := auditstream.Verify(ctx, s.js, acfg, *key, vopts...)
+		if *progress {
+			fmt.Fprintln(stderr)
+		}
 		if err != nil {
 			return err
 		}
@@ -155,9 +197,14 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			defer f.Close()
 			w = f
 		}
-		cctx, cancel := context.WithTimeout(ctx, max(cf.timeout, 10*time.Minute))
-		defer cancel()
-		return auditstream.Export(cctx, s.js, acfg, w)
+		head, err := auditstream.Export(ctx, s.js, acfg, w)
+		if err != nil {
+			return err
+		}
+		if head.Seq != 0 {
+			fmt.Fprintf(stderr, "chain head %s (keep it apart from the export; verify --file with --chain-head %s)\n", head, head)
+		}
+		return nil
 	}
 	return nil
 }
@@ -213,6 +260,21 @@ func printJSONLine(w io.Writer, v any) error {
 	return err
 }
 
+// progressPrinter returns a progress callback that rewrites one line on w:
+// messages read, their rate and, when the total is known, the time left.
+func progressPrinter(w io.Writer) func(auditstream.Progress) {
+	return func(p auditstream.Progress) {
+		rate := float64(p.Done) / max(p.Elapsed.Seconds(), 1e-3)
+		line := fmt.Sprintf("verify: %d messages, %.0f msg/s", p.Done, rate)
+		if p.Total > 0 {
+			left := time.Duration(float64(p.Total-min(p.Done, p.Total)) / max(rate, 1) * float64(time.Second))
+			line = fmt.Sprintf("verify: %d of %d messages (%.0f%%), %.0f msg/s, ETA %s", p.Done, p.Total,
+				100*float64(p.Done)/float64(p.Total), rate, left.Round(time.Second))
+		}
+		fmt.Fprintf(w, "\r%-78s", line)
+	}
+}
+
 func printReport(w io.Writer, rep *auditstream.Report, asJSON bool) error {
 	if asJSON {
 		if err := printJSON(w, rep); err != nil {
@@ -221,6 +283,9 @@ func printReport(w io.Writer, rep *auditstream.Report, asJSON bool) error {
 	} else {
 		fmt.Fprintf(w, "events %d, seals %d, sequences %d-%d\n", rep.Events, rep.Seals, rep.FirstSeq, rep.LastSeq)
 		fmt.Fprintf(w, "sealed ranges verified: %d of %d\n", rep.RangesVerified, len(rep.Ranges))
+		if rep.Head.Seq != 0 {
+			fmt.Fprintf(w, "chain head: %s (sealed %s)\n", rep.Head, rep.Head.Time.Format(time.RFC3339))
+		}
 		if rep.Unsealed.Events > 0 {
 			fmt.Fprintf(w, "unsealed tail: %d events (not verifiable until the next seal)\n", rep.Unsealed.Events)
 		}

@@ -222,9 +222,10 @@ func (c *Config) SealSubject() string { return c.SubjectPrefix + ".seal" }
 
 // Subject returns the subject of an event: SubjectPrefix.<tenant>.<code>,
 // with the tenant encoded by TenantToken. It returns an error wrapping
-// ErrInvalidEvent when code is not a TIMEOUT_[A-Z0-9_]+ audit code.
+// ErrInvalidEvent when code is neither a TIMEOUT_[A-Z0-9_]+ audit code nor
+// an AUDIT_[A-Z0-9_]+ integrity code (such as ForgedSealCode).
 func (c *Config) Subject(tenant, code string) (string, error) {
-	if _, err := jsguard.ParseCode(code); err != nil {
+	if _, err := jsguard.ParseCode(code); err != nil && !integrityCode.MatchString(code) {
 		return "", fmt.Errorf("%w: %w", ErrInvalidEvent, err)
 	}
 	return c.SubjectPrefix + "." + TenantToken(tenant) + "." + code, nil

@@ -1,23 +1,17 @@
 package auditstream
 
 import (
-	"bufio"
-	"bytes"
 	"cmp"
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
-	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 )
 
@@ -36,7 +30,8 @@ const (
 	// sequence is not above the one before; in a range, an event at a
 	// position other than the one its seal recorded.
 	Reordered ProblemKind = "reordered"
-	// Duplicated: the same sequence appears more than once in an export.
+	// Duplicated: the same sequence appears more than once in an export,
+	// or the same event id (Nats-Msg-Id) is stored more than once.
 	Duplicated ProblemKind = "duplicated"
 	// BrokenChain: a seal does not continue the chain: its previous seal
 	// is missing or altered, or its range does not start right after the
@@ -48,20 +43,37 @@ const (
 	// BadSeal: a message on the seal subject is not a well-formed seal of
 	// this stream.
 	BadSeal ProblemKind = "bad_seal"
+	// MissingHead: messages before the first retained one (Seq..LastSeq)
+	// are gone although a seal shows they were younger than the retention
+	// window (MaxAge) when verified, or the stream keeps events forever.
+	MissingHead ProblemKind = "missing_head"
+	// MissingTail: the trail ends before its anchors: the latest seal is
+	// older than one seal interval plus slack at verification (or export)
+	// time, an export ends before the chain head its header names, or
+	// there is no valid seal at all.
+	MissingTail ProblemKind = "missing_tail"
+	// RetentionChanged: a seal, the stream or the export header keeps
+	// events for less time (or fewer of them) than the seal before it, or
+	// than the retention Verify was told to expect.
+	RetentionChanged ProblemKind = "retention_changed"
+	// Unanchored: an export has no header with its anchors (an export of
+	// an older guardian), so a cut at its head or tail cannot be told from
+	// a whole file.
+	Unanchored ProblemKind = "unanchored"
 )
 
 // Problem is one finding of Verify or VerifyExport.
 type Problem struct {
-	Kind ProblemKind
+	Kind ProblemKind `json:"kind"`
 	// Seq is the message or seal concerned; for Missing, the first
 	// sequence of the gap.
-	Seq uint64
+	Seq uint64 `json:"seq"`
 	// LastSeq is the last sequence of a Missing gap; Seq otherwise.
-	LastSeq uint64
+	LastSeq uint64 `json:"last_seq"`
 	// SealSeq is the seal whose range holds Seq, or 0 when none does.
-	SealSeq uint64
+	SealSeq uint64 `json:"seal_seq,omitempty"`
 	// Detail explains the problem in words.
-	Detail string
+	Detail string `json:"detail"`
 }
 
 // String returns e.g. "missing: seq 42 (sealed by seq 101): ...".
@@ -82,22 +94,51 @@ func (p Problem) String() string {
 // Range is a span of stream sequences covered by one seal, or the unsealed
 // tail.
 type Range struct {
-	First, Last uint64
+	First uint64 `json:"first"`
+	Last  uint64 `json:"last"`
 	// SealSeq is the sequence of the covering seal; 0 for the unsealed
 	// tail.
-	SealSeq uint64
+	SealSeq uint64 `json:"seal_seq,omitempty"`
 	// SealTime is when the seal was made.
-	SealTime time.Time
+	SealTime time.Time `json:"seal_time,omitzero"`
 	// Events is the number of events the seal covers, or the number of
 	// events in the unsealed tail.
-	Events int
+	Events int `json:"events"`
 	// Verified is true when every event is present and matches and the
 	// seal's signature and chain check out.
-	Verified bool
+	Verified bool `json:"verified"`
 	// Partial is true when the range starts before the first retained
 	// message (MaxAge removed the rest), so only its remaining events were
 	// checked against the seal's digests.
-	Partial bool
+	Partial bool `json:"partial,omitempty"`
+}
+
+// ChainHead names the latest message on the seal subject: its sequence,
+// the hex SHA-256 of its data (the prev_hash its successor will record)
+// and, for a well-formed seal, its time. Export records it in the export's
+// header; keep it apart from the file to tell later whether the file was
+// cut (WithChainHead).
+type ChainHead struct {
+	Seq  uint64    `json:"seq"`
+	Hash string    `json:"hash"`
+	Time time.Time `json:"time,omitzero"`
+}
+
+// String returns "SEQ:HASH", the form ParseChainHead reads.
+func (h ChainHead) String() string { return strconv.FormatUint(h.Seq, 10) + ":" + h.Hash }
+
+// ParseChainHead parses "SEQ:HASH" as printed by ChainHead.String. It
+// returns an error naming the part that is malformed.
+func ParseChainHead(s string) (ChainHead, error) {
+	seqStr, hash, ok := strings.Cut(s, ":")
+	seq, err := strconv.ParseUint(seqStr, 10, 64)
+	if !ok || err != nil || seq == 0 {
+		return ChainHead{}, fmt.Errorf("chain head %q: want SEQ:HASH with SEQ a stream sequence", s)
+	}
+	if b, err := hex.DecodeString(hash); err != nil || len(b) != sha256.Size {
+		return ChainHead{}, fmt.Errorf("chain head %q: HASH must be 64 hex digits", s)
+	}
+	return ChainHead{Seq: seq, Hash: hash}, nil
 }
 
 // maxProblems bounds Report.Problems; the rest are only counted.
@@ -106,21 +147,31 @@ const maxProblems = 1000
 // Report is the outcome of Verify or VerifyExport.
 type Report struct {
 	// FirstSeq and LastSeq bound the sequences examined.
-	FirstSeq, LastSeq uint64
+	FirstSeq uint64 `json:"first_seq"`
+	LastSeq  uint64 `json:"last_seq"`
 	// Events and Seals count the messages examined.
-	Events, Seals int
+	Events int `json:"events"`
+	Seals  int `json:"seals"`
 	// Ranges lists every range covered by a well-formed, correctly signed
 	// seal, in order.
-	Ranges []Range
+	Ranges []Range `json:"ranges"`
 	// RangesVerified counts the ranges with Verified set.
-	RangesVerified int
+	RangesVerified int `json:"ranges_verified"`
 	// Unsealed is the tail of events after the last sealed range (Events
 	// 0 when there is none). It cannot be verified yet.
-	Unsealed Range
+	Unsealed Range `json:"unsealed"`
+	// Head is the latest correctly signed seal (zero when there is none).
+	Head ChainHead `json:"head"`
+	// Retention is the MaxAge of the stream (or the export's header) that
+	// the head was checked against; 0 keeps events forever.
+	Retention time.Duration `json:"retention"`
+	// VerifiedAt is the time the head and tail were judged at: the
+	// verification time for Verify, the export time for VerifyExport.
+	VerifiedAt time.Time `json:"verified_at"`
 	// Problems lists the findings in sequence order, at most 1000.
-	Problems []Problem
+	Problems []Problem `json:"problems"`
 	// Omitted counts findings beyond those listed.
-	Omitted int
+	Omitted int `json:"omitted"`
 }
 
 // OK reports whether verification found no problem. An unsealed tail is
@@ -140,6 +191,62 @@ func (r *Report) Err() error {
 	return fmt.Errorf("%w: %s (and %d more)", ErrTampered, r.Problems[0], n-1)
 }
 
+// Progress is how far a verification got: Done messages of Total (0 when
+// unknown) after Elapsed.
+type Progress struct {
+	Done, Total uint64
+	Elapsed     time.Duration
+}
+
+// VerifyOption changes how Verify and VerifyExport judge a trail.
+type VerifyOption func(*verifyOptions)
+
+type verifyOptions struct {
+	now       time.Time
+	progress  func(Progress)
+	retention time.Duration
+	head      *ChainHead
+	idBatch   int
+}
+
+// WithVerifyTime sets the time the head and tail are judged at (default:
+// the current time for Verify, the export's time for VerifyExport).
+func WithVerifyTime(t time.Time) VerifyOption {
+	return func(o *verifyOptions) { o.now = t }
+}
+
+// WithProgress calls fn about every 100,000 messages and once at the end.
+// fn runs on the verifying goroutine.
+func WithProgress(fn func(Progress)) VerifyOption {
+	return func(o *verifyOptions) { o.progress = fn }
+}
+
+// WithRetention sets the retention the trail must keep at least: a stream
+// or export whose MaxAge is shorter (other than 0, forever) is reported as
+// RetentionChanged, and a head removed younger than d is reported as
+// MissingHead even when the stream's own MaxAge was shortened too.
+func WithRetention(d time.Duration) VerifyOption {
+	return func(o *verifyOptions) { o.retention = d }
+}
+
+// WithChainHead makes verification require the seal h (as printed by
+// Export or a Report's Head): a trail without it at h.Seq, or with other
+// data there, is reported as MissingTail.
+func WithChainHead(h ChainHead) VerifyOption {
+	return func(o *verifyOptions) { o.head = &h }
+}
+
+// withIDBatch bounds how many event ids one pass of the duplicate check
+// holds (tests use small batches to exercise several passes).
+func withIDBatch(n int) VerifyOption {
+	return func(o *verifyOptions) { o.idBatch = n }
+}
+
+// defaultIDBatch is how many event ids one duplicate-check pass holds: 24
+// bytes each, so about 48 MiB. A larger trail takes extra passes over the
+// message ids.
+const defaultIDBatch = 2_000_000
+
 // record is one stream message as verification sees it.
 type record struct {
 	Seq     uint64
@@ -150,27 +257,65 @@ type record struct {
 	Header  nats.Header
 }
 
-// entry is what the verifier keeps of a message: for an event its leaf,
-// for a seal its chain hash and data.
-type entry struct {
+// pend is an event after the last trusted range, not yet covered.
+type pend struct {
 	seq  uint64
 	leaf [32]byte
-	seal []byte // non-nil for a message on the seal subject
 }
 
-// verifier checks a sequence of records against their seals. Records are
-// added in the order they were read (which for an export may be wrong) and
-// checked in sequence order by finish.
+// gap is a run of absent sequences not yet attributed to a range.
+type gap struct{ first, last uint64 }
+
+// trusted is what the verifier keeps of a correctly signed seal.
+type trusted struct {
+	seq      uint64
+	sl       seal
+	hash     string
+	verified bool
+}
+
+// recentSeals bounds the seal-subject messages kept for chain lookups.
+const recentSeals = 4096
+
+// bounds is what the verifier knows of the trail before reading it.
+type bounds struct {
+	first, last uint64 // retained sequences; last 0 when unknown
+	now         time.Time
+	retention   time.Duration // the stream's (or export header's) MaxAge
+	maxMsgs     int64
+	maxBytes    int64
+	head        *ChainHead // the export header's chain head
+	anchored    bool       // the trail has anchors (a live stream or an export with a header)
+}
+
+// verifier checks a trail message by message, in sequence order, holding
+// only the events since the last trusted seal, recent seals and one batch
+// of event ids.
 type verifier struct {
 	stream, sealSubject string
 	key                 nkeys.KeyPair
 	pub                 string
-	entries             []entry
-	prev                uint64 // the highest sequence added so far
-	r                   Report
+	o                   verifyOptions
+	b                   bounds
+
+	next     uint64 // the sequence expected next; 0 before the first
+	pending  []pend
+	gaps     []gap
+	seals    map[uint64][32]byte // recent seal-subject messages: chain hash
+	sealSeqs []uint64
+	lastSubj ChainHead // the latest correctly signed seal
+	lastLine ChainHead // the latest message on the seal subject
+	prev     *trusted  // the latest trusted seal
+	oldest   bool      // the first trusted seal was checked against the head
+
+	ids    idBatch
+	r      Report
+	done   uint64
+	start  time.Time
+	nextPg uint64
 }
 
-func newVerifier(cfg *Config, publicKey string) (*verifier, error) {
+func newVerifier(cfg *Config, publicKey string, opts []VerifyOption) (*verifier, error) {
 	kp, err := nkeys.FromPublicKey(publicKey)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidKey, err)
@@ -178,7 +323,25 @@ func newVerifier(cfg *Config, publicKey string) (*verifier, error) {
 	if p := nkeys.Prefix(publicKey); p != nkeys.PrefixByteAccount && p != nkeys.PrefixByteUser {
 		return nil, fmt.Errorf("%w: must be an account (A…) or user (U…) public key", ErrInvalidKey)
 	}
-	return &verifier{stream: cfg.Stream, sealSubject: cfg.SealSubject(), key: kp, pub: publicKey}, nil
+	v := &verifier{stream: cfg.Stream, sealSubject: cfg.SealSubject(), key: kp, pub: publicKey,
+		seals: map[uint64][32]byte{}, start: time.Now(), nextPg: progressEvery}
+	v.o.idBatch = defaultIDBatch
+	for _, f := range opts {
+		f(&v.o)
+	}
+	return v, nil
+}
+
+// begin sets what is known of the trail before it is read; pass 0 of the
+// duplicate check takes the ids of sequences with pass(seq)==0.
+func (v *verifier) begin(b bounds, passes int) {
+	if !v.o.now.IsZero() {
+		b.now = v.o.now
+	}
+	v.b = b
+	v.r.VerifiedAt = b.now
+	v.r.Retention = b.retention
+	v.ids = idBatch{passes: max(passes, 1)}
 }
 
 func (v *verifier) problem(p Problem) {
@@ -192,165 +355,270 @@ func (v *verifier) problem(p Problem) {
 	v.r.Problems = append(v.r.Problems, p)
 }
 
+const progressEvery = 100_000
+
+func (v *verifier) tick(total uint64) {
+	v.done++
+	if v.o.progress != nil && v.done >= v.nextPg {
+		v.nextPg += progressEvery
+		v.o.progress(Progress{Done: v.done, Total: total, Elapsed: time.Since(v.start)})
+	}
+}
+
+// add checks one message. Messages must come in sequence order; one that
+// does not (in an export) is reported and otherwise ignored.
 func (v *verifier) add(rec record) {
-	if rec.Seq < v.prev {
-		v.problem(Problem{Kind: Reordered, Seq: rec.Seq, Detail: fmt.Sprintf("appears after seq %d", v.prev)})
+	v.tick(v.total())
+	if v.next != 0 && rec.Seq < v.next {
+		if !v.fill(rec) {
+			v.problem(Problem{Kind: Duplicated, Seq: rec.Seq, Detail: "sequence appears more than once"})
+			return
+		}
+		v.problem(Problem{Kind: Reordered, Seq: rec.Seq, Detail: fmt.Sprintf("appears after seq %d", v.next-1)})
+		return
 	}
-	v.prev = max(v.prev, rec.Seq)
-	e := entry{seq: rec.Seq}
+	if v.r.FirstSeq == 0 {
+		v.r.FirstSeq = rec.Seq
+	}
+	v.r.LastSeq = rec.Seq
+	from := max(v.next, v.b.first)
+	if v.next == 0 && !v.b.anchored {
+		from = rec.Seq // an export without anchors starts where it starts
+	}
+	if rec.Seq > from && from != 0 {
+		v.gaps = append(v.gaps, gap{from, rec.Seq - 1})
+	}
+	v.next = rec.Seq + 1
 	if rec.Subject == v.sealSubject {
-		e.seal = rec.Data
-		if e.seal == nil {
-			e.seal = []byte{}
-		}
-		e.leaf = sha256.Sum256(rec.Data)
-	} else {
-		e.leaf = leaf(rec.Subject, rec.MsgID, rec.Data)
-	}
-	v.entries = append(v.entries, e)
-}
-
-// find returns the index of the first entry with seq >= seq.
-func (v *verifier) find(seq uint64) int {
-	i, _ := slices.BinarySearchFunc(v.entries, seq, func(e entry, s uint64) int { return cmp.Compare(e.seq, s) })
-	return i
-}
-
-// finish checks everything added. Sequences below firstRetained are taken
-// as removed by the stream's limits; lastSeq is the stream's last sequence
-// (0 when unknown, as for an export).
-func (v *verifier) finish(firstRetained, lastSeq uint64) Report {
-	slices.SortStableFunc(v.entries, func(a, b entry) int { return cmp.Compare(a.seq, b.seq) })
-	v.entries = slices.CompactFunc(v.entries, func(a, b entry) bool {
-		if a.seq == b.seq {
-			v.problem(Problem{Kind: Duplicated, Seq: a.seq, Detail: "sequence appears more than once"})
-			return true
-		}
-		return false
-	})
-	if len(v.entries) > 0 {
-		v.r.FirstSeq, v.r.LastSeq = v.entries[0].seq, v.entries[len(v.entries)-1].seq
-		if firstRetained == 0 {
-			firstRetained = v.r.FirstSeq
-		}
-	}
-	lastSeq = max(lastSeq, v.r.LastSeq)
-
-	var prev *Range // the last range of a correctly signed seal
-	for _, e := range v.entries {
-		if e.seal == nil {
-			v.r.Events++
-			continue
-		}
 		v.r.Seals++
-		if rg, ok := v.checkSeal(e, prev, firstRetained); ok {
-			v.r.Ranges = append(v.r.Ranges, rg)
-			prev = &rg
-			if rg.Verified {
-				v.r.RangesVerified++
-			}
-		}
+		v.addSeal(rec)
+		return
 	}
-	v.checkGaps(firstRetained, lastSeq)
-
-	tail := Range{}
-	start := firstRetained
-	if prev != nil {
-		start = prev.Last + 1
-	}
-	for _, e := range v.entries[v.find(start):] {
-		if e.seal != nil {
-			continue
-		}
-		if tail.Events == 0 {
-			tail.First = e.seq
-		}
-		tail.Last = e.seq
-		tail.Events++
-	}
-	v.r.Unsealed = tail
-	slices.SortStableFunc(v.r.Problems, func(a, b Problem) int { return cmp.Compare(a.Seq, b.Seq) })
-	return v.r
+	v.r.Events++
+	v.ids.add(rec.MsgID, rec.Seq)
+	v.pending = append(v.pending, pend{rec.Seq, leaf(rec.Subject, rec.MsgID, rec.Data)})
 }
 
-// checkSeal verifies one seal: its form, signature, chain and range. It
-// returns the range when the seal is correctly signed.
-func (v *verifier) checkSeal(e entry, prev *Range, firstRetained uint64) (Range, bool) {
+// firstRetained is the first sequence the trail should hold: the stream's
+// or export header's first sequence, or the first one seen in an export
+// without anchors.
+func (v *verifier) firstRetained() uint64 {
+	if v.b.anchored {
+		return v.b.first
+	}
+	return v.r.FirstSeq
+}
+
+// fill takes an event that comes after higher sequences (in an export)
+// into the gap it belongs to, when that gap is still open, and reports
+// whether it did: an event that fills no open gap is a duplicate.
+func (v *verifier) fill(rec record) bool {
+	i := slices.IndexFunc(v.gaps, func(g gap) bool { return g.first <= rec.Seq && rec.Seq <= g.last })
+	if i < 0 {
+		return false
+	}
+	g := v.gaps[i]
+	var split []gap
+	if g.first < rec.Seq {
+		split = append(split, gap{g.first, rec.Seq - 1})
+	}
+	if rec.Seq < g.last {
+		split = append(split, gap{rec.Seq + 1, g.last})
+	}
+	v.gaps = slices.Replace(v.gaps, i, i+1, split...)
+	if rec.Subject == v.sealSubject {
+		v.r.Seals++ // out of order, it cannot be checked in its place
+		return true
+	}
+	v.r.Events++
+	v.ids.add(rec.MsgID, rec.Seq)
+	j, _ := slices.BinarySearchFunc(v.pending, rec.Seq, func(p pend, s uint64) int { return cmp.Compare(p.seq, s) })
+	v.pending = slices.Insert(v.pending, j, pend{rec.Seq, leaf(rec.Subject, rec.MsgID, rec.Data)})
+	return true
+}
+
+func (v *verifier) total() uint64 {
+	if v.b.last >= v.b.first && v.b.last != 0 {
+		return v.b.last - max(v.b.first, 1) + 1
+	}
+	return 0
+}
+
+// addSeal checks one message on the seal subject: its form, signature,
+// chain and range, and the head and retention it records.
+func (v *verifier) addSeal(rec record) {
+	h := sha256.Sum256(rec.Data)
+	v.lastLine = ChainHead{Seq: rec.Seq, Hash: hex.EncodeToString(h[:])}
+	v.seals[rec.Seq] = h
+	v.sealSeqs = append(v.sealSeqs, rec.Seq)
+	if len(v.sealSeqs) > recentSeals {
+		delete(v.seals, v.sealSeqs[0])
+		v.sealSeqs = v.sealSeqs[1:]
+	}
 	var sl seal
-	if err := json.Unmarshal(e.seal, &sl); err != nil {
-		v.problem(Problem{Kind: BadSeal, Seq: e.seq, Detail: fmt.Sprintf("not a seal: %v", err)})
-		return Range{}, false
+	if err := json.Unmarshal(rec.Data, &sl); err != nil {
+		v.problem(Problem{Kind: BadSeal, Seq: rec.Seq, Detail: fmt.Sprintf("not a seal: %v", err)})
+		return
 	}
-	switch {
-	case sl.Version != sealVersion:
-		v.problem(Problem{Kind: BadSeal, Seq: e.seq, Detail: fmt.Sprintf("unknown seal version %d", sl.Version)})
-		return Range{}, false
-	case sl.Key != v.pub:
-		v.problem(Problem{Kind: BadSignature, Seq: e.seq, Detail: fmt.Sprintf("signed by %s, not by %s", sl.Key, v.pub)})
-		return Range{}, false
-	case v.key.Verify(sl.signingBytes(), sl.Sig) != nil:
-		v.problem(Problem{Kind: BadSignature, Seq: e.seq, Detail: "signature does not verify"})
-		return Range{}, false
-	case sl.Stream != v.stream:
-		v.problem(Problem{Kind: BadSeal, Seq: e.seq, Detail: fmt.Sprintf("seals stream %q, not %q", sl.Stream, v.stream)})
-		return Range{}, false
-	case sl.FirstSeq == 0 || sl.FirstSeq > sl.LastSeq || sl.LastSeq >= e.seq ||
-		len(sl.Digests)%digestLen != 0 || sl.Count != len(sl.Digests)/digestLen:
-		v.problem(Problem{Kind: BadSeal, Seq: e.seq, Detail: fmt.Sprintf("inconsistent range %d..%d with %d events and %d digest bytes",
-			sl.FirstSeq, sl.LastSeq, sl.Count, len(sl.Digests))})
-		return Range{}, false
+	if reason, badSig := sl.invalid(v.stream, v.pub, v.key, rec.Seq); reason != "" {
+		kind := BadSeal
+		if badSig {
+			kind = BadSignature
+		}
+		v.problem(Problem{Kind: kind, Seq: rec.Seq, Detail: reason})
+		return
 	}
+	if v.prev != nil && sl.FirstSeq <= v.prev.sl.LastSeq && sl.LastSeq <= v.prev.sl.LastSeq {
+		// A copy of an earlier seal (or one that covers nothing new): it
+		// cannot continue the chain, which goes on from the seal before.
+		v.problem(Problem{Kind: BrokenChain, Seq: rec.Seq, Detail: fmt.Sprintf(
+			"seals %d..%d, which the chain had sealed up to seal %d already: a replayed or out-of-chain seal", sl.FirstSeq, sl.LastSeq, v.prev.seq)})
+		return
+	}
+	v.lastSubj = ChainHead{Seq: rec.Seq, Hash: hex.EncodeToString(h[:]), Time: sl.Time}
 
 	var broken []string
 	switch {
-	case sl.PrevSeq == 0 && prev != nil:
-		broken = append(broken, fmt.Sprintf("claims to be the first seal, but seal %d precedes it", prev.SealSeq))
+	case sl.PrevSeq == 0 && v.prev != nil:
+		broken = append(broken, fmt.Sprintf("claims to be the first seal, but seal %d precedes it", v.prev.seq))
 	case sl.PrevSeq != 0:
-		i := v.find(sl.PrevSeq)
+		ph, ok := v.seals[sl.PrevSeq]
 		switch {
-		case i == len(v.entries) || v.entries[i].seq != sl.PrevSeq:
-			if sl.PrevSeq >= firstRetained {
-				broken = append(broken, fmt.Sprintf("previous seal at seq %d is missing", sl.PrevSeq))
-			}
-		case v.entries[i].seal == nil:
-			broken = append(broken, fmt.Sprintf("previous seal at seq %d is not on the seal subject", sl.PrevSeq))
-		case hex.EncodeToString(v.entries[i].leaf[:]) != sl.PrevHash:
+		case !ok && sl.PrevSeq >= v.firstRetained():
+			broken = append(broken, fmt.Sprintf("previous seal at seq %d is missing or not on the seal subject", sl.PrevSeq))
+		case ok && hex.EncodeToString(ph[:]) != sl.PrevHash:
 			broken = append(broken, fmt.Sprintf("previous seal at seq %d does not match prev_hash", sl.PrevSeq))
 		}
 	}
-	if prev != nil && sl.FirstSeq != prev.Last+1 {
-		broken = append(broken, fmt.Sprintf("range starts at %d, but the previous sealed range ends at %d", sl.FirstSeq, prev.Last))
+	if v.prev != nil && sl.FirstSeq != v.prev.sl.LastSeq+1 {
+		broken = append(broken, fmt.Sprintf("range starts at %d, but the previous sealed range ends at %d", sl.FirstSeq, v.prev.sl.LastSeq))
 	}
 	if len(broken) > 0 {
-		v.problem(Problem{Kind: BrokenChain, Seq: e.seq, Detail: strings.Join(broken, "; ")})
+		v.problem(Problem{Kind: BrokenChain, Seq: rec.Seq, Detail: strings.Join(broken, "; ")})
 	}
-
-	rg := Range{First: sl.FirstSeq, Last: sl.LastSeq, SealSeq: e.seq, SealTime: sl.Time, Events: sl.Count}
-	if sl.LastSeq < firstRetained {
-		rg.Partial = true // wholly removed by the stream's limits
-		return rg, true
+	if !v.oldest {
+		v.oldest = true
+		v.checkHead(rec.Seq, &sl)
 	}
-	start := max(sl.FirstSeq, firstRetained)
-	rg.Partial = start > sl.FirstSeq
-	lo, hi := v.find(start), v.find(sl.LastSeq+1)
-	present := uint64(hi - lo)
-	missing := (sl.LastSeq - start + 1) - present
-	var seqs []uint64
-	var leaves [][32]byte
-	for _, x := range v.entries[lo:hi] {
-		if x.seal == nil {
-			seqs = append(seqs, x.seq)
-			leaves = append(leaves, x.leaf)
+	if v.prev != nil && v.prev.sl.Version >= 2 && sl.Version >= 2 {
+		if what := shorter(sl.MaxAge, sl.MaxMsgs, sl.MaxBytes, v.prev.sl.MaxAge, v.prev.sl.MaxMsgs, v.prev.sl.MaxBytes); what != "" {
+			v.problem(Problem{Kind: RetentionChanged, Seq: rec.Seq, Detail: fmt.Sprintf("%s than the seal before it (seq %d)", what, v.prev.seq)})
 		}
 	}
-	h := sha256.New()
-	for _, l := range leaves {
-		h.Write(l[:])
+
+	rg := v.checkRange(rec.Seq, &sl, len(broken) == 0)
+	v.r.Ranges = append(v.r.Ranges, rg)
+	if rg.Verified {
+		v.r.RangesVerified++
 	}
-	hashOK := hex.EncodeToString(h.Sum(nil)) == sl.Hash
-	if hashOK && missing == 0 && !rg.Partial && len(leaves) == sl.Count {
-		rg.Verified = len(broken) == 0
-		return rg, true
+	v.prev = &trusted{seq: rec.Seq, sl: sl, hash: hex.EncodeToString(h[:]), verified: rg.Verified}
+	v.r.Head = v.lastSubj
+}
+
+// shorter describes how the limits (maxAge, msgs, bytes) keep less than
+// (wAge, wMsgs, wBytes), or returns "". A zero MaxAge and a MaxMsgs or
+// MaxBytes of 0 or below are unlimited.
+func shorter(maxAge time.Duration, msgs, bytes int64, wAge time.Duration, wMsgs, wBytes int64) string {
+	less := func(have, want int64) bool { return have > 0 && (want <= 0 || have < want) }
+	switch {
+	case less(int64(maxAge), int64(wAge)):
+		return fmt.Sprintf("MaxAge %s is shorter", fmtAge(maxAge))
+	case less(msgs, wMsgs):
+		return fmt.Sprintf("MaxMsgs %d is lower", msgs)
+	case less(bytes, wBytes):
+		return fmt.Sprintf("MaxBytes %d is lower", bytes)
+	}
+	return ""
+}
+
+func fmtAge(d time.Duration) string {
+	if d == 0 {
+		return "0 (forever)"
+	}
+	return d.String()
+}
+
+// headSlack is added to a seal's interval when judging removed messages
+// and stale seals: clock differences between sealer, server and verifier.
+const headSlack = time.Minute
+
+// checkHead judges the messages below the first retained sequence, using
+// the oldest trusted seal sl at seq: when its previous seal was removed,
+// every removed message from its range was stored after about
+// sl.PrevTime - sl.Interval, so MaxAge cannot have removed it before that
+// plus the retention window.
+func (v *verifier) checkHead(seq uint64, sl *seal) {
+	first := v.firstRetained()
+	if sl.Version < 2 || sl.PrevSeq == 0 || sl.PrevSeq >= first || sl.PrevTime.IsZero() {
+		return
+	}
+	if sl.MaxMsgs > 0 || sl.MaxBytes > 0 || v.b.maxMsgs > 0 || v.b.maxBytes > 0 {
+		return // a count or size limit removes messages at any age
+	}
+	window := max(v.b.retention, v.o.retention, sl.MaxAge)
+	if v.b.retention == 0 || sl.MaxAge == 0 {
+		window = 0
+	}
+	age := v.b.now.Sub(sl.PrevTime)
+	p := Problem{Kind: MissingHead, Seq: sl.PrevSeq, LastSeq: first - 1, SealSeq: seq}
+	switch {
+	case window == 0:
+		p.Detail = fmt.Sprintf("removed, but the stream keeps events forever (seal %d chains to seal %d from %s)",
+			seq, sl.PrevSeq, sl.PrevTime.Format(time.RFC3339))
+	case age < window-sl.Interval-headSlack:
+		p.Detail = fmt.Sprintf("removed, but seal %d shows they were stored after %s, %s before %s: younger than the retention %s",
+			seq, sl.PrevTime.Add(-sl.Interval).Format(time.RFC3339), age.Round(time.Second), v.b.now.Format(time.RFC3339), fmtAge(window))
+	default:
+		return
+	}
+	v.problem(p)
+}
+
+// checkRange verifies the events of sl's range against it and removes them
+// (and anything below them) from pending. chained tells whether the seal
+// continues the chain.
+func (v *verifier) checkRange(seq uint64, sl *seal, chained bool) Range {
+	rg := Range{First: sl.FirstSeq, Last: sl.LastSeq, SealSeq: seq, SealTime: sl.Time, Events: sl.Count}
+	first := v.firstRetained()
+	// Gaps below the range are not covered by a trusted seal; gaps inside
+	// it are missing sealed events.
+	var missing uint64
+	keep := v.gaps[:0]
+	for _, g := range v.gaps {
+		switch {
+		case g.last < sl.FirstSeq:
+			v.problem(Problem{Kind: Missing, Seq: g.first, LastSeq: g.last, Detail: "not in the stream (unsealed)"})
+		case g.first > sl.LastSeq:
+			keep = append(keep, g)
+		default:
+			if g.first < sl.FirstSeq {
+				v.problem(Problem{Kind: Missing, Seq: g.first, LastSeq: sl.FirstSeq - 1, Detail: "not in the stream (unsealed)"})
+			}
+			a, b := max(g.first, sl.FirstSeq), min(g.last, sl.LastSeq)
+			missing += b - a + 1
+			v.problem(Problem{Kind: Missing, Seq: a, LastSeq: b, SealSeq: seq, Detail: "not in the stream"})
+			if g.last > sl.LastSeq {
+				keep = append(keep, gap{sl.LastSeq + 1, g.last})
+			}
+		}
+	}
+	v.gaps = keep
+
+	lo, _ := slices.BinarySearchFunc(v.pending, sl.FirstSeq, func(p pend, s uint64) int { return cmp.Compare(p.seq, s) })
+	hi, _ := slices.BinarySearchFunc(v.pending, sl.LastSeq+1, func(p pend, s uint64) int { return cmp.Compare(p.seq, s) })
+	covered := v.pending[lo:hi]
+	defer func() { v.pending = slices.Delete(v.pending, 0, hi) }()
+
+	rg.Partial = sl.FirstSeq < first
+	hs := sha256.New()
+	for _, p := range covered {
+		hs.Write(p.leaf[:])
+	}
+	hashOK := hex.EncodeToString(hs.Sum(nil)) == sl.Hash
+	complete := missing == 0 && !rg.Partial && len(covered) == sl.Count
+	if hashOK && complete {
+		rg.Verified = chained
+		return rg
 	}
 
 	// Name the messages that differ, using the per-event digests.
@@ -360,219 +628,99 @@ func (v *verifier) checkSeal(e entry, prev *Range, firstRetained uint64) (Range,
 		digests[at(i)]++
 	}
 	named := false
-	positional := missing == 0 && !rg.Partial && len(leaves) == sl.Count
-	for i, l := range leaves {
+	for i, p := range covered {
 		var d [digestLen]byte
-		copy(d[:], l[:digestLen])
+		copy(d[:], p.leaf[:digestLen])
 		switch {
-		case positional && d == at(i):
+		case complete && d == at(i):
 		case digests[d] == 0:
-			v.problem(Problem{Kind: Modified, Seq: seqs[i], SealSeq: e.seq, Detail: "content differs from what the seal recorded"})
+			v.problem(Problem{Kind: Modified, Seq: p.seq, SealSeq: seq, Detail: "content differs from what the seal recorded"})
 			named = true
-		case positional:
-			v.problem(Problem{Kind: Reordered, Seq: seqs[i], SealSeq: e.seq, Detail: "event is sealed at another position"})
+		case complete:
+			v.problem(Problem{Kind: Reordered, Seq: p.seq, SealSeq: seq, Detail: "event is sealed at another position"})
 			named = true
 		}
 	}
 	if !named && missing == 0 && !rg.Partial {
-		v.problem(Problem{Kind: Modified, Seq: sl.FirstSeq, LastSeq: sl.LastSeq, SealSeq: e.seq, Detail: "range hash does not match the seal"})
+		v.problem(Problem{Kind: Modified, Seq: sl.FirstSeq, LastSeq: sl.LastSeq, SealSeq: seq, Detail: "range hash does not match the seal"})
 	}
-	return rg, true
+	return rg
 }
 
-// checkGaps reports every absent sequence in [firstRetained, lastSeq],
-// split by the sealed ranges that hold them. Gaps and ranges are both
-// walked in ascending order.
-func (v *verifier) checkGaps(firstRetained, lastSeq uint64) {
-	if lastSeq == 0 || firstRetained > lastSeq {
-		return
+// finish reports what remains after the last message: gaps up to the
+// expected last sequence, the unsealed tail, the tail's anchors and the
+// retention. Problems are sorted by sequence.
+func (v *verifier) finish() Report {
+	last := max(v.b.last, v.r.LastSeq)
+	if v.next != 0 && last >= v.next {
+		v.gaps = append(v.gaps, gap{v.next, last})
+	} else if v.next == 0 && v.b.anchored && last >= max(v.b.first, 1) && v.b.last != 0 {
+		v.gaps = append(v.gaps, gap{max(v.b.first, 1), last})
 	}
-	ranges := slices.SortedFunc(slices.Values(v.r.Ranges), func(a, b Range) int { return cmp.Compare(a.First, b.First) })
-	ri := 0
-	report := func(a, b uint64) {
-		for a <= b {
-			for ri < len(ranges) && ranges[ri].Last < a {
-				ri++
-			}
-			end, sealSeq, detail := b, uint64(0), "not in the stream (unsealed)"
-			if ri < len(ranges) {
-				if rg := ranges[ri]; rg.First <= a {
-					end, sealSeq, detail = min(b, rg.Last), rg.SealSeq, "not in the stream"
-				} else if rg.First <= b {
-					end = rg.First - 1
-				}
-			}
-			v.problem(Problem{Kind: Missing, Seq: a, LastSeq: end, SealSeq: sealSeq, Detail: detail})
-			if end >= b {
-				return
-			}
-			a = end + 1
-		}
+	for _, g := range v.gaps {
+		v.problem(Problem{Kind: Missing, Seq: g.first, LastSeq: g.last, Detail: "not in the stream (unsealed)"})
 	}
-	next := firstRetained
-	for _, e := range v.entries[v.find(firstRetained):] {
-		if e.seq > next {
-			report(next, e.seq-1)
-		}
-		if e.seq == math.MaxUint64 {
-			return
-		}
-		next = e.seq + 1
-	}
-	if next <= lastSeq {
-		report(next, lastSeq)
-	}
-}
-
-// Verify reads the whole audit stream, checks every seal against the
-// public key of the sealer (Sealer.PublicKey) and reports what it found:
-// ranges verified, modified, missing or reordered messages, a broken
-// chain, bad signatures, and the unsealed tail. Tampering is reported in
-// the Report (see Report.Err), not as an error. Sequences below the
-// stream's first sequence count as removed by MaxAge.
-//
-// It returns an error wrapping ErrInvalidKey for a bad key, ErrInvalidConfig
-// for a bad cfg, or the jetstream error or *jsguard.TimeoutError of a read
-// (reads run under jsguard.Default()). Safe for concurrent use.
-func Verify(ctx context.Context, js jetstream.JetStream, cfg Config, publicKey string) (Report, error) {
-	if err := cfg.Validate(); err != nil {
-		return Report{}, err
-	}
-	v, err := newVerifier(&cfg, publicKey)
-	if err != nil {
-		return Report{}, err
-	}
-	first, last, err := readAll(ctx, js, &cfg, func(rec record) error { v.add(rec); return nil })
-	if err != nil {
-		return Report{}, fmt.Errorf("verify: %w", err)
-	}
-	return v.finish(first, last), nil
-}
-
-// readAll reads every message of the stream in order and returns the
-// stream's first and last sequence when it started.
-func readAll(ctx context.Context, js jetstream.JetStream, cfg *Config, fn func(record) error) (first, last uint64, err error) {
-	st, err := lookupStream(ctx, nil, js, cfg.Stream)
-	if err != nil {
-		return 0, 0, err
-	}
-	state := st.CachedInfo().State
-	err = scan(ctx, nil, js, cfg.Stream, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy},
-		func(m jetstream.Msg) error {
-			md, err := m.Metadata()
-			if err != nil {
-				return err
-			}
-			return fn(record{Seq: md.Sequence.Stream, Subject: m.Subject(), MsgID: m.Headers().Get(jetstream.MsgIDHeader),
-				Time: md.Timestamp, Data: m.Data(), Header: m.Headers()})
-		})
-	return state.FirstSeq, state.LastSeq, err
-}
-
-// exportLine is one line of an export.
-type exportLine struct {
-	Seq     uint64      `json:"seq"`
-	Subject string      `json:"subject"`
-	MsgID   string      `json:"msg_id,omitempty"`
-	Time    time.Time   `json:"time"`
-	Data    []byte      `json:"data"`
-	Headers nats.Header `json:"headers,omitempty"`
-}
-
-// Export writes every message of the audit stream, events and seals, to w
-// as JSON lines, one object per message in stream order:
-//
-//	{"seq":1,"subject":"guardian.v1.audit.acme.TIMEOUT_KV_GET","msg_id":"…","time":"…","data":"<base64>"}
-//
-// data is base64 so that the exact bytes the seals cover survive; headers
-// other than Nats-Msg-Id appear as "headers" when present. VerifyExport
-// checks such a file offline. It returns an error wrapping ErrInvalidConfig
-// for a bad cfg, the write error, or the jetstream error or
-// *jsguard.TimeoutError of a read. Safe for concurrent use.
-func Export(ctx context.Context, js jetstream.JetStream, cfg Config, w io.Writer) error {
-	if err := cfg.Validate(); err != nil {
-		return err
-	}
-	bw := bufio.NewWriter(w)
-	_, _, err := readAll(ctx, js, &cfg, func(rec record) error {
-		return writeExportLine(bw, rec)
-	})
-	if err != nil {
-		return fmt.Errorf("export: %w", err)
-	}
-	if err := bw.Flush(); err != nil {
-		return fmt.Errorf("export: %w", err)
-	}
-	return nil
-}
-
-func writeExportLine(w *bufio.Writer, rec record) error {
-	var h nats.Header
-	for k, vals := range rec.Header {
-		if k != jetstream.MsgIDHeader {
-			if h == nil {
-				h = nats.Header{}
-			}
-			h[k] = vals
-		}
-	}
-	b, err := json.Marshal(exportLine{Seq: rec.Seq, Subject: rec.Subject, MsgID: rec.MsgID, Time: rec.Time.UTC(), Data: rec.Data, Headers: h})
-	if err != nil {
-		return err
-	}
-	b = append(b, '\n')
-	if _, err := w.Write(b); err != nil {
-		return fmt.Errorf("write: %w", err)
-	}
-	return nil
-}
-
-// maxExportLine bounds one line of an export; a seal of 50,000 events is
-// about 600 KB.
-const maxExportLine = 16 << 20
-
-// VerifyExport verifies a file written by Export, offline, like Verify does
-// for the stream: nothing but the file and the public key is needed. The
-// stream name and seal subject are taken from DefaultConfig; use
-// VerifyExportConfig for others. Sequences below the first line's count
-// as removed by MaxAge, so an export cut at its head verifies as partial.
-//
-// It returns an error wrapping ErrInvalidKey for a bad key, or
-// ErrInvalidExport, naming the line, for input that is not an export, or
-// r's read error; it never panics on bad input. Tampering is reported in
-// the Report. Safe for concurrent use.
-func VerifyExport(r io.Reader, publicKey string) (Report, error) {
-	return VerifyExportConfig(r, DefaultConfig(), publicKey)
-}
-
-// VerifyExportConfig is VerifyExport for a stream configured with cfg
-// (only Stream and SubjectPrefix are used); it returns the same errors.
-func VerifyExportConfig(r io.Reader, cfg Config, publicKey string) (Report, error) {
-	v, err := newVerifier(&cfg, publicKey)
-	if err != nil {
-		return Report{}, err
-	}
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 64<<10), maxExportLine)
-	for n := 1; sc.Scan(); n++ {
-		b := bytes.TrimSpace(sc.Bytes())
-		if len(b) == 0 {
+	var tail Range
+	for _, p := range v.pending {
+		if v.prev != nil && p.seq <= v.prev.sl.LastSeq {
 			continue
 		}
-		var l exportLine
-		if err := json.Unmarshal(b, &l); err != nil {
-			return Report{}, fmt.Errorf("%w: line %d: %w", ErrInvalidExport, n, err)
+		if tail.Events == 0 {
+			tail.First = p.seq
 		}
-		if l.Seq == 0 || l.Subject == "" {
-			return Report{}, fmt.Errorf("%w: line %d: seq and subject are required", ErrInvalidExport, n)
-		}
-		v.add(record{Seq: l.Seq, Subject: l.Subject, MsgID: l.MsgID, Time: l.Time, Data: l.Data})
+		tail.Last = p.seq
+		tail.Events++
 	}
-	if err := sc.Err(); err != nil {
-		if errors.Is(err, bufio.ErrTooLong) {
-			return Report{}, fmt.Errorf("%w: a line is longer than %d bytes", ErrInvalidExport, maxExportLine)
-		}
-		return Report{}, fmt.Errorf("read export: %w", err)
+	v.r.Unsealed = tail
+	v.checkTail()
+	if v.r.Ranges == nil {
+		v.r.Ranges = []Range{}
 	}
-	return v.finish(0, 0), nil
+	if v.o.progress != nil {
+		v.o.progress(Progress{Done: v.done, Total: v.total(), Elapsed: time.Since(v.start)})
+	}
+	return v.r
+}
+
+// checkTail reports a trail that ends before its anchors, and retention
+// shorter than the last seal's or the expected one.
+func (v *verifier) checkTail() {
+	if !v.b.anchored {
+		v.problem(Problem{Kind: Unanchored, Detail: "the export has no header with its anchors (first and last sequence, chain head, time): a cut at its head or tail cannot be detected; export it again"})
+	}
+	if h := v.b.head; h != nil && h.Seq != 0 && (v.lastLine.Seq != h.Seq || v.lastLine.Hash != h.Hash) {
+		v.problem(Problem{Kind: MissingTail, Seq: h.Seq, Detail: fmt.Sprintf("the export's header names %s as the chain head, but the file's last message on the seal subject is %s", h, v.lastLine)})
+	}
+	if h := v.o.head; h != nil {
+		hash, ok := v.seals[h.Seq]
+		if !ok || hex.EncodeToString(hash[:]) != h.Hash {
+			v.problem(Problem{Kind: MissingTail, Seq: h.Seq, Detail: fmt.Sprintf("the expected chain head %s is not in the trail", h)})
+		}
+	}
+	switch {
+	case v.prev == nil && v.r.Events > 0:
+		v.problem(Problem{Kind: MissingTail, Seq: v.r.FirstSeq, LastSeq: v.r.LastSeq, Detail: "no valid seal covers the trail"})
+	case v.prev != nil && v.prev.sl.Version >= 2 && v.b.anchored:
+		iv := v.prev.sl.Interval
+		limit := iv + max(iv, headSlack)
+		if age := v.b.now.Sub(v.prev.sl.Time); age > limit {
+			v.problem(Problem{Kind: MissingTail, Seq: v.prev.seq, Detail: fmt.Sprintf(
+				"the latest seal is from %s, %s before %s, more than one seal interval (%s) plus slack: the tail may be cut, or no sealer has run since",
+				v.prev.sl.Time.Format(time.RFC3339), age.Round(time.Second), v.b.now.Format(time.RFC3339), iv)})
+		}
+	}
+	if v.prev != nil && v.prev.sl.Version >= 2 && v.b.anchored {
+		if what := shorter(v.b.retention, v.b.maxMsgs, v.b.maxBytes, v.prev.sl.MaxAge, v.prev.sl.MaxMsgs, v.prev.sl.MaxBytes); what != "" {
+			v.problem(Problem{Kind: RetentionChanged, Seq: v.prev.seq, Detail: what + " now than when the latest seal was made"})
+		}
+	}
+	if v.o.retention > 0 && v.b.anchored && (v.b.retention != 0 && v.b.retention < v.o.retention) {
+		v.problem(Problem{Kind: RetentionChanged, Detail: fmt.Sprintf("the stream keeps events for %s, less than the expected %s", v.b.retention, v.o.retention)})
+	}
+}
+
+// report returns the finished report with problems in sequence order.
+func (v *verifier) report() Report {
+	slices.SortStableFunc(v.r.Problems, func(a, b Problem) int { return cmp.Compare(a.Seq, b.Seq) })
+	return v.r
 }

@@ -65,9 +65,12 @@ func documentedExport(t testing.TB, n, every int) []byte {
 		first           uint64 = 1
 		prevSeq         uint64
 		prevHash        string
+		prevTime        time.Time
 		leaves, digests []byte
 		count           int
 	)
+	const maxAge = 90 * 24 * time.Hour
+	const interval = time.Minute
 	for i := range n {
 		id := fmt.Sprintf("%032x", i+1)
 		subject := "guardian.v1.audit.acme.TIMEOUT_KV_GET"
@@ -81,8 +84,8 @@ func documentedExport(t testing.TB, n, every int) []byte {
 		}
 		hash := sha256.Sum256(leaves)
 		sealTime := t0.Add(time.Duration(seq) * time.Second)
-		signing := []byte("guardian-audit-seal-v1\n")
-		signing = u64(signing, 1)
+		signing := []byte("guardian-audit-seal-v2\n")
+		signing = u64(signing, 2)
 		signing = lp(signing, []byte("GUARDIAN_AUDIT"))
 		signing = u64(u64(u64(signing, first), seq-1), uint64(count))
 		signing = lp(signing, []byte(hex.EncodeToString(hash[:])))
@@ -90,24 +93,44 @@ func documentedExport(t testing.TB, n, every int) []byte {
 		signing = u64(signing, prevSeq)
 		signing = lp(signing, []byte(prevHash))
 		signing = u64(signing, uint64(sealTime.UnixNano()))
+		signing = u64(u64(u64(signing, uint64(maxAge)), uint64(1<<64-1)), uint64(1<<64-1)) // max_age, max_msgs -1, max_bytes -1
+		signing = u64(signing, uint64(interval))
+		prevNano := uint64(0)
+		if !prevTime.IsZero() {
+			prevNano = uint64(prevTime.UnixNano())
+		}
+		signing = u64(signing, prevNano)
 		signing = lp(signing, []byte(pub))
 		sig, err := kp.Sign(signing)
 		if err != nil {
 			t.Fatal(err)
 		}
-		seal, err := json.Marshal(map[string]any{"v": 1, "stream": "GUARDIAN_AUDIT", "first_seq": first, "last_seq": seq - 1,
+		fields := map[string]any{"v": 2, "stream": "GUARDIAN_AUDIT", "first_seq": first, "last_seq": seq - 1,
 			"count": count, "hash": hex.EncodeToString(hash[:]), "digests": digests, "prev_seq": prevSeq,
-			"prev_hash": prevHash, "time": sealTime, "key": pub, "sig": sig})
+			"prev_hash": prevHash, "time": sealTime, "max_age": maxAge, "max_msgs": -1, "max_bytes": -1,
+			"interval": interval, "key": pub, "sig": sig}
+		if !prevTime.IsZero() {
+			fields["prev_time"] = prevTime
+		}
+		seal, err := json.Marshal(fields)
 		if err != nil {
 			t.Fatal(err)
 		}
 		line(seq, "guardian.v1.audit.seal", "", seal)
 		h := sha256.Sum256(seal)
-		prevSeq, prevHash, first = seq, hex.EncodeToString(h[:]), seq
+		prevSeq, prevHash, prevTime, first = seq, hex.EncodeToString(h[:]), sealTime, seq
 		seq++
 		leaves, digests, count = nil, nil, 0
 	}
-	return out.Bytes()
+	// The header, the first line: the export's anchors, made a second
+	// after the last message.
+	hdr, err := json.Marshal(map[string]any{"export": map[string]any{"v": 1, "stream": "GUARDIAN_AUDIT",
+		"time": t0.Add(time.Duration(seq) * time.Second), "first_seq": 1, "last_seq": seq - 1, "msgs": seq - 1,
+		"max_age": maxAge, "max_msgs": -1, "max_bytes": -1, "head": map[string]any{"seq": prevSeq, "hash": prevHash}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append(append(hdr, '\n'), out.Bytes()...)
 }
 
 func TestDocumentedFormatVerifies(t *testing.T) {
