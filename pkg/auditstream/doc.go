@@ -86,15 +86,18 @@
 //
 // A seal covers a contiguous range of stream sequences [first_seq,
 // last_seq]: every message in it except those on the seal subject. The
-// next seal's range starts at last_seq+1. For each covered message, in
-// sequence order, the leaf is
+// next seal's range starts at last_seq+1. A Sealer seals every SealEvery
+// events or SealInterval, and while no event arrives it seals an empty
+// range (count 0, last_seq = first_seq-1) every SealInterval, so the latest
+// seal is never much older than one interval while a Sealer runs. For each
+// covered message, in sequence order, the leaf is
 //
 //	leaf = SHA-256( len(subject) ‖ subject ‖ len(msg_id) ‖ msg_id ‖ len(data) ‖ data )
 //
 // where msg_id is the Nats-Msg-Id header and each len is 8 bytes big-endian.
 // The seal is the JSON object
 //
-//	v          1
+//	v          2
 //	stream     the stream name
 //	first_seq  first sequence covered
 //	last_seq   last sequence covered
@@ -104,22 +107,68 @@
 //	prev_seq   sequence of the previous seal, 0 for the first
 //	prev_hash  hex SHA-256 of the previous seal message's data, "" for the first
 //	time       RFC 3339 time of sealing
+//	max_age    the stream's MaxAge when sealed, in nanoseconds (0: forever)
+//	max_msgs   the stream's MaxMsgs when sealed (-1: unlimited)
+//	max_bytes  the stream's MaxBytes when sealed (-1: unlimited)
+//	interval   the sealer's SealInterval, in nanoseconds
+//	prev_time  RFC 3339 time of the previous seal; absent for the first
 //	key        the nkeys public key (A… or U…) that verifies sig
 //	sig        base64 ed25519 signature over the signing bytes
 //
-// The signing bytes are "guardian-audit-seal-v1\n" followed by v,
+// The signing bytes are "guardian-audit-seal-v2\n" followed by v,
 // stream, first_seq, last_seq, count, hash, digests, prev_seq, prev_hash,
-// time (Unix nanoseconds) and key, integers as 8-byte big-endian values and
-// strings and byte strings each preceded by their 8-byte big-endian length.
-// Seals are published with Nats-Expected-Last-Subject-Sequence set to
-// prev_seq, so of several Sealers exactly one seals each range.
+// time (Unix nanoseconds), max_age, max_msgs, max_bytes, interval,
+// prev_time (Unix nanoseconds, 0 when absent) and key, integers as 8-byte
+// big-endian values (two's complement for -1) and strings and byte strings
+// each preceded by their 8-byte big-endian length. Version 1 seals, from
+// older guardians, lack max_age through prev_time, have the label
+// "guardian-audit-seal-v1\n" and are still verified. Seals are published
+// with Nats-Expected-Last-Subject-Sequence set to the last message on the
+// seal subject, so of several Sealers exactly one seals each range. A
+// Sealer continues only from a seal whose signature and chain it checked;
+// anything else on the seal subject is reported (AUDIT_SEAL_FORGED) and
+// skipped.
 //
-// Verify and VerifyExport recompute all of this. They report ranges
-// verified; modified, missing, duplicated or reordered messages; a broken
-// chain; bad signatures and malformed seals; and the unsealed tail. Events
-// removed by MaxAge (sequences below the stream's first, or below the
-// export's first line) cannot be checked; their range is reported as
-// partial. An export can therefore be cut at its head, or after its last
-// seal, without a finding: compare Report.FirstSeq and the last seal's time
-// with what you expect.
+// # Exports
+//
+// An export's first line is a header, the export's anchors:
+//
+//	{"export":{"v":1,"stream":…,"time":…,"first_seq":…,"last_seq":…,"msgs":…,"max_age":…,"max_msgs":…,"max_bytes":…,"head":{"seq":…,"hash":…,"time":…}}}
+//
+// time is when the export was made; first_seq and last_seq the stream's
+// sequences then (every one of them is in the file); max_* the stream's
+// limits then; head the chain head, the last message on the seal subject
+// and the hex SHA-256 of its data. The other lines are the messages (see
+// Export).
+//
+// # Verification
+//
+// Verify and VerifyExport recompute all of this in one pass and in bounded
+// memory. They report ranges verified; modified, missing, duplicated or
+// reordered messages; an event id stored twice; a broken chain; bad
+// signatures and malformed seals; and the unsealed tail. They also judge
+// the ends of the trail, at the time of verification (Verify) or of the
+// export (VerifyExport):
+//
+//   - the head: when the oldest retained seal's previous seal is gone, the
+//     messages removed with it were stored after about that seal's
+//     prev_time minus one interval; if that is less than the retention
+//     (the larger of the stream's MaxAge and the seal's max_age) minus
+//     one interval and a minute, MaxAge cannot have removed them
+//     (MissingHead). A stream that keeps events forever reports any such
+//     removal; with MaxMsgs or MaxBytes set, the head is not judged.
+//   - the tail: the latest seal must be at most one interval plus
+//     max(interval, 1 minute) old (MissingTail): a cut tail, or no sealer
+//     running, looks the same. An export must hold every sequence up to
+//     its header's last_seq and end with its header's chain head.
+//   - the retention: a seal that records shorter limits than the seal
+//     before it, a stream or export header with shorter limits than the
+//     latest seal, or a MaxAge below WithRetention (RetentionChanged).
+//
+// What the anchors cannot show: a cut of less than one seal interval at
+// the very end of an export whose header was rewritten to match (the
+// header is not signed: keep the chain head Export returns, and pass it
+// to WithChainHead), and a persistently shortened MaxAge once every seal
+// made before the change has expired (pass the retention you expect to
+// WithRetention; guardian's shipped NATS user may not update the stream).
 package auditstream

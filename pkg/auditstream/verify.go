@@ -342,6 +342,10 @@ func (v *verifier) begin(b bounds, passes int) {
 	v.r.VerifiedAt = b.now
 	v.r.Retention = b.retention
 	v.ids = idBatch{passes: max(passes, 1)}
+	if n := v.total(); n > 0 {
+		// One allocation for the pass instead of doubling garbage.
+		v.ids.entries = make([]idEntry, 0, min(n/uint64(v.ids.passes)+n/20+16, uint64(v.o.idBatch)+uint64(v.o.idBatch)/10))
+	}
 }
 
 func (v *verifier) problem(p Problem) {

@@ -37,6 +37,7 @@ type sizes struct {
 	TickerPhases             int
 	MemLevels                []int
 	AuditEvents, AuditRounds int
+	VerifyEvents             int
 }
 
 var quickSizes = sizes{
@@ -46,6 +47,7 @@ var quickSizes = sizes{
 	ExpirySizes: []int{1000, 10_000}, TickerPhases: 20,
 	MemLevels:   []int{0, 10_000, 100_000},
 	AuditEvents: 50_000, AuditRounds: 3,
+	VerifyEvents: 100_000,
 }
 
 var fullSizes = sizes{
@@ -55,13 +57,14 @@ var fullSizes = sizes{
 	ExpirySizes: []int{1000, 10_000, 100_000}, TickerPhases: 20,
 	MemLevels:   []int{0, 100_000, 1_000_000},
 	AuditEvents: 200_000, AuditRounds: 5,
+	VerifyEvents: 1_000_000,
 }
 
 func main() {
 	var (
 		quick   = flag.Bool("quick", true, "quick mode: smaller sizes, a few minutes on 2 cores")
 		full    = flag.Bool("full", false, "full mode: 100k expiries, 1M pending approvals (overrides -quick)")
-		only    = flag.String("only", "", "comma-separated scenarios to run (1-6); writes no docs")
+		only    = flag.String("only", "", "comma-separated scenarios to run (1-7); writes no docs")
 		root    = flag.String("root", "..", "guardian's repository root (for go build ./cmd/guardian)")
 		docs    = flag.String("docs", "../docs", "where PERFORMANCE.md and the plots go")
 		workDir = flag.String("work", "", "scratch directory (default: a new temporary directory)")
@@ -97,8 +100,8 @@ func main() {
 	if *only != "" {
 		for _, s := range strings.Split(*only, ",") {
 			i, err := strconv.Atoi(strings.TrimSpace(s))
-			if err != nil || i < 1 || i > 6 {
-				exit(fmt.Errorf("-only %q: want numbers 1-6", *only))
+			if err != nil || i < 1 || i > 7 {
+				exit(fmt.Errorf("-only %q: want numbers 1-7", *only))
 			}
 			want[i] = true
 		}
@@ -155,6 +158,7 @@ type results struct {
 	Expiry    *scenarios.ExpiryResult
 	Memory    *scenarios.MemoryResult
 	Audit     *scenarios.AuditResult
+	Verify    *scenarios.VerifyResult
 	Profile   *scenarios.ApprovalsProfile
 	Failures  []string // scenarios that could not run, and why
 	Durations map[int]time.Duration
@@ -227,6 +231,11 @@ func run(ctx context.Context, mode string, sz sizes, want map[int]bool, root, do
 	timed(6, func() error {
 		r, err := scenarios.Audit(ctx, scenarios.AuditConfig{Events: sz.AuditEvents, Rounds: sz.AuditRounds})
 		res.Audit = &r
+		return err
+	})
+	timed(7, func() error {
+		r, err := scenarios.Verify(ctx, root, sz.VerifyEvents)
+		res.Verify = &r
 		return err
 	})
 	timed(4, func() error {
@@ -374,6 +383,9 @@ func (r *results) rows() []scenarios.Row {
 	}
 	if r.Audit != nil && r.Audit.Raw > 0 {
 		rows = append(rows, r.Audit.Rows()...)
+	}
+	if r.Verify != nil && r.Verify.Raw > 0 {
+		rows = append(rows, r.Verify.Rows()...)
 	}
 	slices.SortStableFunc(rows, func(a, b scenarios.Row) int { return strings.Compare(a.Scenario[:1], b.Scenario[:1]) })
 	return rows
