@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -8,6 +9,7 @@ import (
 	"os"
 	"reflect"
 	"regexp"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -94,6 +96,9 @@ func loadConfig() (*config, error) {
 		}
 		return nil, err
 	}
+	if err := checkUnknownVars(&c); err != nil {
+		return nil, err
+	}
 	c.timeouts = map[jsguard.Category]time.Duration{}
 	for _, cat := range jsguard.Categories() {
 		name := envPrefix + "_TIMEOUT_" + string(cat)
@@ -111,6 +116,64 @@ func loadConfig() (*config, error) {
 		return nil, err
 	}
 	return &c, nil
+}
+
+// clientVars are GUARDIAN_* variables that only the client commands read.
+var clientVars = []string{"GUARDIAN_AUDIT_SEAL_PUBLIC_KEY", "GUARDIAN_TENANT"}
+
+// checkUnknownVars refuses a GUARDIAN_* variable that guardian does not
+// read, such as a misspelt one, naming the nearest known variable.
+func checkUnknownVars(c *config) error {
+	var known []string
+	for _, v := range configVars(c) {
+		known = append(known, v.Name)
+	}
+	for _, cat := range jsguard.Categories() {
+		known = append(known, envPrefix+"_TIMEOUT_"+string(cat))
+	}
+	known = append(known, clientVars...)
+	var unknown []string
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(name, envPrefix+"_") && !slices.Contains(known, name) {
+			unknown = append(unknown, name)
+		}
+	}
+	if len(unknown) == 0 {
+		return nil
+	}
+	slices.Sort(unknown)
+	name := unknown[0]
+	nearest := slices.MinFunc(known, func(a, b string) int { return cmp.Compare(editDistance(name, a), editDistance(name, b)) })
+	msg := fmt.Sprintf("%s is not a guardian variable", name)
+	if editDistance(name, nearest) <= max(3, len(name)/4) {
+		msg += fmt.Sprintf("; did you mean %s?", nearest)
+	}
+	if len(unknown) > 1 {
+		msg += fmt.Sprintf(" (unknown too: %s)", strings.Join(unknown[1:], ", "))
+	}
+	return errors.New(msg + "; 'guardian serve --help' lists them all")
+}
+
+// editDistance is the Levenshtein distance between a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 func typeHint(t string) string {

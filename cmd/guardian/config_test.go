@@ -54,6 +54,9 @@ func TestConfigValidation(t *testing.T) {
 		{"GUARDIAN_TIMEOUT_DEFAULT=0s", []string{"GUARDIAN_TIMEOUT_DEFAULT=0s", "> 0 and <= 1h0m0s"}},
 		{"GUARDIAN_TIMEOUT_STRATEGY=lenient", []string{"GUARDIAN_TIMEOUT_STRATEGY=lenient", "graceful, strict or none"}},
 		{"GUARDIAN_TIMEOUT_MAX_STALE_AGE=2h", []string{"GUARDIAN_TIMEOUT_MAX_STALE_AGE=2h", ">= 0 and <= 1h0m0s"}},
+		{"GUARDIAN_TIMEOUT_KV_GETT=2s", []string{"GUARDIAN_TIMEOUT_KV_GETT is not a guardian variable", "did you mean GUARDIAN_TIMEOUT_KV_GET?"}},
+		{"GUARDIAN_NATS_PASSWROD=x", []string{"GUARDIAN_NATS_PASSWROD is not a guardian variable", "did you mean GUARDIAN_NATS_PASSWORD?"}},
+		{"GUARDIAN_SOMETHING_ELSE_ENTIRELY=1", []string{"GUARDIAN_SOMETHING_ELSE_ENTIRELY is not a guardian variable", "'guardian serve --help' lists them all"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.env, func(t *testing.T) {
