@@ -21,9 +21,15 @@ const (
 
 // pendingCounts holds one small counter per tenant (not per approval), to
 // enforce Config.MaxPending without listing the timers on every request.
+//
+// A counter older than pendingRefresh with no request in flight holds
+// nothing a new listing would not give, so entries like that are removed,
+// at most once per pendingRefresh: the map holds only tenants active in the
+// last second or so, however many tenants come and go.
 type pendingCounts struct {
-	mu sync.Mutex
-	m  map[string]*tenantPending
+	mu    sync.Mutex
+	m     map[string]*tenantPending
+	swept time.Time
 }
 
 type tenantPending struct {
@@ -33,17 +39,44 @@ type tenantPending struct {
 	// yet, so a listing does not see them.
 	inflight int
 	at       time.Time // when n was listed; zero: never
+	removed  bool      // no longer in the map: take the tenant's new entry
 }
 
 func (p *pendingCounts) tenant(t string, create bool) *tenantPending {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if create && time.Since(p.swept) >= pendingRefresh {
+		p.sweepLocked()
+	}
 	tp := p.m[t]
 	if tp == nil && create {
 		tp = &tenantPending{}
 		p.m[t] = tp
 	}
 	return tp
+}
+
+// sweepLocked removes the counters that a new listing would replace anyway.
+// A counter in use (its lock held) is left for the next sweep.
+func (p *pendingCounts) sweepLocked() {
+	p.swept = time.Now()
+	for t, tp := range p.m {
+		if !tp.mu.TryLock() {
+			continue
+		}
+		if tp.inflight == 0 && time.Since(tp.at) >= pendingRefresh {
+			tp.removed = true
+			delete(p.m, t)
+		}
+		tp.mu.Unlock()
+	}
+}
+
+// size returns how many tenants have a counter.
+func (p *pendingCounts) size() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.m)
 }
 
 // release accounts for an approval that finished, or a request that was
@@ -80,6 +113,11 @@ func (s *Service) admit(ctx context.Context, tenant string) (bool, error) {
 	}
 	tp := s.pending.tenant(tenant, true)
 	tp.mu.Lock()
+	for tp.removed {
+		tp.mu.Unlock()
+		tp = s.pending.tenant(tenant, true)
+		tp.mu.Lock()
+	}
 	defer tp.mu.Unlock()
 	age := time.Since(tp.at)
 	if tp.at.IsZero() || age >= pendingRefresh || (tp.n >= max && age >= pendingRelist) {

@@ -762,3 +762,40 @@ func TestTimeouts(t *testing.T) {
 		t.Errorf("pending = %d, %v; want 1", n, err)
 	}
 }
+
+// TestPendingCountersShrink: the per-tenant counters behind MaxPending do
+// not grow with the number of tenants ever seen: a counter idle for longer
+// than a listing stays fresh is removed, and the cap still holds after.
+func TestPendingCountersShrink(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, func(c *Config) {
+		c.MaxPending = 2
+		c.DefaultTimeout = time.Hour
+	})
+	ctx := t.Context()
+	const tenants = 40
+	for i := range tenants {
+		tenant := fmt.Sprint("t", i)
+		e.request(tenant, req("a"))
+		if _, err := e.svc.Approve(ctx, tenant, DecisionInput{ID: "a", DecidedBy: "op"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := e.svc.pending.size(); n != tenants {
+		t.Fatalf("%d counters after %d tenants, want %d", n, tenants, tenants)
+	}
+	// Counters idle for pendingRefresh go at the next sweep, which the
+	// next request of any tenant runs.
+	time.Sleep(pendingRefresh + 50*time.Millisecond)
+	e.request("late", req("l"))
+	if n := e.svc.pending.size(); n != 1 {
+		t.Fatalf("%d counters after the sweep, want 1 (the late tenant's)", n)
+	}
+	// The cap still holds for a tenant whose counter was removed.
+	e2 := "t0"
+	e.request(e2, req("b"))
+	e.request(e2, req("c"))
+	if _, err := e.svc.Request(ctx, e2, req("d")); !errors.Is(err, ErrTooManyPending) {
+		t.Fatalf("3rd pending request of %s: %v, want ErrTooManyPending", e2, err)
+	}
+}
