@@ -799,3 +799,31 @@ func TestPendingCountersShrink(t *testing.T) {
 		t.Fatalf("3rd pending request of %s: %v, want ErrTooManyPending", e2, err)
 	}
 }
+
+// TestRequestZeroTimeoutIsDefault: a timeout left out or given as "0s" is
+// the default, as README documents; any other value out of range is
+// refused.
+func TestRequestZeroTimeoutIsDefault(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, func(c *Config) { c.DefaultTimeout = 7 * time.Minute })
+	for i, body := range []string{
+		`{"id":"z0","session_id":"s","requested_by":"u"}`,
+		`{"id":"z1","session_id":"s","requested_by":"u","timeout":"0s"}`,
+	} {
+		in, err := DecodeRequest([]byte(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := e.svc.Request(t.Context(), "acme", in)
+		if err != nil || time.Duration(r.Timeout) != 7*time.Minute {
+			t.Errorf("body %d: timeout %s, %v; want the default 7m", i, time.Duration(r.Timeout), err)
+		}
+	}
+	in, err := DecodeRequest([]byte(`{"id":"z2","session_id":"s","requested_by":"u","timeout":"1ms"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.Request(t.Context(), "acme", in); !errors.Is(err, ErrInvalidRequest) {
+		t.Errorf("timeout 1ms: %v, want ErrInvalidRequest", err)
+	}
+}
