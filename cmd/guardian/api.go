@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"regexp"
 	"strconv"
 	"strings"
@@ -282,9 +283,14 @@ func (a *api) policyGet(_ context.Context, _ string, data []byte) (any, error) {
 	return a.g.Policy(), nil
 }
 
-// reportInput is the body of guardian.v1.audit.report: a timeout event
-// without event_id.
+// reportInput is the body of guardian.v1.audit.report: a timeout event in
+// the shape of the audit trail (jsguard.Event). event_type, budget_source
+// and event_id are optional: guardian sets them, and a body that gives one
+// must give guardian's value.
 type reportInput struct {
+	EventID           *string           `json:"event_id"`
+	EventType         *string           `json:"event_type"`
+	BudgetSource      *string           `json:"budget_source"`
 	Code              string            `json:"timeout_category"`
 	Operation         string            `json:"operation"`
 	TimeoutSeconds    float64           `json:"timeout_seconds"`
@@ -312,6 +318,12 @@ func reportEvent(ctx context.Context, data []byte, now time.Time) (jsguard.Event
 	}
 	bad := func(field, msg string) error {
 		return &kvapprovals.FieldError{Field: field, Reason: msg}
+	}
+	if in.EventType != nil && *in.EventType != jsguard.EventType {
+		return jsguard.Event{}, bad("event_type", fmt.Sprintf("must be %q or absent", jsguard.EventType))
+	}
+	if in.BudgetSource != nil && *in.BudgetSource != jsguard.SourceReported {
+		return jsguard.Event{}, bad("budget_source", fmt.Sprintf("must be %q or absent: a reported timeout's budget is the reporter's", jsguard.SourceReported))
 	}
 	if _, err := jsguard.ParseCode(in.Code); err != nil {
 		return jsguard.Event{}, bad("timeout_category", "must match ^TIMEOUT_[A-Z0-9_]+$")
@@ -388,14 +400,27 @@ func reportEvent(ctx context.Context, data []byte, now time.Time) (jsguard.Event
 		ev.TraceID = jsguard.TraceID(ctx)
 	}
 	ev.EventID = jsguard.EventID(ev.Code, ev.Operation, ev.TenantID, ev.CorrelationID, ev.TraceID, started)
+	if in.EventID != nil && *in.EventID != ev.EventID {
+		return jsguard.Event{}, bad("event_id", "is derived from timeout_category, operation, tenant_id, correlation_id, trace_id and started_at: omit it or send "+ev.EventID)
+	}
 	return ev, nil
 }
 
+// auditReport stores a reported timeout and replies with its event id only
+// once the event is durable: acknowledged by the audit stream, or in the
+// fsynced spool. Otherwise it answers 503 (unavailable), and the client
+// may send the same report again: it gets the same event id, stored once.
 func (a *api) auditReport(ctx context.Context, _ string, data []byte) (any, error) {
 	ev, err := reportEvent(ctx, data, time.Now())
 	if err != nil {
 		return nil, err
 	}
-	a.g.Emit(ctx, ev)
+	// The guard's sink is the audit publisher: EmitDurable returns once the
+	// event is acknowledged by the stream or fsynced in the spool, and
+	// counts it in guardian_timeouts_total as the guard's own events.
+	if err := a.g.EmitDurable(ctx, ev); err != nil {
+		return nil, &kvapprovals.APIError{Code: http.StatusServiceUnavailable, Status: kvapprovals.APIUnavailable,
+			Message: fmt.Sprintf("audit event %s not stored: %v", ev.EventID, err)}
+	}
 	return map[string]string{"event_id": ev.EventID}, nil
 }

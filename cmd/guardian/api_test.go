@@ -2,7 +2,9 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -301,6 +303,10 @@ func testBadInput(t *testing.T, nc *nats.Conn) {
 		{"list bad cursor", subj(tenant, "list"), `{"cursor":"!!"}`, "cursor"},
 		{"report oversized", "guardian.v1.audit.report", `{"operation":"` + strings.Repeat("x", 17<<10) + `"}`, "body"},
 		{"report bad code", "guardian.v1.audit.report", `{"timeout_category":"KV_GET","operation":"x","timeout_seconds":1}`, "timeout_category"},
+		{"report other event_type", "guardian.v1.audit.report", `{"event_type":"timeout_cleared","timeout_category":"TIMEOUT_KV_GET","operation":"x","timeout_seconds":1}`, "event_type"},
+		{"report other budget_source", "guardian.v1.audit.report", `{"budget_source":"category","timeout_category":"TIMEOUT_KV_GET","operation":"x","timeout_seconds":1}`, "budget_source"},
+		{"report chosen event_id", "guardian.v1.audit.report", `{"event_id":"00000000000000000000000000000000","timeout_category":"TIMEOUT_KV_GET","operation":"x","timeout_seconds":1,"started_at":"2026-01-02T03:04:05Z","timestamp":"2026-01-02T03:04:06Z"}`, "event_id"},
+		{"report unknown field", "guardian.v1.audit.report", `{"timeout_category":"TIMEOUT_KV_GET","operation":"x","timeout_seconds":1,"colour":"red"}`, "colour"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -425,6 +431,26 @@ func testAuditReport(t *testing.T, nc *nats.Conn) {
 	}
 	if n != 1 {
 		t.Fatalf("event %s stored %d times, want once", out.EventID, n)
+	}
+	// The shape README documents, with the fields guardian sets, is the
+	// same report: same event id, still stored once.
+	documented := maps.Clone(body)
+	documented["event_type"], documented["budget_source"], documented["event_id"] = jsguard.EventType, jsguard.SourceReported, out.EventID
+	var fourth struct {
+		EventID string `json:"event_id"`
+	}
+	request(t, nc, "guardian.v1.audit.report", documented, hdr).ok(t, &fourth)
+	if fourth.EventID != out.EventID {
+		t.Fatalf("the documented shape got event id %s, want %s", fourth.EventID, out.EventID)
+	}
+	n = 0
+	for _, e := range auditEvents(t, nc) {
+		if e.EventID == out.EventID {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("event %s stored %d times after the documented shape, want once", out.EventID, n)
 	}
 	// Ids in the body win over the headers'.
 	body["correlation_id"] = "corr-body"
@@ -652,6 +678,38 @@ func testCLIAudit(t *testing.T, g *guardian, nc *nats.Conn, sealPub string) {
 	if stdout, stderr, code := g.cli(t, "audit", "verify", "--file", file, "--public-key", sealPub); code != 0 || !strings.Contains(stdout, "OK") {
 		t.Fatalf("audit verify --file: exit %d\n%s%s", code, stdout, stderr)
 	}
+	// Cut exports are refused: the head, the tail, a middle line, or a
+	// header that claims a shorter retention.
+	whole, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.SplitAfter(strings.TrimSuffix(string(whole), "\n"), "\n")
+	if len(lines) < 4 {
+		t.Fatalf("export has %d lines", len(lines))
+	}
+	cuts := map[string]string{
+		"head":   lines[0] + strings.Join(lines[2:], ""),
+		"tail":   strings.Join(lines[:len(lines)-1], ""),
+		"middle": strings.Join(lines[:len(lines)/2], "") + strings.Join(lines[len(lines)/2+1:], ""),
+		"retention": strings.Replace(lines[0], `"max_age":7776000000000000`, `"max_age":1000000000`, 1) +
+			strings.Join(lines[1:], ""),
+	}
+	for name, body := range cuts {
+		cut := filepath.Join(t.TempDir(), name+".jsonl")
+		if body == string(whole) {
+			t.Fatalf("cut %s changed nothing", name)
+		}
+		if err := os.WriteFile(cut, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if stdout, _, code := g.cli(t, "audit", "verify", "--file", cut, "--public-key", sealPub); code != 1 || !strings.Contains(stdout, "FAILED") {
+			t.Errorf("an export with its %s cut verified: exit %d\n%s", name, code, stdout)
+		}
+	}
+	if stdout, _, code := g.cli(t, "audit", "verify", "--file", file, "--public-key", sealPub, "--json"); code != 0 || !strings.Contains(stdout, `"problems": []`) && !strings.Contains(stdout, `"problems": null`) {
+		t.Errorf("audit verify --json of the whole export: exit %d\n%s", code, stdout)
+	}
 	if err := os.WriteFile(file, tamper(t, file, "cli audit check", "cli audit chekc"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -729,6 +787,10 @@ func tamper(t *testing.T, file, old, new string) []byte {
 		if err := json.Unmarshal([]byte(line), &l); err != nil {
 			t.Fatalf("export line %q: %v", line, err)
 		}
+		if l["export"] != nil {
+			out = append(out, line...) // the header
+			continue
+		}
 		var ev []byte
 		if err := json.Unmarshal([]byte(fmt.Sprintf("%q", l["data"])), &ev); err != nil {
 			t.Fatalf("export data: %v", err)
@@ -754,4 +816,56 @@ func tamper(t *testing.T, file, old, new string) []byte {
 func sameJSON(a json.RawMessage, b string) bool {
 	var va, vb any
 	return json.Unmarshal(a, &va) == nil && json.Unmarshal([]byte(b), &vb) == nil && reflect.DeepEqual(va, vb)
+}
+
+// TestReportEventDocumentedShape: audit.report takes the event as README's
+// table of the audit trail documents it. event_type, budget_source and
+// event_id are optional; when given they must be guardian's values
+// (timeout_occurred, reported, the derived id), else the 400 names the
+// field. No server needed: reportEvent is the endpoint's decoder.
+func TestReportEventDocumentedShape(t *testing.T) {
+	now := time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
+	ctx := jsguard.WithCorrelationID(t.Context(), "corr-header")
+	const base = `"timeout_category":"TIMEOUT_PAYMENT_API","operation":"POST /charge","timeout_seconds":2,"elapsed_seconds":2.004,` +
+		`"tenant_id":"acme","correlation_id":"c1","trace_id":"t1","additional_context":{"k":"v"},` +
+		`"timestamp":"2026-11-22T11:59:02.004Z","started_at":"2026-11-22T11:59:00Z","level":"T3","abandoned":false,"fallback_used":false`
+	plain, err := reportEvent(ctx, []byte(`{`+base+`}`), now)
+	if err != nil {
+		t.Fatalf("report without the derived fields: %v", err)
+	}
+	id := plain.EventID
+	tests := []struct {
+		name, extra string
+		field       string // "" when accepted
+	}{
+		{"event_type", `"event_type":"timeout_occurred"`, ""},
+		{"budget_source", `"budget_source":"reported"`, ""},
+		{"event_id", `"event_id":"` + id + `"`, ""},
+		{"all of README's fields", `"event_id":"` + id + `","event_type":"timeout_occurred","budget_source":"reported"`, ""},
+		{"other event_type", `"event_type":"timeout_cleared"`, "event_type"},
+		{"empty event_type", `"event_type":""`, "event_type"},
+		{"event_type not a string", `"event_type":1`, "event_type"},
+		{"other budget_source", `"budget_source":"category"`, "budget_source"},
+		{"chosen event_id", `"event_id":"00000000000000000000000000000000"`, "event_id"},
+		{"event_id of another report", `"event_id":"` + strings.Repeat("ab", 16) + `"`, "event_id"},
+		{"unknown field", `"colour":"red"`, "colour"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ev, err := reportEvent(ctx, []byte(`{`+base+`,`+tt.extra+`}`), now)
+			if tt.field == "" {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				if ev.EventID != id || ev.EventType != jsguard.EventType || ev.BudgetSource != jsguard.SourceReported {
+					t.Errorf("event %+v: want id %s, timeout_occurred, reported", ev, id)
+				}
+				return
+			}
+			fe, ok := errors.AsType[*kvapprovals.FieldError](err)
+			if !ok || fe.Field != tt.field || !errors.Is(err, kvapprovals.ErrInvalidRequest) || kvapprovals.ToAPIError(err).Code != http.StatusBadRequest {
+				t.Fatalf("err %v (%T), want a 400 naming %s", err, err, tt.field)
+			}
+		})
+	}
 }

@@ -159,6 +159,10 @@ func FuzzReportEvent(f *testing.F) {
 		`{"timeout_category":"TIMEOUT_KV_GET","operation":"op","timeout_seconds":3601}`,
 		`{"timeout_category":"TIMEOUT_KV_GET","operation":"op","timeout_seconds":1,"elapsed_seconds":-1}`,
 		`{"event_id":"x"}`, `{}`, ``, `[`,
+		// the documented shape: fields guardian sets, given with its values or others
+		`{"event_type":"timeout_occurred","budget_source":"reported","timeout_category":"TIMEOUT_KV_GET","operation":"op","timeout_seconds":1,"started_at":"2026-11-22T11:59:59Z","timestamp":"2026-11-22T12:00:00Z"}`,
+		`{"event_id":"6d0b6f8c8e0f2f4c1e5b9a7d3c2b1a09","event_type":"timeout_occurred","timeout_category":"TIMEOUT_KV_GET","operation":"op","timeout_seconds":1}`,
+		`{"event_type":"other","budget_source":"category","timeout_category":"TIMEOUT_KV_GET","operation":"op","timeout_seconds":1}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -183,6 +187,9 @@ func FuzzReportEvent(f *testing.F) {
 		}
 		if !eventIDRE.MatchString(ev.EventID) {
 			t.Fatalf("event id %q", ev.EventID)
+		}
+		if ev.EventType != jsguard.EventType || ev.BudgetSource != jsguard.SourceReported {
+			t.Fatalf("accepted report has event_type %q, budget_source %q; want %q, %q", ev.EventType, ev.BudgetSource, jsguard.EventType, jsguard.SourceReported)
 		}
 		if ev.StartedAt.After(ev.Timestamp) || ev.ElapsedSeconds < 0 {
 			t.Fatalf("started %s after timestamp %s (elapsed %v)", ev.StartedAt, ev.Timestamp, ev.ElapsedSeconds)

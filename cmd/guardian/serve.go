@@ -72,7 +72,8 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 // run wires guardian and runs it until ctx ends or a part fails, then shuts
 // down in order: stop taking requests and finish those in flight, stop the
-// consumers and the other parts, flush audit publishes, drain the NATS
+// consumers and the other parts, flush audit publishes and close the audit
+// publisher (spooling what is not acknowledged), drain the NATS
 // connection, all within cfg.ShutdownTimeout. It returns the error that
 // stopped it, nil when ctx ended.
 func run(ctx context.Context, cfg *config, log *slog.Logger) error {
@@ -177,6 +178,7 @@ func run(ctx context.Context, cfg *config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	defer w.publisher.Close() // on the early returns; the shutdown below closes it (a second Close is a no-op)
 	setupDone.set()
 
 	// The long-running parts run until stopParts, not until ctx ends: at a
@@ -243,11 +245,16 @@ func run(ctx context.Context, cfg *config, log *slog.Logger) error {
 			log.Warn("consumers still stopping at the shutdown timeout")
 		}
 	}
-	// 3. Flush audit publishes, 4. drain the connection.
+	// 3. Flush audit publishes (and publish what the spool holds, as time
+	// allows), then close the publisher: whatever still awaits its ack goes
+	// to the spool, fsynced, for the next start. 4. Drain the connection.
 	fctx, cancel := context.WithDeadline(context.Background(), later(deadline, time.Second))
 	defer cancel()
 	if err := w.publisher.Flush(fctx); err != nil {
-		log.Warn("flush audit publishes", "err", err)
+		log.Warn("flush audit publishes; the rest goes to the spool", "err", err, "stats", fmt.Sprintf("%+v", w.publisher.Stats()))
+	}
+	if err := w.publisher.Close(); err != nil {
+		log.Error("close audit publisher: spooled events may not survive a power failure", "err", err)
 	}
 	drainConn(nc, time.Until(later(deadline, time.Second)), log)
 	log.Info("guardian stopped")

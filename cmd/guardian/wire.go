@@ -69,7 +69,10 @@ func wire(ctx context.Context, cfg *config, g *jsguard.Guard, js jetstream.JetSt
 	// Audit: stream, publisher (the guard's sink), drainer, sealer, alerts.
 	acfg := cfg.auditStream()
 	if err := provision(ctx, log, "audit stream", func(ctx context.Context) error {
-		_, err := auditstream.Ensure(ctx, g, js, acfg)
+		// Ensure sends no update when the stream keeps at least what acfg
+		// asks (guardian's shipped NATS user may not update it), and fails
+		// rather than start on a stream that keeps less.
+		_, err := auditstream.Ensure(ctx, g, js, acfg, auditstream.WithLogger(log.With("component", "audit")))
 		return err
 	}); err != nil {
 		return nil, fmt.Errorf("audit stream: %w", err)
@@ -88,6 +91,9 @@ func wire(ctx context.Context, cfg *config, g *jsguard.Guard, js jetstream.JetSt
 			return nil, fmt.Errorf("audit sealer: %w", err)
 		}
 		log.Info("audit seals on", "subject", acfg.SealSubject(), "public_key", sealer.PublicKey())
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "guardian_audit_seal_forged_total",
+			Help: "Messages on the seal subject that were not a valid continuation of the seal chain (forged or replayed seals)."},
+			func() float64 { return float64(sealer.Forged()) }))
 		w.parts = append(w.parts, part{"audit-sealer", sealer.Run})
 	}
 	if acfg.AlertThreshold > 0 {
@@ -192,6 +198,10 @@ func registerPublisherMetrics(reg *prometheus.Registry, pub *auditstream.Publish
 			stat(func(s auditstream.PublisherStats) float64 { return float64(s.Drained) })),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "guardian_audit_dropped_total", Help: "Audit events lost: spool full, publisher closed or invalid."},
 			stat(func(s auditstream.PublisherStats) float64 { return float64(s.Dropped) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "guardian_audit_skipped_total", Help: "Spooled audit events not published again because the stream already held them."},
+			stat(func(s auditstream.PublisherStats) float64 { return float64(s.Skipped) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "guardian_audit_spool_sync_errors_total", Help: "Failed fsyncs of the audit spool."},
+			stat(func(s auditstream.PublisherStats) float64 { return float64(s.SyncErrors) })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "guardian_audit_spool_bytes", Help: "Size of the audit spool on disk."},
 			stat(func(s auditstream.PublisherStats) float64 { return float64(s.SpoolBytes) })),
 	)
@@ -204,8 +214,9 @@ const provisionLimit = 2 * time.Minute
 // provision runs ensure, retrying with backoff while it fails for a reason
 // that passes once the cluster is ready: a timeout (a replicated stream
 // created by two guardians at once can leave both without a reply), no
-// responders, or JetStream answering 503 (no meta leader yet). Every retry is
-// logged. It returns ensure's last error, or ctx's.
+// responders, JetStream answering 503 (no meta leader yet) or finding no
+// peers for the replicas (the leader does not know them all yet). Every
+// retry is logged. It returns ensure's last error, or ctx's.
 func provision(ctx context.Context, log *slog.Logger, what string, ensure func(context.Context) error) error {
 	deadline := time.Now().Add(provisionLimit)
 	wait := 500 * time.Millisecond
@@ -224,9 +235,16 @@ func provision(ctx context.Context, log *slog.Logger, what string, ensure func(c
 	}
 }
 
-// transient reports whether a provisioning error may pass by itself.
+// transient reports whether a provisioning error may pass by itself. A
+// refusal by NATS permissions (such as an update of the audit stream,
+// which guardian's shipped user may not send) is not.
 func transient(err error) bool {
 	var apiErr *jetstream.APIError
 	return errors.Is(err, jsguard.ErrTimeout) || errors.Is(err, nats.ErrNoResponders) ||
-		(errors.As(err, &apiErr) && apiErr.Code == 503)
+		(errors.As(err, &apiErr) && (apiErr.Code == 503 || apiErr.ErrorCode == jsErrNoPeers))
 }
+
+// jsErrNoPeers is JetStream's "no suitable peers for placement": a
+// replicated stream created right after the cluster elected its meta leader,
+// before the leader knows every peer.
+const jsErrNoPeers jetstream.ErrorCode = 10005

@@ -20,7 +20,10 @@ var (
 	// allowed range.
 	ErrInvalidConfig = errors.New("auditstream: invalid config")
 	// ErrIncompatibleStream is returned by Ensure when the existing stream
-	// cannot be made to match the Config; the message names the setting.
+	// cannot be used as the Config asks: other subjects, storage or
+	// retention policy, or a weaker retention (e.g. a shorter MaxAge) whose
+	// update is refused; the message names each setting with its stored
+	// and wanted value.
 	ErrIncompatibleStream = errors.New("auditstream: existing stream is incompatible")
 	// ErrInvalidEvent is returned by Emit and Config.Subject for an event
 	// whose code is not a TIMEOUT_[A-Z0-9_]+ audit code.
@@ -68,8 +71,9 @@ type Config struct {
 	// Replicas is the stream's replica count, 1..5 (default 1; use 3 in
 	// a cluster).
 	Replicas int
-	// MaxAge is how long events are kept (default 90 days); 0 keeps them
-	// forever. When set it must be at least Duplicates.
+	// MaxAge is how long events are kept at least (default 90 days); 0
+	// keeps them forever. When set it must be at least Duplicates. Ensure
+	// keeps a longer MaxAge it finds on the stream, and never shortens it.
 	MaxAge time.Duration
 	// Duplicates is the window in which a re-sent event id is stored once
 	// (default 2 minutes), 1s..24h.

@@ -63,24 +63,50 @@
 //
 // Emit publishes asynchronously with at most Config.MaxInFlight publishes
 // awaiting their ack (acks time out after the policy's NATS_PUBLISH
-// budget). An event NATS cannot take — the connection is down, the publish
-// fails, or its ack fails or times out — is appended to the spool in
+// budget). EmitDurable returns only once the event is durable: the stream
+// acknowledged it, or it is in the spool and the spool is fsynced; callers
+// that report an event as accepted (guardian's audit.report) use it. An
+// event NATS cannot take — the connection is down, the publish fails, or
+// its ack fails or times out — is appended to the spool in
 // Config.SpoolDir: JSON-lines segment files of at most 1 MiB, bounded in
 // total by SpoolMaxBytes. Each event is one write(2) to a file opened with
-// O_APPEND, so a process crash loses nothing spooled; fsync runs at most
-// once a second while spooling, on every segment switch, in Flush and
-// Close, and on Run's idle tick, so a power failure loses at most about a
-// second of spooled events. The directory is locked (flock on SpoolDir/LOCK)
-// while a Publisher uses it. Run re-publishes the spool segment by segment,
-// in order, with the same message ids, and deletes a segment once all of it
-// is acknowledged; a new Publisher on the same directory picks up what an
-// earlier process left. An event that fits nowhere is counted in
-// PublisherStats.Dropped and logged once per burst.
+// O_APPEND, so a process crash loses nothing spooled. EmitDurable waits for
+// an fsync that covers its event, and concurrent callers share one fsync;
+// besides, fsync runs on every segment switch, in Flush and Close, and on
+// Run's tick every 250 ms, so a power failure loses at most about a quarter
+// of a second of events spooled by Emit. A failed fsync is an error for
+// EmitDurable, and is logged and counted (PublisherStats.SyncErrors) in
+// every case. The directory is locked (flock on SpoolDir/LOCK) while a
+// Publisher uses it. Run re-publishes the spool segment by segment, in
+// order, with the same message ids, and deletes a segment once all of it is
+// acknowledged or skipped; a new Publisher on the same directory picks up
+// what an earlier process left. Close spools every publish still awaiting
+// its ack: a graceful shutdown calls Flush, then Close. An event that fits
+// nowhere is counted in PublisherStats.Dropped and logged once per burst.
 //
-// Events reach the stream in the order they were emitted while NATS is
-// healthy. Events spooled during an outage reach it later, in their own
-// order, interleaved with newer events published live: order audit events
-// by their timestamp, not by stream sequence.
+// Each event is stored once, without relying on the Duplicates window for
+// old events. An event is published directly only while it is young: its
+// Timestamp, plus the NATS_PUBLISH budget, younger than the smaller of
+// Duplicates/2 and Duplicates minus the timestamp slack (WithTimestampSlack,
+// 70 s: the minute by which audit.report accepts future timestamps, plus
+// clock skew), which is 50 s, so 45 s of age with the default budget, for
+// the default 2 minute window. Any earlier copy of such an event was stored
+// within the window, and the stream drops the new one by its Nats-Msg-Id.
+// An older event goes to the spool. Before the drainer publishes spooled
+// events that are not young, it reads the message ids of the stream's
+// events (headers only) from the oldest spooled Timestamp minus the slack
+// up to the stream's last sequence, continuing where it stopped before
+// each later batch, and skips the spooled events already stored
+// (PublisherStats.Skipped). It holds the ids of the spooled events in
+// memory, never the stream's. A re-sent event, an event whose ack was lost,
+// and a segment a crash interrupted halfway are thus each stored once.
+//
+// Order: while the spool holds events, Emit and EmitDurable append new
+// events to it too, so a Publisher's events reach the stream in the order
+// it took them. The one exception is an event whose ack failed: it
+// re-enters through the spool, behind events taken after it. Events of
+// different Publishers (replicas) interleave: order audit events by their
+// timestamp, not by stream sequence.
 //
 // # Seals
 //

@@ -94,6 +94,15 @@ type Sink interface {
 	Emit(ctx context.Context, e Event) error
 }
 
+// DurableSink is a Sink that can also confirm that an event is stored
+// (the auditstream Publisher is one). Guard.EmitDurable uses it.
+type DurableSink interface {
+	Sink
+	// EmitDurable returns nil only once e is stored durably, else the
+	// reason it is not.
+	EmitDurable(ctx context.Context, e Event) error
+}
+
 // SinkFunc adapts a function to Sink.
 type SinkFunc func(ctx context.Context, e Event) error
 

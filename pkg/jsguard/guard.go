@@ -640,6 +640,42 @@ func (g *Guard) emit(ctx context.Context, te *TimeoutError, o *callOpts, fallbac
 	g.Emit(ctx, ev)
 }
 
+// EmitDurable hands an event to the hooks and the sink, like Emit, but
+// waits, as long as ctx allows, until the sink has stored it: through the
+// sink's EmitDurable when it is a DurableSink, else its Emit. For events
+// whose loss must be noticed, such as an approval's expiry, whose producer
+// retries on an error. It returns nil when there is no sink, else the
+// sink's error or ctx's (also counted in SinkErrors and passed to
+// Hooks.OnSinkError). The hooks see the event once per call.
+func (g *Guard) EmitDurable(ctx context.Context, ev Event) error {
+	if ev.EventType == "" {
+		ev.EventType = EventType
+	}
+	if ev.EventID == "" {
+		ev.EventID = EventID(ev.Code, ev.Operation, ev.TenantID, ev.CorrelationID, ev.TraceID, ev.StartedAt)
+	}
+	if g.hooks.OnTimeout != nil {
+		g.hooks.OnTimeout(ev)
+	}
+	sb := g.sink.Load()
+	if sb == nil {
+		return nil
+	}
+	var err error
+	if d, ok := sb.Sink.(DurableSink); ok {
+		err = d.EmitDurable(ctx, ev)
+	} else {
+		err = sb.Emit(ctx, ev)
+	}
+	if err != nil {
+		g.sinkErrors.Add(1)
+		if g.hooks.OnSinkError != nil {
+			g.hooks.OnSinkError(ev, err)
+		}
+	}
+	return err
+}
+
 // Emit hands an event to the hooks and the sink, bounded by the guard's emit
 // bound, without running any call: for events a caller produces itself (an
 // approval that expired, a timeout reported by another service). An empty

@@ -926,3 +926,43 @@ func TestInline(t *testing.T) {
 		})
 	})
 }
+
+// durableSink records which of its methods was called.
+type durableSink struct {
+	emits, durable int
+	err            error
+}
+
+func (d *durableSink) Emit(context.Context, jsguard.Event) error { d.emits++; return d.err }
+func (d *durableSink) EmitDurable(context.Context, jsguard.Event) error {
+	d.durable++
+	return d.err
+}
+
+// TestEmitDurable: EmitDurable uses a DurableSink's EmitDurable, a plain
+// sink's Emit, and returns and counts the sink's error.
+func TestEmitDurable(t *testing.T) {
+	ev := jsguard.Event{Code: "TIMEOUT_KV_GET", Operation: "x"}
+	d := &durableSink{}
+	g, err := jsguard.New(jsguard.WithSink(d))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.EmitDurable(t.Context(), ev); err != nil || d.durable != 1 || d.emits != 0 {
+		t.Fatalf("durable sink: err %v, durable %d, emits %d", err, d.durable, d.emits)
+	}
+	var plain []jsguard.Event
+	g.SetSink(jsguard.SinkFunc(func(_ context.Context, e jsguard.Event) error { plain = append(plain, e); return nil }))
+	if err := g.EmitDurable(t.Context(), ev); err != nil || len(plain) != 1 || plain[0].EventID == "" {
+		t.Fatalf("plain sink: err %v, events %+v", err, plain)
+	}
+	failing := &durableSink{err: errors.New("disk full")}
+	g.SetSink(failing)
+	if err := g.EmitDurable(t.Context(), ev); !errors.Is(err, failing.err) || g.SinkErrors() != 1 {
+		t.Fatalf("failing sink: err %v, SinkErrors %d", err, g.SinkErrors())
+	}
+	g.SetSink(nil)
+	if err := g.EmitDurable(t.Context(), ev); err != nil {
+		t.Fatalf("no sink: %v", err)
+	}
+}

@@ -108,6 +108,13 @@ func WithWebhook(w Webhook) ConsumerOption {
 // the beginning of the records stream, so it publishes the events of the
 // retained history once. A Notifier is safe for concurrent use; run it once
 // per process.
+//
+// The expiry audit event is handed to the guard's sink with
+// jsguard.Guard.EmitDurable: the revision is acknowledged only once the
+// sink has stored it, and is redelivered otherwise. A webhook retry
+// redelivers the revision and hands the audit event over again: the sink
+// must store it once however late the copy comes (the auditstream
+// Publisher does).
 type Notifier struct {
 	s *Service
 	o consumerOpts
@@ -182,7 +189,10 @@ func (n *Notifier) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	if ev.Kind == KindExpired {
-		s.g.Emit(ctx, s.expiryAudit(&rec))
+		if err := s.g.EmitDurable(ctx, s.expiryAudit(&rec)); err != nil {
+			s.settle(msg, fmt.Errorf("expiry audit of %s: %w", ev.MsgID(), err))
+			return
+		}
 		s.stats.audit.Add(1)
 	}
 	if w := n.o.webhook; w != nil {

@@ -1,13 +1,21 @@
 package kvapprovals
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jsguardian/guardian/pkg/auditstream"
+	"github.com/jsguardian/guardian/pkg/jsguard"
 )
 
 // hook is a webhook receiver that fails its first `fail` calls per event.
@@ -111,5 +119,104 @@ func TestWebhookGivesUp(t *testing.T) {
 	}
 	if s := e.svc.Stats(); s.WebhookFailed != 1 {
 		t.Errorf("stats = %+v", s)
+	}
+}
+
+// TestWebhookFailingAuditOnce: the webhook fails on every attempt of an
+// expiry's notification, with redeliveries further apart than the audit
+// stream's duplicate window (1 s): the TIMEOUT_APPROVAL_EXPIRED event is
+// still stored once. The guard's sink publishes to a real stream with the
+// event id as message id, as a plain publisher would.
+func TestWebhookFailingAuditOnce(t *testing.T) {
+	t.Parallel()
+	h := &hook{fail: -1, calls: map[string]int{}}
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	e := newEnv(t, nil)
+	ctx := t.Context()
+	acfg := auditstream.DefaultConfig()
+	acfg.Stream, acfg.SubjectPrefix, acfg.Duplicates, acfg.SpoolDir = "AUDIT_T", "audit.t", time.Second, t.TempDir()
+	if _, err := auditstream.Ensure(ctx, nil, e.js, acfg); err != nil {
+		t.Fatal(err)
+	}
+	pub, err := auditstream.NewPublisher(nil, e.js, acfg, auditstream.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pub.Close() })
+	run(t, pub.Run)
+	sink := &countingSink{Publisher: pub}
+	e.g.SetSink(sink)
+	backoff := 1500 * time.Millisecond
+	run(t, e.svc.Expirer().Run)
+	run(t, e.svc.Notifier(WithWebhook(Webhook{URL: srv.URL, Backoff: []time.Duration{backoff, backoff, backoff}})).Run)
+	r := e.request("acme", req("x1"))
+
+	var failed Event
+	waitFor(t, 30*time.Second, "the expiry's notification given up", func() bool {
+		for _, f := range e.events("guardian.v1.events.acme.notification_failed") {
+			if f.Failure != nil && f.Failure.Kind == KindExpired {
+				failed = f
+				return true
+			}
+		}
+		return false
+	})
+	if _, calls := h.snapshot(); failed.Revision <= r.Revision || calls[fmt.Sprintf("acme.x1.%d", failed.Revision)] != 4 {
+		t.Errorf("webhook calls %v, want 4 attempts for the expiry (revision %d)", calls, failed.Revision)
+	}
+	str, err := e.js.Stream(ctx, "AUDIT_T")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every delivery hands the audit event over; the sink stores it once.
+	waitFor(t, 10*time.Second, "the spooled copies drained", func() bool {
+		st := pub.Stats()
+		return st.SpoolBytes == 0 && sink.n.Load() >= 4
+	})
+	info, err := str.Info(ctx, jetstream.WithSubjectFilter("audit.t.*."+jsguard.ApprovalExpired.Code()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := info.State.Msgs; n != 1 {
+		t.Errorf("%d TIMEOUT_APPROVAL_EXPIRED events stored, want 1 (%d handed to the sink)", n, sink.n.Load())
+	}
+}
+
+// countingSink is an auditstream Publisher that counts the events handed
+// to it durably.
+type countingSink struct {
+	*auditstream.Publisher
+	n atomic.Int32
+}
+
+func (c *countingSink) EmitDurable(ctx context.Context, ev jsguard.Event) error {
+	c.n.Add(1)
+	return c.Publisher.EmitDurable(ctx, ev)
+}
+
+// TestExpiryAuditRetriedUntilStored: when the sink cannot store the expiry
+// audit, the revision is not acknowledged and is delivered again until it
+// is, so a lost audit event is retried, not dropped.
+func TestExpiryAuditRetriedUntilStored(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	var calls, stored atomic.Int32
+	e.g.SetSink(jsguard.SinkFunc(func(_ context.Context, ev jsguard.Event) error {
+		if ev.Code != jsguard.ApprovalExpired.Code() {
+			return nil
+		}
+		if calls.Add(1) <= 2 {
+			return fmt.Errorf("audit stream unavailable")
+		}
+		stored.Add(1)
+		return nil
+	}))
+	run(t, e.svc.Expirer().Run)
+	run(t, e.svc.Notifier().Run)
+	e.request("acme", req("r1"))
+	waitFor(t, 60*time.Second, "the expiry audit stored after two failures", func() bool { return stored.Load() >= 1 })
+	if c := calls.Load(); c < 3 {
+		t.Errorf("%d attempts, want at least 3", c)
 	}
 }

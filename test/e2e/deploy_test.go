@@ -1062,17 +1062,23 @@ func TestDeployCluster(t *testing.T) {
 	}
 
 	// Even guardian's own user cannot purge the audit stream, delete its
-	// messages (the stream's DenyPurge and DenyDelete) or delete it (the
-	// shipped permissions).
+	// messages (the shipped permissions, and the stream's DenyPurge and
+	// DenyDelete) or delete it (the shipped permissions). A denied request
+	// gets no reply: a short deadline ends it.
 	audit, err := admin.js.Stream(ctx, "GUARDIAN_AUDIT")
 	if err != nil {
 		t.Fatal(err)
 	}
 	before := audit.CachedInfo().State.Msgs
-	if err := audit.Purge(ctx); err == nil {
+	short := func() context.Context {
+		c, cancel := context.WithTimeout(ctx, time.Second)
+		t.Cleanup(cancel)
+		return c
+	}
+	if err := audit.Purge(short()); err == nil {
 		t.Error("purge of GUARDIAN_AUDIT succeeded; the stream must deny purge")
 	}
-	if err := audit.DeleteMsg(ctx, 1); err == nil {
+	if err := audit.DeleteMsg(short(), 1); err == nil {
 		t.Error("message delete in GUARDIAN_AUDIT succeeded; the stream must deny delete")
 	}
 	admin.expectDenied(t, "Publish", "$JS.API.STREAM.DELETE.GUARDIAN_AUDIT", func() error {

@@ -594,3 +594,143 @@ func TestSecurityShippedPermissions(t *testing.T) {
 	depLogHasNoPermissionErrors(t, g)
 	admin.expectNoViolations(t)
 }
+
+// TestSecurityAuditTrailCannotBeShortened runs guardian as its own user on
+// the shipped config (deploy/nats/nats-1.conf alone, as in
+// TestSecurityShippedPermissions) and checks that this user cannot shorten
+// GUARDIAN_AUDIT: an update to MaxAge 1s, a purge, a message delete and a
+// stream delete are each a permissions violation that changes nothing.
+// guardian itself restarts on the stream without updating it, keeps a
+// stored MaxAge longer than configured, and refuses to start, saying why,
+// when the stored MaxAge is shorter than configured.
+func TestSecurityAuditTrailCannotBeShortened(t *testing.T) {
+	bin := depBuildGuardian(t)
+	lookup, pw := depPasswords()
+	c := depLoadCompose(t, lookup)
+	nodes := depLoadNodes(t, c)[:1]
+	nodes[0].opts.Routes = nil
+	depRewrite(t, nodes)
+	nodes[0].opts.Cluster = server.ClusterOpts{}
+	depStartNodes(t, nodes)
+	url := nodes[0].srv.ClientURL()
+
+	gsvc := c.guardianServices()[0]
+	env := maps.Clone(c.env(t, gsvc))
+	maps.Copy(env, depGuardianEnvOverrides)
+	env["GUARDIAN_NATS_URL"] = url
+	env["GUARDIAN_REPLICAS"] = "1" // one server here
+	env["GUARDIAN_HTTP_ADDR"] = ""
+	env["GUARDIAN_DATA_DIR"] = t.TempDir()
+	const configured = 90 * 24 * time.Hour // GUARDIAN_AUDIT_MAX_AGE's default
+	if v, ok := env["GUARDIAN_AUDIT_MAX_AGE"]; ok {
+		t.Fatalf("the compose file sets GUARDIAN_AUDIT_MAX_AGE=%s; this test assumes the default", v)
+	}
+	// serve starts guardian with env, waits until it is ready, stops it
+	// and returns its log, which must show no permissions violation.
+	serve := func(env map[string]string) string {
+		t.Helper()
+		g := depStart(t, gsvc, bin, env, "serve")
+		g.waitLog(t, `"msg":"guardian ready"`, 30*time.Second)
+		if code := g.stop(15 * time.Second); code != 0 {
+			t.Fatalf("guardian exit %d after SIGTERM, want 0:\n%s", code, g.out)
+		}
+		depLogHasNoPermissionErrors(t, g)
+		return g.out.String()
+	}
+	serve(env) // creates GUARDIAN_AUDIT
+
+	admin := depConnect(t, url, env["GUARDIAN_NATS_USER"], env["GUARDIAN_NATS_PASSWORD"])
+	ctx := t.Context()
+	audit, err := admin.js.Stream(ctx, "GUARDIAN_AUDIT")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A marker event, so that a purge or delete would show.
+	if _, err := admin.js.Publish(ctx, "guardian.v1.audit.acme.TIMEOUT_E2E_MARKER", []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	before, err := audit.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if before.Config.MaxAge != configured || before.State.Msgs == 0 {
+		t.Fatalf("GUARDIAN_AUDIT: MaxAge %s, %d messages; want %s and the marker", before.Config.MaxAge, before.State.Msgs, configured)
+	}
+	unchanged := func(what string) {
+		t.Helper()
+		after, err := audit.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// guardian may add events; nothing may go
+		if after.Config.MaxAge != configured || after.State.Msgs < before.State.Msgs ||
+			after.State.FirstSeq != before.State.FirstSeq || after.State.NumDeleted != 0 {
+			t.Errorf("%s changed GUARDIAN_AUDIT: MaxAge %s, %d messages from %d, %d deleted; was %s, %d from %d", what,
+				after.Config.MaxAge, after.State.Msgs, after.State.FirstSeq, after.State.NumDeleted, configured, before.State.Msgs, before.State.FirstSeq)
+		}
+	}
+
+	t.Run("guardian's user cannot shorten the stream", func(t *testing.T) {
+		short := before.Config
+		short.MaxAge = time.Second
+		admin.expectDenied(t, "Publish", "$JS.API.STREAM.UPDATE.GUARDIAN_AUDIT", func() error {
+			ctx2, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+			defer cancel()
+			if _, err := admin.js.UpdateStream(ctx2, short); err == nil {
+				t.Error("the update to MaxAge 1s succeeded")
+			}
+			return nil
+		})
+		for _, subject := range []string{
+			"$JS.API.STREAM.PURGE.GUARDIAN_AUDIT",
+			"$JS.API.STREAM.MSG.DELETE.GUARDIAN_AUDIT",
+			"$JS.API.STREAM.DELETE.GUARDIAN_AUDIT",
+		} {
+			admin.expectDenied(t, "Publish", subject, func() error {
+				return admin.nc.PublishRequest(subject, nats.NewInbox(), []byte(`{"seq":1}`))
+			})
+		}
+		unchanged("guardian's user")
+	})
+
+	t.Run("guardian restarts without updating the stream", func(t *testing.T) {
+		serve(env)
+		// A shorter configured MaxAge keeps the stored one.
+		shorter := maps.Clone(env)
+		shorter["GUARDIAN_AUDIT_MAX_AGE"] = "720h"
+		out := serve(shorter)
+		if !strings.Contains(out, "keeps its stored setting") || !strings.Contains(out, `"setting":"MaxAge","stored":"2160h0m0s","configured":"720h0m0s"`) {
+			t.Errorf("guardian with GUARDIAN_AUDIT_MAX_AGE=720h does not log that it keeps MaxAge 2160h:\n%s", out)
+		}
+		unchanged("guardian's restarts")
+	})
+
+	t.Run("guardian refuses a stream that keeps less than configured", func(t *testing.T) {
+		longer := maps.Clone(env)
+		longer["GUARDIAN_AUDIT_MAX_AGE"] = "4320h"
+		start := time.Now()
+		secRefused(t, bin, longer, "GUARDIAN_AUDIT keeps less than configured", "MaxAge is 2160h0m0s, want 4320h0m0s",
+			"permissions violation", "STREAM.UPDATE.GUARDIAN_AUDIT", "identity that provisions it")
+		// No waiting for the update's 15s budget, nor retrying it.
+		if d := time.Since(start); d > 14*time.Second {
+			t.Errorf("the refusal took %s", d)
+		}
+		unchanged("the refused start")
+	})
+
+	t.Run("the system user cannot purge guardian's account", func(t *testing.T) {
+		// $JS.API.ACCOUNT.PURGE.<account> is the system account's: it
+		// removes every stream of the account, GUARDIAN_AUDIT included.
+		sys := depConnect(t, url, "sys", pw["NATS_PASSWORD_SYS"])
+		sys.expectDenied(t, "Publish", "$JS.API.ACCOUNT.PURGE.GUARDIAN", func() error {
+			return sys.nc.PublishRequest("$JS.API.ACCOUNT.PURGE.GUARDIAN", nats.NewInbox(), nil)
+		})
+		unchanged("the system user")
+		// Monitoring ('nats server ...') still works.
+		if _, err := sys.nc.Request("$SYS.REQ.SERVER.PING.JSZ", nil, 5*time.Second); err != nil {
+			t.Errorf("sys: $SYS.REQ.SERVER.PING.JSZ: %v", err)
+		}
+		sys.expectNoViolations(t)
+	})
+	admin.expectNoViolations(t)
+}
