@@ -59,6 +59,9 @@ type config struct {
 	// onReady, when set, is called with the NATS URL once the service
 	// answers requests.
 	onReady func(url string)
+	// beforeAPI, when set, is called after the consumers started and before
+	// the API service is added (tests hold the start there).
+	beforeAPI func()
 }
 
 // embeddedMode reports whether guardian starts its own nats-server.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -173,6 +175,8 @@ func run(ctx context.Context, cfg *config, log *slog.Logger) error {
 	var setupDone atomicBool
 	ready.add("setup", func() error { return setupDone.err("streams and buckets not ensured yet") })
 	ready.add("consumers", func() error { return errors.New("consumers not started yet") })
+	var apiUp atomicBool
+	ready.add("api", func() error { return apiUp.err("the API is not answering yet") })
 
 	w, err := wire(ctx, cfg, g, js, log, reg, m)
 	if err != nil {
@@ -193,6 +197,9 @@ func run(ctx context.Context, cfg *config, log *slog.Logger) error {
 	go func() { partsDone <- parts.run(partsCtx) }()
 	ready.add("consumers", consumersReady(g, js, w.consumers))
 
+	if cfg.beforeAPI != nil {
+		cfg.beforeAPI()
+	}
 	a := &api{g: g, approvals: w.approvals, log: log, nc: apiNC, sem: make(chan struct{}, cfg.MaxInFlight)}
 	svc, err := micro.AddService(apiNC, micro.Config{
 		Name:         "guardian",
@@ -207,10 +214,16 @@ func run(ctx context.Context, cfg *config, log *slog.Logger) error {
 	if err := a.addEndpoints(svc); err != nil {
 		return err
 	}
-	// Ready means answering: the server has the subscriptions.
+	// Ready means answering: the server has the subscriptions, and a
+	// client on another connection finds this instance and every endpoint
+	// through discovery and gets an answer from it.
 	if err := g.Do(ctx, jsguard.NATSSubscribe, "flush api subscriptions", apiNC.FlushWithContext); err != nil {
 		return fmt.Errorf("micro service: %w", err)
 	}
+	if err := probeAPI(ctx, g, nc, svc); err != nil {
+		return fmt.Errorf("micro service: %w", err)
+	}
+	apiUp.set()
 	if cfg.onReady != nil {
 		cfg.onReady(url)
 	}
@@ -285,6 +298,57 @@ func drainConn(nc *nats.Conn, d time.Duration, log *slog.Logger) {
 	case <-time.After(d):
 		log.Warn("nats drain did not finish in time")
 	}
+}
+
+// probeAPI asks, over nc, for this instance's discovery info
+// ($SRV.INFO.guardian.<id>) and checks that it lists every endpoint, then
+// pings the instance; it retries until both answer or the NATSSubscribe
+// budget ends. It returns the last failure then.
+func probeAPI(ctx context.Context, g *jsguard.Guard, nc *nats.Conn, svc micro.Service) error {
+	info := svc.Info()
+	want := make([]string, 0, len(info.Endpoints))
+	for _, e := range info.Endpoints {
+		want = append(want, e.Name)
+	}
+	infoSubj, err := micro.ControlSubject(micro.InfoVerb, info.Name, info.ID)
+	if err != nil {
+		return err
+	}
+	pingSubj, err := micro.ControlSubject(micro.PingVerb, info.Name, info.ID)
+	if err != nil {
+		return err
+	}
+	return g.Do(ctx, jsguard.NATSSubscribe, "probe api "+info.ID, func(ctx context.Context) error {
+		for {
+			err := func() error {
+				m, err := nc.RequestWithContext(ctx, infoSubj, nil)
+				if err != nil {
+					return fmt.Errorf("discovery %s: %w", infoSubj, err)
+				}
+				var got micro.Info
+				if err := json.Unmarshal(m.Data, &got); err != nil {
+					return fmt.Errorf("discovery %s: %w", infoSubj, err)
+				}
+				for _, name := range want {
+					if !slices.ContainsFunc(got.Endpoints, func(e micro.EndpointInfo) bool { return e.Name == name }) {
+						return fmt.Errorf("discovery %s does not list endpoint %s", infoSubj, name)
+					}
+				}
+				if _, err := nc.RequestWithContext(ctx, pingSubj, nil); err != nil {
+					return fmt.Errorf("ping %s: %w", pingSubj, err)
+				}
+				return nil
+			}()
+			if err == nil || ctx.Err() != nil {
+				return err
+			}
+			select {
+			case <-ctx.Done():
+				return err
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	})
 }
 
 func serviceVersion() string {
