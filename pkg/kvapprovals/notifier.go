@@ -290,15 +290,52 @@ func (n *Notifier) deliver(ctx context.Context, w *Webhook, ev *Event) error {
 		req.Header.Set("Idempotency-Key", ev.MsgID())
 		resp, err := w.Client.Do(req)
 		if err != nil {
-			return err
+			return redactURL(err, w.URL)
 		}
 		defer resp.Body.Close()
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 		if resp.StatusCode < 200 || resp.StatusCode > 299 {
-			return fmt.Errorf("webhook %s: %s", w.URL, resp.Status)
+			return fmt.Errorf("webhook %s: %s", webhookHost(w.URL), resp.Status)
 		}
 		return nil
 	}, jsguard.WithDetail("approval_id", ev.ID), jsguard.WithDetail("event", ev.MsgID()))
+}
+
+// urlRedactedError is an error whose text names a webhook by its scheme
+// and host only; it unwraps to the original error.
+type urlRedactedError struct {
+	msg string
+	err error
+}
+
+func (e *urlRedactedError) Error() string { return e.msg }
+func (e *urlRedactedError) Unwrap() error { return e.err }
+
+// redactURL returns err with every mention of the webhook URL raw (as
+// net/http's errors quote it) cut to its scheme and host, so that a token
+// in its user info, path or query never reaches an event or a log.
+func redactURL(err error, raw string) error {
+	msg := err.Error()
+	host := webhookHost(raw)
+	forms := []string{raw}
+	if u, perr := url.Parse(raw); perr == nil {
+		forms = append(forms, u.String(), u.Redacted())
+		if u.User != nil {
+			forms = append(forms, u.User.String())
+		}
+		if p := u.EscapedPath(); len(p) > 1 {
+			forms = append(forms, p)
+		}
+		if u.RawQuery != "" {
+			forms = append(forms, u.RawQuery)
+		}
+	}
+	for _, f := range forms {
+		if f != "" {
+			msg = strings.ReplaceAll(msg, f, host)
+		}
+	}
+	return &urlRedactedError{msg: msg, err: err}
 }
 
 // webhookHost returns the scheme and host of a webhook URL for operation

@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -218,5 +221,76 @@ func TestExpiryAuditRetriedUntilStored(t *testing.T) {
 	waitFor(t, 60*time.Second, "the expiry audit stored after two failures", func() bool { return stored.Load() >= 1 })
 	if c := calls.Load(); c < 3 {
 		t.Errorf("%d attempts, want at least 3", c)
+	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for concurrent writers.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.b = append(l.b, p...)
+	return len(p), nil
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return string(l.b)
+}
+
+// TestWebhookURLNotLeaked: the webhook URL's user info, path and query
+// (where tokens live) appear neither in notification_failed events, which
+// tenants read, nor in logs or hooks, whether the webhook answers with an
+// error status or cannot be reached at all.
+func TestWebhookURLNotLeaked(t *testing.T) {
+	t.Parallel()
+	failing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusBadGateway) }))
+	t.Cleanup(failing.Close)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := "http://" + l.Addr().String()
+	l.Close() // nothing listens there: the POST fails to connect
+	const secrets = "s3cr3t|T0KEN|Q5ECRET"
+	for i, base := range []string{failing.URL, closed} {
+		t.Run(fmt.Sprint(i), func(t *testing.T) {
+			t.Parallel()
+			u, _ := url.Parse(base)
+			u.User = url.UserPassword("user", "s3cr3t")
+			u.Path, u.RawQuery = "/hooks/T0KEN", "key=Q5ECRET"
+			var logs lockedBuffer
+			var hooked []string
+			var mu sync.Mutex
+			e := newEnv(t, nil, WithLogger(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))),
+				WithHooks(Hooks{OnNotificationFailed: func(_ Event, err error) { mu.Lock(); hooked = append(hooked, err.Error()); mu.Unlock() }}))
+			run(t, e.svc.Notifier(WithWebhook(Webhook{URL: u.String(), Backoff: []time.Duration{10 * time.Millisecond}})).Run)
+			e.request("acme", req("w1"))
+			var f Event
+			waitFor(t, 20*time.Second, "notification_failed", func() bool {
+				evs := e.events("guardian.v1.events.acme.notification_failed")
+				if len(evs) > 0 {
+					f = evs[0]
+				}
+				return len(evs) > 0
+			})
+			mu.Lock()
+			defer mu.Unlock()
+			for what, text := range map[string]string{"event": f.Failure.Error, "logs": logs.String(), "hook": strings.Join(hooked, "\n")} {
+				for _, s := range strings.Split(secrets, "|") {
+					if strings.Contains(text, s) {
+						t.Errorf("%s shows %q: %s", what, s, text)
+					}
+				}
+			}
+			if !strings.Contains(f.Failure.Error, u.Host) {
+				t.Errorf("failure %q does not name the webhook's host %s", f.Failure.Error, u.Host)
+			}
+		})
 	}
 }
