@@ -48,6 +48,26 @@ type codeRate struct {
 	// to be exact, since older events leave the window first.
 	times  []time.Time
 	firing bool
+	// settled is set once the end of the code's last episode (or, for a
+	// new tracker, the count below the threshold) has been recorded in the
+	// shared state; a fire clears it. rearmed is set when the count fell
+	// below the threshold after a fire.
+	settled, rearmed bool
+}
+
+// endPending reports whether code's episode has ended and the end is not
+// yet recorded: its count fell below the threshold after it fired, or, for
+// a tracker that never saw it fire, the count is below the threshold now.
+func (r *rateTracker) endPending(code string) bool {
+	c := r.codes[code]
+	return c != nil && !c.firing && !c.settled && (c.rearmed || len(c.times) < r.threshold)
+}
+
+// ended records that the end of code's episode is in the shared state.
+func (r *rateTracker) ended(code string) {
+	if c := r.codes[code]; c != nil {
+		c.settled, c.rearmed = true, false
+	}
 }
 
 func newRateTracker(window time.Duration, threshold int) *rateTracker {
@@ -75,14 +95,14 @@ func (r *rateTracker) add(code string, t time.Time) (fire bool, count int) {
 	}
 	c.times = c.times[i:]
 	if c.firing && len(c.times) < r.threshold {
-		c.firing = false
+		c.firing, c.rearmed = false, true
 	}
 	c.times = append(c.times, t)
 	if len(c.times) > r.threshold+1 {
 		c.times = c.times[1:]
 	}
 	if !c.firing && len(c.times) > r.threshold {
-		c.firing = true
+		c.firing, c.settled = true, false
 		return true, len(c.times)
 	}
 	return false, len(c.times)
@@ -92,10 +112,20 @@ func (r *rateTracker) add(code string, t time.Time) (fire bool, count int) {
 // AlertPrefix.<CODE> (core NATS, so it reaches subscribers and any stream
 // that captures those subjects) when more than AlertThreshold events of one
 // code are stored within AlertWindow, and not again for that code until its
-// count has fallen below the threshold. It starts by reading the last
-// window of history; state is in memory, so a restarted Alerter may alert
-// once more for a rate that is still high. Its methods are safe for
-// concurrent use, but run one Run per Alerter.
+// count has fallen below the threshold.
+//
+// One crossing gives one alert however many Alerters run (one per
+// replica) and however often they restart: the state of each code's
+// episode lives in the KV bucket Config.AlertStateBucket, key <CODE>, as
+// {"firing":…,"seq":…}, the stream sequence of its last change. An Alerter
+// that sees a crossing at sequence S claims the episode with a
+// revision-checked write, allowed only when the code is not firing and S
+// is after the sequence that ended the last episode, and publishes only if
+// its claim won; one that sees the count below the threshold at a sequence
+// after the claim ends the episode. A process that stops between its
+// claim and its publish loses that alert (at most one alert per
+// crossing). It starts by reading the last window of history. Its methods
+// are safe for concurrent use, but run one Run per Alerter.
 type Alerter struct {
 	g   *jsguard.Guard
 	js  jetstream.JetStream
@@ -124,8 +154,17 @@ func (a *Alerter) Run(ctx context.Context) error {
 	tr := newRateTracker(a.cfg.AlertWindow, a.cfg.AlertThreshold)
 	var lastSeq uint64
 	var backoff time.Duration
+	var kv *jsguard.KV
 	for {
-		err := a.follow(ctx, tr, &lastSeq)
+		var err error
+		if kv == nil {
+			kv, err = a.g.EnsureKV(ctx, a.js, jetstream.KeyValueConfig{Bucket: a.cfg.AlertStateBucket,
+				Description: "guardian audit rate alerts: the episode of each code", History: 1,
+				Storage: jetstream.FileStorage, Replicas: a.cfg.Replicas})
+		}
+		if err == nil {
+			err = a.follow(ctx, tr, kv, &lastSeq)
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -142,7 +181,55 @@ func (a *Alerter) Run(ctx context.Context) error {
 	}
 }
 
-func (a *Alerter) follow(ctx context.Context, tr *rateTracker, lastSeq *uint64) error {
+// alertState is the value of a code's key in the alert state bucket.
+type alertState struct {
+	Firing bool   `json:"firing"`
+	Seq    uint64 `json:"seq"`
+}
+
+// transition moves code's episode to firing (claim) or not, as observed at
+// stream sequence seq. It returns whether this call made the change; a
+// change another Alerter made first, or one that the state already
+// reflects, returns false.
+func (a *Alerter) transition(ctx context.Context, kv *jsguard.KV, code string, seq uint64, firing bool) (bool, error) {
+	for {
+		var cur alertState
+		var rev uint64
+		e, err := kv.Get(ctx, code)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+		case err != nil:
+			return false, err
+		default:
+			rev = e.Revision()
+			if err := json.Unmarshal(e.Value(), &cur); err != nil {
+				cur = alertState{} // not ours: overwrite
+			}
+		}
+		if cur.Firing == firing || seq <= cur.Seq {
+			return false, nil
+		}
+		data, _ := json.Marshal(alertState{Firing: firing, Seq: seq})
+		if rev == 0 {
+			_, err = kv.Create(ctx, code, data)
+		} else {
+			_, err = kv.Update(ctx, code, data, rev)
+		}
+		switch {
+		case err == nil:
+			return true, nil
+		case errors.Is(err, jetstream.ErrKeyExists), errors.Is(err, jetstream.ErrKeyRevisionMismatch):
+			continue // another Alerter changed it: judge again
+		default:
+			if apiErr, ok := errors.AsType[*jetstream.APIError](err); ok && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+				continue
+			}
+			return false, err
+		}
+	}
+}
+
+func (a *Alerter) follow(ctx context.Context, tr *rateTracker, kv *jsguard.KV, lastSeq *uint64) error {
 	filter, _ := filterSubject(&a.cfg, "", "")
 	occ := jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}}
 	if *lastSeq > 0 {
@@ -170,14 +257,31 @@ func (a *Alerter) follow(ctx context.Context, tr *rateTracker, lastSeq *uint64) 
 		if err != nil {
 			return err
 		}
-		*lastSeq = md.Sequence.Stream
+		seq := md.Sequence.Stream
+		*lastSeq = seq
 		_, code, ok := splitSubject(&a.cfg, msg.Subject())
 		if !ok {
 			continue
 		}
-		if fire, count := tr.add(code, md.Timestamp); fire {
-			a.publish(ctx, Alert{Code: code, Count: count, Window: a.cfg.AlertWindow.String(),
-				Threshold: a.cfg.AlertThreshold, Time: md.Timestamp.UTC()})
+		fire, count := tr.add(code, md.Timestamp)
+		switch {
+		case fire:
+			won, err := a.transition(ctx, kv, code, seq, true)
+			if err != nil {
+				// The shared state cannot be read: this crossing's alert is
+				// lost rather than possibly sent twice.
+				a.log.Error("audit alert not sent: its episode cannot be claimed", "code", code, "err", err)
+				return fmt.Errorf("claim alert of %s: %w", code, err)
+			}
+			if won {
+				a.publish(ctx, Alert{Code: code, Count: count, Window: a.cfg.AlertWindow.String(),
+					Threshold: a.cfg.AlertThreshold, Time: md.Timestamp.UTC()})
+			}
+		case tr.endPending(code):
+			if _, err := a.transition(ctx, kv, code, seq, false); err != nil {
+				return fmt.Errorf("end alert of %s: %w", code, err)
+			}
+			tr.ended(code)
 		}
 	}
 }

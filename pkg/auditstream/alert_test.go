@@ -178,3 +178,73 @@ func TestAlerterDisabled(t *testing.T) {
 		t.Errorf("Run = %v, want nil", err)
 	}
 }
+
+// TestAlertersOnePerCrossing: two Alerters (two replicas) and a restarted
+// one give one alert per threshold crossing, not one each.
+func TestAlertersOnePerCrossing(t *testing.T) {
+	_, nc, js, cfg := startStream(t)
+	cfg.AlertWindow = time.Second
+	cfg.AlertThreshold = 5
+	var mu sync.Mutex
+	var alerts []Alert
+	sub, err := nc.Subscribe(cfg.AlertPrefix+".>", func(m *nats.Msg) {
+		var a Alert
+		_ = json.Unmarshal(m.Data, &a)
+		mu.Lock()
+		alerts = append(alerts, a)
+		mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	count := func() int { mu.Lock(); defer mu.Unlock(); return len(alerts) }
+	p, err := NewPublisher(nil, js, cfg, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	start := func() context.CancelFunc {
+		a, err := NewAlerter(nil, js, cfg, quiet)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return runInBackground(t, a.Run)
+	}
+	stopA := start()
+	start()
+	burst := func(n, from int) {
+		for i := range n {
+			if err := p.Emit(t.Context(), testEvent(from+i, "acme", "TIMEOUT_KV_GET")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := p.Flush(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	settle := func() { time.Sleep(500 * time.Millisecond) } // both Alerters read what was stored
+
+	burst(6, 0)
+	eventually(t, 5*time.Second, func() bool { return count() >= 1 }, "first alert")
+	settle()
+	if n := count(); n != 1 {
+		t.Fatalf("%d alerts from two Alerters for one crossing, want 1", n)
+	}
+	// A restart while the rate is still high: no second alert.
+	stopA()
+	start()
+	burst(3, 10)
+	settle()
+	if n := count(); n != 1 {
+		t.Fatalf("%d alerts after a restart during the same episode, want 1", n)
+	}
+	// The window empties; the next crossing gives one more alert.
+	time.Sleep(1200 * time.Millisecond)
+	burst(6, 20)
+	eventually(t, 5*time.Second, func() bool { return count() >= 2 }, "second alert")
+	settle()
+	if n := count(); n != 2 {
+		t.Fatalf("%d alerts for two crossings, want 2", n)
+	}
+}

@@ -111,6 +111,10 @@ type Config struct {
 	// AlertWindow above which an alert fires (default 100); 0 disables
 	// alerts. 0..1,000,000.
 	AlertThreshold int
+	// AlertStateBucket is the KV bucket in which Alerters share each
+	// code's alert episode (default GUARDIAN_ALERTS), so that one crossing
+	// gives one alert across replicas and restarts.
+	AlertStateBucket string
 }
 
 // DefaultConfig returns the defaults: stream GUARDIAN_AUDIT on
@@ -132,6 +136,8 @@ func DefaultConfig() Config {
 		AlertPrefix:    "guardian.v1.alerts.timeout_rate",
 		AlertWindow:    time.Minute,
 		AlertThreshold: 100,
+
+		AlertStateBucket: "GUARDIAN_ALERTS",
 	}
 }
 
@@ -174,6 +180,9 @@ func (c *Config) Validate() error {
 		if _, err := sealKey(c.SealSeed); err != nil {
 			return invalid("SealSeed: %v", err)
 		}
+	}
+	if !validName(c.AlertStateBucket) {
+		return invalid("AlertStateBucket %q must be a bucket name: letters, digits, - and _", c.AlertStateBucket)
 	}
 	if !validSubject(c.AlertPrefix) {
 		return invalid("AlertPrefix %q must be dot-separated non-empty tokens without wildcards or spaces", c.AlertPrefix)
