@@ -232,10 +232,14 @@ func Export(ctx context.Context, js jetstream.JetStream, cfg Config, w io.Writer
 	if err := cfg.Validate(); err != nil {
 		return ChainHead{}, err
 	}
+	// The info first, then the chain head: a seal stored after the info
+	// is either the head (and the export reaches it) or after the head and
+	// outside the export.
 	st, err := lookupStream(ctx, nil, js, cfg.Stream)
 	if err != nil {
 		return ChainHead{}, fmt.Errorf("export: %w", err)
 	}
+	info := st.CachedInfo()
 	var head ChainHead
 	raw, err := st.GetLastMsgForSubject(ctx, cfg.SealSubject())
 	switch {
@@ -249,25 +253,25 @@ func Export(ctx context.Context, js jetstream.JetStream, cfg Config, w io.Writer
 	case !errors.Is(err, jetstream.ErrMsgNotFound):
 		return ChainHead{}, fmt.Errorf("export: chain head: %w", err)
 	}
-	// The info is read after the head, so that its last sequence is at or
-	// after the head's.
-	if st, err = lookupStream(ctx, nil, js, cfg.Stream); err != nil {
-		return ChainHead{}, fmt.Errorf("export: %w", err)
-	}
-	info := st.CachedInfo()
 	hdr := exportHeader{Version: exportVersion, Stream: cfg.Stream, Time: time.Now().UTC(), FirstSeq: max(info.State.FirstSeq, 1),
-		LastSeq: info.State.LastSeq, Msgs: info.State.Msgs, MaxAge: info.Config.MaxAge, MaxMsgs: info.Config.MaxMsgs,
+		LastSeq: max(info.State.LastSeq, head.Seq), MaxAge: info.Config.MaxAge, MaxMsgs: info.Config.MaxMsgs,
 		MaxBytes: info.Config.MaxBytes, Head: head}
-	if info.State.Msgs == 0 {
+	if info.State.Msgs == 0 && head.Seq == 0 {
 		hdr.FirstSeq = info.State.LastSeq + 1
 	}
 	bw := bufio.NewWriter(w)
-	b, err := json.Marshal(exportLine{Export: &hdr})
-	if err != nil {
-		return ChainHead{}, fmt.Errorf("export: %w", err)
-	}
-	if _, err := bw.Write(append(b, '\n')); err != nil {
-		return ChainHead{}, fmt.Errorf("export: write: %w", err)
+	// The header goes out with the first message: MaxAge may have removed
+	// the first ones since the info was read.
+	written := false
+	writeHeader := func() error {
+		written = true
+		hdr.Msgs = hdr.LastSeq - min(hdr.FirstSeq, hdr.LastSeq+1) + 1
+		b, err := json.Marshal(exportLine{Export: &hdr})
+		if err != nil {
+			return err
+		}
+		_, err = bw.Write(append(b, '\n'))
+		return err
 	}
 	err = scan(ctx, nil, js, cfg.Stream, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy},
 		func(m jetstream.Msg) error {
@@ -278,8 +282,21 @@ func Export(ctx context.Context, js jetstream.JetStream, cfg Config, w io.Writer
 			if rec.Seq > hdr.LastSeq {
 				return errStopScan
 			}
+			if !written {
+				if rec.Seq > hdr.FirstSeq {
+					if st, err := lookupStream(ctx, nil, js, cfg.Stream); err == nil {
+						hdr.FirstSeq = max(hdr.FirstSeq, min(st.CachedInfo().State.FirstSeq, rec.Seq))
+					}
+				}
+				if err := writeHeader(); err != nil {
+					return fmt.Errorf("write: %w", err)
+				}
+			}
 			return writeExportLine(bw, rec)
 		})
+	if err == nil && !written {
+		err = writeHeader()
+	}
 	if err != nil {
 		return ChainHead{}, fmt.Errorf("export: %w", err)
 	}
@@ -393,8 +410,16 @@ func VerifyExportConfig(r io.Reader, cfg Config, publicKey string, opts ...Verif
 	if !began {
 		v.begin(bounds{now: time.Now()}, 1)
 	}
-	v.ids.check(v)
-	for pass := 1; pass < passes; pass++ {
+	from := 1
+	if p := passesFor(v.done, v.o.idBatch); p < passes {
+		// The header claims more messages than the file holds: pass as
+		// the file needs, from the start.
+		passes, from = p, 0
+		v.ids = idBatch{passes: p}
+	} else {
+		v.ids.check(v)
+	}
+	for pass := from; pass < passes; pass++ {
 		if _, err := seeker.Seek(start, io.SeekStart); err != nil {
 			return Report{}, fmt.Errorf("read export: %w", err)
 		}

@@ -45,13 +45,14 @@ type seal struct {
 	// Version 2: the stream's limits when sealed (0 MaxAge keeps events
 	// forever, -1 MaxMsgs/MaxBytes is unlimited), the sealer's interval and
 	// the time of the previous seal.
-	MaxAge   time.Duration `json:"max_age,omitempty"`
-	MaxMsgs  int64         `json:"max_msgs,omitempty"`
-	MaxBytes int64         `json:"max_bytes,omitempty"`
-	Interval time.Duration `json:"interval,omitempty"`
-	PrevTime time.Time     `json:"prev_time,omitzero"`
-	Key      string        `json:"key"`
-	Sig      []byte        `json:"sig"`
+	MaxAge    time.Duration `json:"max_age,omitempty"`
+	MaxMsgs   int64         `json:"max_msgs,omitempty"`
+	MaxBytes  int64         `json:"max_bytes,omitempty"`
+	Interval  time.Duration `json:"interval,omitempty"`
+	PrevTime  time.Time     `json:"prev_time,omitzero"`
+	FirstTime time.Time     `json:"first_time,omitzero"`
+	Key       string        `json:"key"`
+	Sig       []byte        `json:"sig"`
 }
 
 // signingBytes is what the signature covers: a fixed label followed by
@@ -78,6 +79,7 @@ func (s *seal) signingBytes() []byte {
 		b = binary.BigEndian.AppendUint64(b, uint64(s.MaxBytes))
 		b = binary.BigEndian.AppendUint64(b, uint64(s.Interval))
 		b = binary.BigEndian.AppendUint64(b, uint64(unixNano(s.PrevTime)))
+		b = binary.BigEndian.AppendUint64(b, uint64(unixNano(s.FirstTime)))
 	}
 	b = appendLP(b, []byte(s.Key))
 	return b
@@ -146,6 +148,7 @@ type rangeHash struct {
 	h       hash.Hash
 	digests []byte
 	count   int
+	first   time.Time // when the stream stored the first message added
 }
 
 func newRangeHash() *rangeHash { return &rangeHash{h: sha256.New()} }
@@ -430,6 +433,9 @@ const EventTypeIntegrity = "integrity_violation"
 func (s *Sealer) reportForged(ctx context.Context, seq uint64, reason string) {
 	s.reportedMu.Lock()
 	seen := s.reported[seq]
+	if len(s.reported) >= 1024 {
+		clear(s.reported) // bounded: a flood may be reported again, never lost
+	}
 	s.reported[seq] = true
 	s.reportedMu.Unlock()
 	if seen {
@@ -505,6 +511,9 @@ func (s *Sealer) follow(ctx context.Context) error {
 			}
 			continue // an earlier message on the seal subject, already chained or skipped
 		}
+		if r.count == 0 {
+			r.first = md.Timestamp.UTC()
+		}
 		r.add(leaf(msg.Subject(), msg.Headers().Get(jetstream.MsgIDHeader), msg.Data()))
 		last = seq
 		if r.count == 1 {
@@ -560,22 +569,23 @@ func (s *Sealer) seal(ctx context.Context, chain chainState, r *rangeHash, last 
 // JSON.
 func (s *Sealer) makeSeal(chain chainState, r *rangeHash, last uint64, sc jetstream.StreamConfig, now time.Time) ([]byte, error) {
 	sl := seal{
-		Version:  sealVersion,
-		Stream:   s.cfg.Stream,
-		FirstSeq: chain.next,
-		LastSeq:  last,
-		Count:    r.count,
-		Hash:     r.sum(),
-		Digests:  r.digests,
-		PrevSeq:  chain.seq,
-		PrevHash: chain.hash,
-		Time:     now.UTC(),
-		MaxAge:   sc.MaxAge,
-		MaxMsgs:  sc.MaxMsgs,
-		MaxBytes: sc.MaxBytes,
-		Interval: s.cfg.SealInterval,
-		PrevTime: chain.time,
-		Key:      s.pub,
+		Version:   sealVersion,
+		Stream:    s.cfg.Stream,
+		FirstSeq:  chain.next,
+		LastSeq:   last,
+		Count:     r.count,
+		Hash:      r.sum(),
+		Digests:   r.digests,
+		PrevSeq:   chain.seq,
+		PrevHash:  chain.hash,
+		Time:      now.UTC(),
+		MaxAge:    sc.MaxAge,
+		MaxMsgs:   sc.MaxMsgs,
+		MaxBytes:  sc.MaxBytes,
+		Interval:  s.cfg.SealInterval,
+		PrevTime:  chain.time,
+		FirstTime: r.first,
+		Key:       s.pub,
 	}
 	sig, err := s.kp.Sign(sl.signingBytes())
 	if err != nil {

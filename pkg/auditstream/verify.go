@@ -305,6 +305,7 @@ type verifier struct {
 	sealSeqs []uint64
 	lastSubj ChainHead // the latest correctly signed seal
 	lastLine ChainHead // the latest message on the seal subject
+	headSeen string    // the hash of the message at WithChainHead's sequence
 	prev     *trusted  // the latest trusted seal
 	oldest   bool      // the first trusted seal was checked against the head
 
@@ -453,11 +454,8 @@ func (v *verifier) total() uint64 {
 func (v *verifier) addSeal(rec record) {
 	h := sha256.Sum256(rec.Data)
 	v.lastLine = ChainHead{Seq: rec.Seq, Hash: hex.EncodeToString(h[:])}
-	v.seals[rec.Seq] = h
-	v.sealSeqs = append(v.sealSeqs, rec.Seq)
-	if len(v.sealSeqs) > recentSeals {
-		delete(v.seals, v.sealSeqs[0])
-		v.sealSeqs = v.sealSeqs[1:]
+	if v.o.head != nil && rec.Seq == v.o.head.Seq {
+		v.headSeen = v.lastLine.Hash
 	}
 	var sl seal
 	if err := json.Unmarshal(rec.Data, &sl); err != nil {
@@ -471,6 +469,14 @@ func (v *verifier) addSeal(rec record) {
 		}
 		v.problem(Problem{Kind: kind, Seq: rec.Seq, Detail: reason})
 		return
+	}
+	// Only correctly signed seals can be a successor's previous seal: junk
+	// on the seal subject never pushes them out.
+	v.seals[rec.Seq] = h
+	v.sealSeqs = append(v.sealSeqs, rec.Seq)
+	if len(v.sealSeqs) > recentSeals {
+		delete(v.seals, v.sealSeqs[0])
+		v.sealSeqs = v.sealSeqs[1:]
 	}
 	if v.prev != nil && sl.FirstSeq <= v.prev.sl.LastSeq && sl.LastSeq <= v.prev.sl.LastSeq {
 		// A copy of an earlier seal (or one that covers nothing new): it
@@ -547,13 +553,24 @@ func fmtAge(d time.Duration) string {
 const headSlack = time.Minute
 
 // checkHead judges the messages below the first retained sequence, using
-// the oldest trusted seal sl at seq: when its previous seal was removed,
-// every removed message from its range was stored after about
-// sl.PrevTime - sl.Interval, so MaxAge cannot have removed it before that
-// plus the retention window.
+// the oldest trusted seal sl at seq. When part of its own range is gone,
+// the removed messages were stored at or after its first_time; when only
+// earlier ranges are gone (its previous seal too), they were stored after
+// about its prev_time minus one interval. MaxAge cannot have removed a
+// message before it was retention old.
 func (v *verifier) checkHead(seq uint64, sl *seal) {
 	first := v.firstRetained()
-	if sl.Version < 2 || sl.PrevSeq == 0 || sl.PrevSeq >= first || sl.PrevTime.IsZero() {
+	if sl.Version < 2 || first <= 1 {
+		return
+	}
+	var bound time.Time // the removed messages judged were stored at or after bound
+	var from uint64
+	switch {
+	case sl.Count > 0 && sl.FirstSeq < first && !sl.FirstTime.IsZero():
+		bound, from = sl.FirstTime, sl.FirstSeq
+	case sl.PrevSeq != 0 && sl.PrevSeq < first && !sl.PrevTime.IsZero():
+		bound, from = sl.PrevTime.Add(-sl.Interval), sl.PrevSeq
+	default:
 		return
 	}
 	if sl.MaxMsgs > 0 || sl.MaxBytes > 0 || v.b.maxMsgs > 0 || v.b.maxBytes > 0 {
@@ -563,15 +580,15 @@ func (v *verifier) checkHead(seq uint64, sl *seal) {
 	if v.b.retention == 0 || sl.MaxAge == 0 {
 		window = 0
 	}
-	age := v.b.now.Sub(sl.PrevTime)
-	p := Problem{Kind: MissingHead, Seq: sl.PrevSeq, LastSeq: first - 1, SealSeq: seq}
+	age := v.b.now.Sub(bound)
+	p := Problem{Kind: MissingHead, Seq: from, LastSeq: first - 1, SealSeq: seq}
 	switch {
 	case window == 0:
-		p.Detail = fmt.Sprintf("removed, but the stream keeps events forever (seal %d chains to seal %d from %s)",
-			seq, sl.PrevSeq, sl.PrevTime.Format(time.RFC3339))
-	case age < window-sl.Interval-headSlack:
+		p.Detail = fmt.Sprintf("removed, but the stream keeps events forever (seal %d shows they were stored after %s)",
+			seq, bound.Format(time.RFC3339))
+	case age < window-headSlack:
 		p.Detail = fmt.Sprintf("removed, but seal %d shows they were stored after %s, %s before %s: younger than the retention %s",
-			seq, sl.PrevTime.Add(-sl.Interval).Format(time.RFC3339), age.Round(time.Second), v.b.now.Format(time.RFC3339), fmtAge(window))
+			seq, bound.Format(time.RFC3339), age.Round(time.Second), v.b.now.Format(time.RFC3339), fmtAge(window))
 	default:
 		return
 	}
@@ -696,8 +713,7 @@ func (v *verifier) checkTail() {
 		v.problem(Problem{Kind: MissingTail, Seq: h.Seq, Detail: fmt.Sprintf("the export's header names %s as the chain head, but the file's last message on the seal subject is %s", h, v.lastLine)})
 	}
 	if h := v.o.head; h != nil {
-		hash, ok := v.seals[h.Seq]
-		if !ok || hex.EncodeToString(hash[:]) != h.Hash {
+		if v.headSeen != h.Hash {
 			v.problem(Problem{Kind: MissingTail, Seq: h.Seq, Detail: fmt.Sprintf("the expected chain head %s is not in the trail", h)})
 		}
 	}

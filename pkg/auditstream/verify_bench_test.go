@@ -58,6 +58,9 @@ func writeSyntheticExport(b *testing.B, dir string, n int) (string, string) {
 		if err := writeExportLine(bw, record{Seq: seq, Subject: subject, MsgID: e.EventID, Time: at, Data: data}); err != nil {
 			b.Fatal(err)
 		}
+		if r.count == 0 {
+			r.first = at
+		}
 		r.add(leaf(subject, e.EventID, data))
 		lastEvent = seq
 		seq++

@@ -66,6 +66,7 @@ func documentedExport(t testing.TB, n, every int) []byte {
 		prevSeq         uint64
 		prevHash        string
 		prevTime        time.Time
+		firstTime       time.Time // when the range's first event was stored
 		leaves, digests []byte
 		count           int
 	)
@@ -75,6 +76,9 @@ func documentedExport(t testing.TB, n, every int) []byte {
 		id := fmt.Sprintf("%032x", i+1)
 		subject := "guardian.v1.audit.acme.TIMEOUT_KV_GET"
 		data := fmt.Appendf(nil, `{"event_id":%q,"event_type":"timeout_occurred","timeout_category":"TIMEOUT_KV_GET"}`, id)
+		if count == 0 {
+			firstTime = t0.Add(time.Duration(seq) * time.Second)
+		}
 		line(seq, subject, id, data)
 		leaf := sha256.Sum256(lp(lp(lp(nil, []byte(subject)), []byte(id)), data))
 		leaves, digests, count = append(leaves, leaf[:]...), append(digests, leaf[:8]...), count+1
@@ -100,6 +104,7 @@ func documentedExport(t testing.TB, n, every int) []byte {
 			prevNano = uint64(prevTime.UnixNano())
 		}
 		signing = u64(signing, prevNano)
+		signing = u64(signing, uint64(firstTime.UnixNano()))
 		signing = lp(signing, []byte(pub))
 		sig, err := kp.Sign(signing)
 		if err != nil {
@@ -108,7 +113,7 @@ func documentedExport(t testing.TB, n, every int) []byte {
 		fields := map[string]any{"v": 2, "stream": "GUARDIAN_AUDIT", "first_seq": first, "last_seq": seq - 1,
 			"count": count, "hash": hex.EncodeToString(hash[:]), "digests": digests, "prev_seq": prevSeq,
 			"prev_hash": prevHash, "time": sealTime, "max_age": maxAge, "max_msgs": -1, "max_bytes": -1,
-			"interval": interval, "key": pub, "sig": sig}
+			"interval": interval, "first_time": firstTime, "key": pub, "sig": sig}
 		if !prevTime.IsZero() {
 			fields["prev_time"] = prevTime
 		}
