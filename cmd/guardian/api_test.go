@@ -716,6 +716,30 @@ func testCLIAudit(t *testing.T, g *guardian, nc *nats.Conn, sealPub string) {
 	if stdout, _, code := g.cli(t, "audit", "verify", "--file", file, "--public-key", sealPub); code != 1 || !strings.Contains(stdout, "FAILED") {
 		t.Fatalf("a tampered export verified: exit %d\n%s", code, stdout)
 	}
+
+	// The live stream with its retention shortened (as an administrator
+	// could) no longer verifies; restored, it does again.
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := js.Stream(t.Context(), "GUARDIAN_AUDIT")
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig := st.CachedInfo().Config
+	short := orig
+	short.MaxAge = time.Hour
+	if _, err := js.UpdateStream(t.Context(), short); err != nil {
+		t.Fatal(err)
+	}
+	stdout, stderr, code = g.cli(t, "audit", "verify", "--public-key", sealPub)
+	if _, err := js.UpdateStream(t.Context(), orig); err != nil {
+		t.Fatal(err)
+	}
+	if code != 1 || !strings.Contains(stdout, "retention_changed") {
+		t.Fatalf("live stream with MaxAge 1h: exit %d\n%s%s", code, stdout, stderr)
+	}
 }
 
 // testCLIPolicy changes the policy with the CLI: the running guardian

@@ -22,8 +22,10 @@
 // seals four: the filters Tail, Stats and the Alerter use
 // (guardian.v1.audit.<tenant|*>.<CODE|*>) never match a seal.
 //
-// <CODE> is the event's timeout_category and must match TIMEOUT_[A-Z0-9_]+;
-// Emit rejects (and counts as dropped) an event with another code.
+// <CODE> is the event's timeout_category and must match TIMEOUT_[A-Z0-9_]+,
+// or AUDIT_[A-Z0-9_]+ for the integrity events guardian itself records
+// (ForgedSealCode); Emit rejects (and counts as dropped) an event with
+// another code.
 // <tenant> is the event's tenant_id encoded by TenantToken: an empty tenant
 // becomes the placeholder _none (NoTenant; the tenant id "_none" is
 // reserved and filed with it); otherwise the bytes A-Z a-z 0-9 - _ are kept
@@ -43,7 +45,7 @@
 //	event_id            string   deterministic id (jsguard.EventID): 32 lowercase hex characters;
 //	                             derived from code, operation, tenant, correlation, trace and
 //	                             started_at, so the same timeout described again has the same id
-//	event_type          string   always "timeout_occurred"
+//	event_type          string   "timeout_occurred"; "integrity_violation" for AUDIT_* codes
 //	timeout_category    string   the audit code, e.g. "TIMEOUT_KV_GET" (also the subject's last token)
 //	operation           string   what timed out, e.g. "kv get GUARDIAN_APPROVALS/acme.a1"
 //	timeout_seconds     number   the budget that applied, in seconds
@@ -152,8 +154,8 @@
 // with Nats-Expected-Last-Subject-Sequence set to the last message on the
 // seal subject, so of several Sealers exactly one seals each range. A
 // Sealer continues only from a seal whose signature and chain it checked;
-// anything else on the seal subject is reported (AUDIT_SEAL_FORGED) and
-// skipped.
+// a message on the seal subject after the latest valid seal that is not a
+// valid continuation of it is reported (AUDIT_SEAL_FORGED) and skipped.
 //
 // # Exports
 //
@@ -169,8 +171,14 @@
 //
 // # Verification
 //
-// Verify and VerifyExport recompute all of this in one pass and in bounded
-// memory. They report ranges verified; modified, missing, duplicated or
+// Verify and VerifyExport recompute all of this, reading the trail once,
+// and hold: the events since the last valid seal (at most 100,000, as no
+// seal covers more than 50,000), the latest 4,096 valid seals, one Range
+// per seal in the Report (130,000 for 90 days of a seal a minute), and
+// the ids of up to 2,000,000 events for the duplicate check: a longer
+// trail takes one more pass over the message ids (headers only) per
+// 2,000,000 events, so memory stops growing there. An export without a
+// header is checked in one pass whatever its length. They report ranges verified; modified, missing, duplicated or
 // reordered messages; an event id stored twice; a broken chain; bad
 // signatures and malformed seals; and the unsealed tail. They also judge
 // the ends of the trail, at the time of verification (Verify) or of the
@@ -191,10 +199,10 @@
 //     before it, a stream or export header with shorter limits than the
 //     latest seal, or a MaxAge below WithRetention (RetentionChanged).
 //
-// What the anchors cannot show: a cut of less than one seal interval at
-// the very end of an export whose header was rewritten to match (the
-// header is not signed: keep the chain head Export returns, and pass it
-// to WithChainHead), and a persistently shortened MaxAge once every seal
-// made before the change has expired (pass the retention you expect to
+// What the anchors cannot show: a cut tail, of any length, of an export
+// whose header was rewritten to match, its time included (the header is
+// not signed: keep the chain head Export returns, and pass it to
+// WithChainHead), and a persistently shortened MaxAge once every seal made
+// before the change has expired (pass the retention you expect to
 // WithRetention; guardian's shipped NATS user may not update the stream).
 package auditstream

@@ -74,9 +74,12 @@ func buildOptions(opts []Option) options {
 // acknowledged by the stream, or appended to the on-disk spool and
 // fsynced. When NATS cannot take an event (not connected, publish error,
 // ack error or ack timeout) the event goes to the spool instead, and Run
-// publishes the spool again, in order, once NATS is back. Only a full
-// spool, a closed publisher or an invalid event loses an event of Emit,
-// and each loss is counted (Stats.Dropped) and logged once per burst.
+// publishes the spool again, in order, once NATS is back. A full spool, a
+// closed publisher or an invalid event loses an event of Emit, counted
+// (Stats.Dropped) and logged once per burst; so does a crash, for the
+// publishes still awaiting their ack and for spooled events not yet
+// fsynced (at most about 250 ms of them). EmitDurable loses nothing it
+// returned nil for.
 //
 // Exactly once. The stream drops a message whose Nats-Msg-Id it stored
 // within its Duplicates window, and the Publisher does not rely on that

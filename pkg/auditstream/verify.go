@@ -300,6 +300,10 @@ type verifier struct {
 
 	next     uint64 // the sequence expected next; 0 before the first
 	pending  []pend
+	// dropped counts the oldest pending events given up on (more than a
+	// seal can cover since the last trusted seal); droppedFirst is the first.
+	dropped      int
+	droppedFirst uint64
 	gaps     []gap
 	seals    map[uint64][32]byte // recent seal-subject messages: chain hash
 	sealSeqs []uint64
@@ -402,6 +406,17 @@ func (v *verifier) add(rec record) {
 	v.r.Events++
 	v.ids.add(rec.MsgID, rec.Seq)
 	v.pending = append(v.pending, pend{rec.Seq, leaf(rec.Subject, rec.MsgID, rec.Data)})
+	if len(v.pending) >= 2*maxSealEvery {
+		// No seal covers more than maxSealEvery events: the older half can
+		// never be verified (a wrong key, no sealer). Keep memory bounded;
+		// they still count in the unsealed tail.
+		n := len(v.pending) - maxSealEvery
+		if v.dropped == 0 {
+			v.droppedFirst = v.pending[0].seq
+		}
+		v.dropped += n
+		v.pending = slices.Delete(v.pending, 0, n)
+	}
 }
 
 // firstRetained is the first sequence the trail should hold: the stream's
@@ -691,6 +706,10 @@ func (v *verifier) finish() Report {
 		}
 		tail.Last = p.seq
 		tail.Events++
+	}
+	if v.dropped > 0 && (v.prev == nil || v.droppedFirst > v.prev.sl.LastSeq) {
+		tail.First = v.droppedFirst
+		tail.Events += v.dropped
 	}
 	v.r.Unsealed = tail
 	v.checkTail()

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"slices"
@@ -333,4 +334,30 @@ func TestVerifyExportInvalidInput(t *testing.T) {
 func b64(s string) string {
 	b, _ := json.Marshal([]byte(s))
 	return string(b[1 : len(b)-1])
+}
+
+// TestVerifierMemoryBounded: without a seal that verifies (no sealer, or
+// the wrong key), the verifier holds at most what one seal could cover,
+// and the events still count as unsealed.
+func TestVerifierMemoryBounded(t *testing.T) {
+	_, pub := testSeed(t)
+	cfg := DefaultConfig()
+	v, err := newVerifier(&cfg, pub, []VerifyOption{withIDBatch(1 << 20)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 5*maxSealEvery + 7
+	v.begin(bounds{first: 1, last: n, now: time.Now(), anchored: true}, 1)
+	most := 0
+	for seq := uint64(1); seq <= n; seq++ {
+		v.add(record{Seq: seq, Subject: "guardian.v1.audit.acme.TIMEOUT_X", MsgID: fmt.Sprint(seq), Data: []byte("{}")})
+		most = max(most, len(v.pending))
+	}
+	r := v.finish()
+	if most >= 2*maxSealEvery {
+		t.Errorf("held %d pending events, want fewer than %d", most, 2*maxSealEvery)
+	}
+	if r.Unsealed.Events != n || r.Unsealed.First != 1 || r.Unsealed.Last != n {
+		t.Errorf("unsealed %+v, want all %d events", r.Unsealed, n)
+	}
 }
