@@ -298,20 +298,20 @@ type verifier struct {
 	o                   verifyOptions
 	b                   bounds
 
-	next     uint64 // the sequence expected next; 0 before the first
-	pending  []pend
+	next    uint64 // the sequence expected next; 0 before the first
+	pending []pend
 	// dropped counts the oldest pending events given up on (more than a
 	// seal can cover since the last trusted seal); droppedFirst is the first.
 	dropped      int
 	droppedFirst uint64
-	gaps     []gap
-	seals    map[uint64][32]byte // recent seal-subject messages: chain hash
-	sealSeqs []uint64
-	lastSubj ChainHead // the latest correctly signed seal
-	lastLine ChainHead // the latest message on the seal subject
-	headSeen string    // the hash of the message at WithChainHead's sequence
-	prev     *trusted  // the latest trusted seal
-	oldest   bool      // the first trusted seal was checked against the head
+	gaps         []gap
+	seals        map[uint64][32]byte // recent seal-subject messages: chain hash
+	sealSeqs     []uint64
+	lastSubj     ChainHead // the latest correctly signed seal
+	lastLine     ChainHead // the latest message on the seal subject
+	headSeen     string    // the hash of the message at WithChainHead's sequence
+	prev         *trusted  // the latest trusted seal
+	oldest       bool      // the first trusted seal was checked against the head
 
 	ids    idBatch
 	r      Report
