@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -220,7 +221,7 @@ func run(ctx context.Context, cfg *config, log *slog.Logger) error {
 	if err := g.Do(ctx, jsguard.NATSSubscribe, "flush api subscriptions", apiNC.FlushWithContext); err != nil {
 		return fmt.Errorf("micro service: %w", err)
 	}
-	if err := probeAPI(ctx, g, nc, svc); err != nil {
+	if err := probeAPI(ctx, g, nc, svc, log); err != nil {
 		return fmt.Errorf("micro service: %w", err)
 	}
 	apiUp.set()
@@ -303,8 +304,10 @@ func drainConn(nc *nats.Conn, d time.Duration, log *slog.Logger) {
 // probeAPI asks, over nc, for this instance's discovery info
 // ($SRV.INFO.guardian.<id>) and checks that it lists every endpoint, then
 // pings the instance; it retries until both answer or the NATSSubscribe
-// budget ends. It returns the last failure then.
-func probeAPI(ctx context.Context, g *jsguard.Guard, nc *nats.Conn, svc micro.Service) error {
+// budget ends. It returns the last failure then. When guardian's NATS user
+// may not publish to $SRV subjects, it cannot probe: it logs that and
+// returns nil (the endpoints' subscriptions are flushed already).
+func probeAPI(ctx context.Context, g *jsguard.Guard, nc *nats.Conn, svc micro.Service, log *slog.Logger) error {
 	info := svc.Info()
 	want := make([]string, 0, len(info.Endpoints))
 	for _, e := range info.Endpoints {
@@ -321,6 +324,8 @@ func probeAPI(ctx context.Context, g *jsguard.Guard, nc *nats.Conn, svc micro.Se
 	return g.Do(ctx, jsguard.NATSSubscribe, "probe api "+info.ID, func(ctx context.Context) error {
 		for {
 			err := func() error {
+				ctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+				defer cancel()
 				m, err := nc.RequestWithContext(ctx, infoSubj, nil)
 				if err != nil {
 					return fmt.Errorf("discovery %s: %w", infoSubj, err)
@@ -339,6 +344,11 @@ func probeAPI(ctx context.Context, g *jsguard.Guard, nc *nats.Conn, svc micro.Se
 				}
 				return nil
 			}()
+			if last := nc.LastError(); err != nil && errors.Is(last, nats.ErrPermissionViolation) && strings.Contains(last.Error(), "$SRV.") {
+				log.Warn("cannot probe the API through discovery: this NATS user may not publish to $SRV subjects; ready once the endpoints are subscribed",
+					"err", last)
+				return nil
+			}
 			if err == nil || ctx.Err() != nil {
 				return err
 			}
