@@ -57,6 +57,7 @@ func (c *config) approvalsConfig() kvapprovals.Config {
 	k.MaxPending = a.MaxPending
 	k.Retention = a.Retention
 	k.MaxOutage = a.MaxOutage
+	k.SweepInterval = a.SweepInterval
 	k.RequireReason = a.RequireReason
 	k.AllowSelfApproval = a.AllowSelfApproval
 	k.Replicas = c.Replicas

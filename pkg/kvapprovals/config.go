@@ -56,6 +56,12 @@ type Config struct {
 	// down without missing a timer (24h; at least 1s). The expirer's start
 	// sweep covers longer outages.
 	MaxOutage time.Duration
+	// SweepInterval is how often one replica sweeps all records, expiring
+	// pending ones past their deadline whose timer is gone (written by a
+	// request that failed halfway, or removed behind guardian's back): such
+	// an approval expires at most SweepInterval plus one sweep after its
+	// deadline (1m; 1s–1h, whole seconds).
+	SweepInterval time.Duration
 	// EventsDuplicates is the events stream's duplicate window; a lifecycle
 	// event redelivered within it is stored once (20m; 1m–Retention). It
 	// must exceed the notifier's redelivery horizon (AckWait plus webhook
@@ -92,6 +98,7 @@ func DefaultConfig() Config {
 		MaxDetailsBytes:     16 << 10,
 		Retention:           7 * 24 * time.Hour,
 		MaxOutage:           24 * time.Hour,
+		SweepInterval:       time.Minute,
 		EventsDuplicates:    20 * time.Minute,
 		Replicas:            1,
 		RecordsBucket:       "GUARDIAN_APPROVALS",
@@ -143,6 +150,8 @@ func (c *Config) Validate() error {
 		return bad("Retention", c.Retention, fmt.Sprintf("must be >= MaxTimeout + GracePeriod + 1h (%s)", c.MaxTimeout+c.GracePeriod+retentionHeadroom))
 	case c.MaxOutage < time.Second:
 		return bad("MaxOutage", c.MaxOutage, "must be >= 1s")
+	case c.SweepInterval < time.Second || c.SweepInterval > time.Hour || c.SweepInterval%time.Second != 0:
+		return bad("SweepInterval", c.SweepInterval, "must be whole seconds, >= 1s and <= 1h")
 	case c.EventsDuplicates < minEventsDuplicate || c.EventsDuplicates > c.Retention:
 		return bad("EventsDuplicates", c.EventsDuplicates, fmt.Sprintf("must be >= %s and <= Retention (%s)", minEventsDuplicate, c.Retention))
 	case c.Replicas < 1 || c.Replicas > maxReplicas:

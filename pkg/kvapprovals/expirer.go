@@ -23,12 +23,14 @@ import (
 type Expirer struct {
 	s *Service
 	o consumerOpts
+
+	sweeps chan struct{} // a tick asks Run's sweeper for a sweep
 }
 
 // Expirer returns an expirer for s's buckets. Options: WithWorkers,
 // WithMaxAckPending, WithoutStartSweep.
 func (s *Service) Expirer(opts ...ConsumerOption) *Expirer {
-	return &Expirer{s: s, o: newConsumerOpts(opts)}
+	return &Expirer{s: s, o: newConsumerOpts(opts), sweeps: make(chan struct{}, 1)}
 }
 
 // Outage describes an expirer start that may have missed timer markers: the
@@ -81,8 +83,12 @@ func (e *Expirer) Run(ctx context.Context) error {
 		return fmt.Errorf("expirer: %w", err)
 	}
 	outage := e.lastActivity(ctx, cons.CachedInfo(), stream)
+	if err := e.armSweep(ctx); err != nil {
+		s.consumeError(fmt.Errorf("expirer: arm the periodic sweep: %w", err))
+	}
 
 	var wg sync.WaitGroup
+	wg.Go(func() { e.sweeper(ctx) })
 	if e.o.noSweep {
 		e.report(outage)
 	} else {
@@ -101,6 +107,62 @@ func (e *Expirer) Run(ctx context.Context) error {
 		return fmt.Errorf("expirer: %w", err)
 	}
 	return nil
+}
+
+// sweepKey is the key of the sweep tick in the timers bucket. It has two
+// tokens, timer keys three (<tenant>.<id>.<kind>), so it is never a timer.
+const sweepKey = "guardian.sweep"
+
+// armSweep creates the sweep tick, a key with a TTL of SweepInterval, when
+// none is live. Of all replicas' attempts one succeeds; its marker, when the
+// TTL runs out, reaches one replica through the shared durable consumer.
+func (e *Expirer) armSweep(ctx context.Context) error {
+	s := e.s
+	_, err := s.timers.Create(ctx, sweepKey, nil, jetstream.KeyTTL(s.cfg.SweepInterval))
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return nil
+	}
+	return err
+}
+
+// tick handles the sweep tick's marker: it arms the next tick first (so a
+// crash mid-sweep does not stop the ticks), acknowledges, and sweeps in the
+// background unless this process is sweeping already.
+func (e *Expirer) tick(ctx context.Context, msg jetstream.Msg) {
+	s := e.s
+	if notFired(msg) {
+		_ = msg.Ack()
+		return
+	}
+	if err := e.armSweep(ctx); err != nil {
+		s.settle(msg, fmt.Errorf("arm the next sweep: %w", err))
+		return
+	}
+	_ = msg.Ack()
+	select {
+	case e.sweeps <- struct{}{}:
+	default: // a sweep is asked for already
+	}
+}
+
+// sweeper runs a sweep whenever a tick asks, one at a time, until ctx ends.
+func (e *Expirer) sweeper(ctx context.Context) {
+	s := e.s
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-e.sweeps:
+		}
+		overdue, lost, err := e.Sweep(ctx)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			s.consumeError(fmt.Errorf("expirer periodic sweep: %w", err))
+		case overdue > 0:
+			s.log.Warn("kvapprovals: the periodic sweep expired approvals whose timer was gone", "expired", overdue, "lost", lost)
+		}
+		s.stats.sweeps.Add(1)
+	}
 }
 
 // lastActivity fills LastActive and Down from the consumer's state before
@@ -152,6 +214,10 @@ func notFired(msg jetstream.Msg) bool {
 func (e *Expirer) handle(ctx context.Context, msg jetstream.Msg) {
 	s := e.s
 	rest, ok := strings.CutPrefix(msg.Subject(), "$KV."+s.cfg.TimersBucket+".")
+	if ok && rest == sweepKey {
+		e.tick(ctx, msg)
+		return
+	}
 	parts := strings.Split(rest, ".")
 	if !ok || len(parts) != 3 {
 		_ = msg.Term() // not a guardian timer

@@ -374,3 +374,38 @@ func TestEarlyMarker(t *testing.T) {
 		t.Errorf("expired after %s, before the skewed deadline (%s)", took, time.Second+skew)
 	}
 }
+
+// TestPeriodicSweepExpiresLostTimer: an approval whose timer was removed
+// behind guardian's back still expires, exactly once, within
+// SweepInterval plus one sweep of its deadline, with two replicas running.
+func TestPeriodicSweepExpiresLostTimer(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, func(c *Config) {
+		c.GracePeriod = 0
+		c.SendTimeoutWarnings = false
+		c.SweepInterval = 2 * time.Second
+	})
+	second := e.open()
+	run(t, e.svc.Expirer().Run)
+	run(t, second.Expirer().Run)
+	run(t, e.svc.Notifier().Run)
+	r := e.request("acme", RequestInput{ID: "lost", SessionID: "s", RequestedBy: "alice", Timeout: Duration(time.Second)})
+	// Remove the timer as someone with access to the bucket could.
+	if err := e.svc.timers.Purge(t.Context(), r.Key()+"."+timerExpire); err != nil {
+		t.Fatal(err)
+	}
+	deadline := r.Deadline(0)
+	waitFor(t, 15*time.Second, "the sweep to expire it", func() bool { return e.get("acme", "lost").Status == StatusExpired })
+	got := e.get("acme", "lost")
+	if late := got.DecidedAt.Sub(deadline); late > 2*time.Second+2*time.Second {
+		t.Errorf("expired %s after its deadline, want within SweepInterval plus a sweep", late)
+	}
+	waitFor(t, 10*time.Second, "the expired event", func() bool { return e.countEvents("guardian.v1.events.acme.expired") >= 1 })
+	time.Sleep(2500 * time.Millisecond) // another sweep passes
+	if n := e.countEvents("guardian.v1.events.acme.expired"); n != 1 {
+		t.Errorf("%d expired events, want 1", n)
+	}
+	if s1, s2 := e.svc.Stats().Sweeps, second.Stats().Sweeps; s1+s2 < 2 {
+		t.Errorf("sweeps %d and %d, want periodic sweeps", s1, s2)
+	}
+}

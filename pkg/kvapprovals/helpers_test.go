@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -218,7 +219,7 @@ func (e *env) timerKeys() []string {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	return keys
+	return slices.DeleteFunc(keys, func(k string) bool { return k == sweepKey }) // the sweep tick is no approval's timer
 }
 
 // recordKeys returns the keys of the records bucket.

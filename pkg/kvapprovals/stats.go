@@ -29,11 +29,15 @@ type Stats struct {
 	ConsumeErrors uint64
 	// Outages counts outage reports (see Outage).
 	Outages uint64
+	// Sweeps counts periodic sweeps this process ran (see
+	// Config.SweepInterval).
+	Sweeps uint64
 }
 
 type stats struct {
 	requested, approved, denied, cancelled, expired, warned, repaired  atomic.Uint64
 	published, audit, webhookOK, webhookFailed, consumeErrors, outages atomic.Uint64
+	sweeps                                                             atomic.Uint64
 }
 
 func (s *stats) byStatus(st Status) *atomic.Uint64 {
@@ -58,6 +62,6 @@ func (s *Service) Stats() Stats {
 		Cancelled: t.cancelled.Load(), Expired: t.expired.Load(), Warned: t.warned.Load(),
 		TimersRepaired: t.repaired.Load(), EventsPublished: t.published.Load(), AuditEvents: t.audit.Load(),
 		WebhookDelivered: t.webhookOK.Load(), WebhookFailed: t.webhookFailed.Load(),
-		ConsumeErrors: t.consumeErrors.Load(), Outages: t.outages.Load(),
+		ConsumeErrors: t.consumeErrors.Load(), Outages: t.outages.Load(), Sweeps: t.sweeps.Load(),
 	}
 }
