@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -368,4 +370,27 @@ func TestGroup(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSpoolLocationSaid: with an external NATS and no GUARDIAN_DATA_DIR,
+// serve says at start that the audit spool is in the working directory,
+// with its absolute path.
+func TestSpoolLocationSaid(t *testing.T) {
+	t.Parallel()
+	ns := natstest.Run(t)
+	wd := t.TempDir()
+	var logs lockedBuffer
+	cmd := exec.Command(serveBin, "serve")
+	cmd.Dir = wd
+	cmd.Env = append(append(baseEnv(), testEnv...), "GUARDIAN_NATS_URL="+ns.ClientURL(), "GUARDIAN_HTTP_ADDR=")
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	want := filepath.Join(wd, "guardian-data", "audit-spool")
+	eventually(t, 60*time.Second, func() (bool, string) {
+		s := logs.String()
+		return strings.Contains(s, "audit spool in the working directory") && strings.Contains(s, want), s
+	})
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -81,6 +82,13 @@ func wire(ctx context.Context, cfg *config, g *jsguard.Guard, js jetstream.JetSt
 	pub, err := auditstream.NewPublisher(g, js, acfg, auditstream.WithLogger(log.With("component", "audit")))
 	if err != nil {
 		return nil, fmt.Errorf("audit publisher: %w", err)
+	}
+	spool, _ := filepath.Abs(acfg.SpoolDir)
+	if _, set := os.LookupEnv("GUARDIAN_DATA_DIR"); !set && !cfg.embeddedMode() {
+		log.Warn("audit spool in the working directory: GUARDIAN_DATA_DIR is not set; set it to a directory that survives restarts",
+			"spool_dir", spool)
+	} else {
+		log.Info("audit spool", "spool_dir", spool, "spooled_bytes", pub.Stats().SpoolBytes)
 	}
 	g.SetSink(pub)
 	w.publisher = pub
