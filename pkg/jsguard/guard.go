@@ -640,14 +640,9 @@ func (g *Guard) emit(ctx context.Context, te *TimeoutError, o *callOpts, fallbac
 	g.Emit(ctx, ev)
 }
 
-// EmitDurable hands an event to the hooks and the sink, like Emit, but
-// waits, as long as ctx allows, until the sink has stored it: through the
-// sink's EmitDurable when it is a DurableSink, else its Emit. For events
-// whose loss must be noticed, such as an approval's expiry, whose producer
-// retries on an error. It returns nil when there is no sink, else the
-// sink's error or ctx's (also counted in SinkErrors and passed to
-// Hooks.OnSinkError). The hooks see the event once per call.
-func (g *Guard) EmitDurable(ctx context.Context, ev Event) error {
+// announce fills an event's defaults (EventType, EventID), hands it to
+// Hooks.OnTimeout and returns it with the sink, nil when there is none.
+func (g *Guard) announce(ev Event) (Event, *sinkBox) {
 	if ev.EventType == "" {
 		ev.EventType = EventType
 	}
@@ -657,7 +652,18 @@ func (g *Guard) EmitDurable(ctx context.Context, ev Event) error {
 	if g.hooks.OnTimeout != nil {
 		g.hooks.OnTimeout(ev)
 	}
-	sb := g.sink.Load()
+	return ev, g.sink.Load()
+}
+
+// EmitDurable hands an event to the hooks and the sink, like Emit, but
+// waits, as long as ctx allows, until the sink has stored it: through the
+// sink's EmitDurable when it is a DurableSink, else its Emit. For events
+// whose loss must be noticed, such as an approval's expiry, whose producer
+// retries on an error. It returns nil when there is no sink, else the
+// sink's error (also counted in SinkErrors and passed to
+// Hooks.OnSinkError). The hooks see the event once per call.
+func (g *Guard) EmitDurable(ctx context.Context, ev Event) error {
+	ev, sb := g.announce(ev)
 	if sb == nil {
 		return nil
 	}
@@ -683,16 +689,7 @@ func (g *Guard) EmitDurable(ctx context.Context, ev Event) error {
 // derives from the event's fields. A sink error or overrun is counted (see
 // SinkErrors) and passed to Hooks.OnSinkError, never returned.
 func (g *Guard) Emit(ctx context.Context, ev Event) {
-	if ev.EventType == "" {
-		ev.EventType = EventType
-	}
-	if ev.EventID == "" {
-		ev.EventID = EventID(ev.Code, ev.Operation, ev.TenantID, ev.CorrelationID, ev.TraceID, ev.StartedAt)
-	}
-	if g.hooks.OnTimeout != nil {
-		g.hooks.OnTimeout(ev)
-	}
-	sb := g.sink.Load()
+	ev, sb := g.announce(ev)
 	if sb == nil {
 		return
 	}
