@@ -65,6 +65,38 @@ func (e errRetryAfter) Error() string {
 	return fmt.Sprintf("not due yet, retry in %s", time.Duration(e))
 }
 
+// inProgress keeps a message from redelivery while it is handled.
+type inProgress struct {
+	mu      sync.Mutex
+	t       *time.Timer
+	stopped bool
+}
+
+// keepInProgress sends InProgress for m every every until stop. Most
+// handlers finish before the first tick, which then costs one timer.
+func keepInProgress(m jetstream.Msg, every time.Duration) *inProgress {
+	k := &inProgress{}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.t = time.AfterFunc(every, func() {
+		k.mu.Lock()
+		defer k.mu.Unlock()
+		if k.stopped {
+			return
+		}
+		_ = m.InProgress()
+		k.t.Reset(every)
+	})
+	return k
+}
+
+func (k *inProgress) stop() {
+	k.mu.Lock()
+	k.stopped = true
+	k.t.Stop()
+	k.mu.Unlock()
+}
+
 // redeliveryDelay backs off 1s, 2s, 4s … up to 30s by delivery count.
 func redeliveryDelay(delivered uint64) time.Duration {
 	d := time.Second
@@ -74,15 +106,24 @@ func redeliveryDelay(delivered uint64) time.Duration {
 	return min(d, 30*time.Second)
 }
 
+// consumerAckWait is the AckWait of the expirer's and the notifier's
+// durable consumers: how long a message fetched by a replica that died
+// waits before another replica gets it. A handler that works longer keeps
+// its message with InProgress every consumerAckWait/2.
+const consumerAckWait = 4 * time.Second
+
 // consume runs cons until ctx ends, handing each message to handle on one of
 // workers goroutines picked by subject, so one subject's messages stay in
 // order. handle must Ack, Nak or Term. A message for which ignore (when not
 // nil) returns true is acked at once instead, without a worker. Handlers run on a context that is not
 // cancelled with ctx, bounded by budget, so that a stop lets messages in
 // progress finish; messages fetched but not started are Nak'ed at once so
-// another replica takes them. It returns nil when ctx ends and an error
-// when consuming stopped by itself.
-func (s *Service) consume(ctx context.Context, cons jetstream.Consumer, workers int, budget time.Duration, ignore func(jetstream.Msg) bool, handle func(context.Context, jetstream.Msg)) error {
+// another replica takes them. While handle runs longer than ackWait/2 the
+// message is kept with InProgress, so a short AckWait (another replica
+// takes over quickly after a crash) never redelivers a message that is
+// being worked on. It returns nil when ctx ends and an error when
+// consuming stopped by itself.
+func (s *Service) consume(ctx context.Context, cons jetstream.Consumer, workers int, ackWait, budget time.Duration, ignore func(jetstream.Msg) bool, handle func(context.Context, jetstream.Msg)) error {
 	hctx := context.WithoutCancel(ctx)
 	var stopping atomic.Bool
 	shards := make([]chan jetstream.Msg, workers)
@@ -97,7 +138,9 @@ func (s *Service) consume(ctx context.Context, cons jetstream.Consumer, workers 
 					continue
 				}
 				mctx, cancel := context.WithTimeout(hctx, budget)
+				keep := keepInProgress(m, ackWait/2)
 				handle(mctx, m)
+				keep.stop()
 				cancel()
 			}
 		})

@@ -50,12 +50,13 @@ type Outage struct {
 	Overdue, Lost int
 }
 
-// ackWait is the expirer's AckWait: longer than a message's processing
-// budget, which allows a few compare-and-set rounds.
+// budgets returns the expirer's AckWait (consumerAckWait: a handler that
+// works longer keeps its message with InProgress) and a message's
+// processing budget, which allows a few compare-and-set rounds.
 func (e *Expirer) budgets() (ackWait, handle time.Duration) {
 	g := e.s.g
 	handle = 2*(g.Budget(jsguard.ApprovalCheck)+g.Budget(jsguard.ApprovalGrant)) + 5*time.Second
-	return handle + 10*time.Second, handle
+	return consumerAckWait, handle
 }
 
 // Run creates or updates the durable consumer and processes markers until
@@ -101,7 +102,7 @@ func (e *Expirer) Run(ctx context.Context) error {
 			e.report(outage)
 		})
 	}
-	err = s.consume(ctx, cons, e.o.workers, handleBudget, notFired, e.handle)
+	err = s.consume(ctx, cons, e.o.workers, ackWait, handleBudget, notFired, e.handle)
 	wg.Wait()
 	if err != nil {
 		return fmt.Errorf("expirer: %w", err)

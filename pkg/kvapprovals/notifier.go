@@ -132,7 +132,7 @@ func (n *Notifier) budgets() (ackWait, handle time.Duration) {
 	if n.o.webhook != nil {
 		handle += g.Budget(jsguard.APIRequest)
 	}
-	return handle + 10*time.Second, handle
+	return consumerAckWait, handle
 }
 
 // Run creates or updates the durable consumer and publishes events until ctx
@@ -156,7 +156,7 @@ func (n *Notifier) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("notifier: %w", err)
 	}
-	if err := s.consume(ctx, cons, n.o.workers, handleBudget, nil, n.handle); err != nil {
+	if err := s.consume(ctx, cons, n.o.workers, ackWait, handleBudget, nil, n.handle); err != nil {
 		return fmt.Errorf("notifier: %w", err)
 	}
 	return nil

@@ -294,3 +294,64 @@ func TestWebhookURLNotLeaked(t *testing.T) {
 		})
 	}
 }
+
+// TestNotifierFailoverWithinAckWait: a replica dies (its connection is
+// gone, as after kill -9) while its webhook calls hang; the messages it
+// had fetched reach the other replica within the consumers' AckWait, not
+// after the processing budget.
+func TestNotifierFailoverWithinAckWait(t *testing.T) {
+	t.Parallel()
+	hang := make(chan struct{})
+	var hung atomic.Int32
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hung.Add(1)
+		select {
+		case <-hang:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(func() { close(hang); slow.Close() })
+	good := &hook{calls: map[string]int{}}
+	goodSrv := httptest.NewServer(good)
+	t.Cleanup(goodSrv.Close)
+
+	e := newEnv(t, nil)
+	a := e.open() // the replica that dies
+	go func() { _ = a.Notifier(WithWebhook(Webhook{URL: slow.URL})).Run(t.Context()) }()
+	const n = 5
+	for i := range n {
+		e.request("acme", req(fmt.Sprint("f", i)))
+	}
+	waitFor(t, 10*time.Second, "the dying replica's webhook calls", func() bool { return hung.Load() >= 1 })
+	a.js.Conn().Close() // no drain, no Nak: as a killed process
+	killed := time.Now()
+	run(t, e.svc.Notifier(WithWebhook(Webhook{URL: goodSrv.URL})).Run)
+	waitFor(t, 30*time.Second, "every requested event delivered by the other replica", func() bool {
+		_, calls := good.snapshot()
+		return len(calls) == n
+	})
+	if took := time.Since(killed); took > consumerAckWait+3*time.Second {
+		t.Errorf("the other replica delivered %s after the kill, want within AckWait (%s) and a moment", took, consumerAckWait)
+	}
+}
+
+// TestSlowWebhookNotRedelivered: a webhook that answers after more than
+// the consumers' AckWait is called once: the handler keeps its message
+// with InProgress.
+func TestSlowWebhookNotRedelivered(t *testing.T) {
+	t.Parallel()
+	var calls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		time.Sleep(consumerAckWait + 2*time.Second)
+	}))
+	t.Cleanup(srv.Close)
+	e := newEnv(t, nil)
+	run(t, e.svc.Notifier(WithWebhook(Webhook{URL: srv.URL})).Run)
+	e.request("acme", req("slow"))
+	waitFor(t, 30*time.Second, "the slow delivery", func() bool { return e.svc.Stats().WebhookDelivered == 1 })
+	time.Sleep(consumerAckWait)
+	if c := calls.Load(); c != 1 {
+		t.Errorf("webhook called %d times, want 1", c)
+	}
+}

@@ -14,10 +14,9 @@ import (
 
 // expiryEnv is the guardian configuration of the expiry scenarios: no
 // grace, warnings 3 s before expiry (so approvals of more than 3 s get a
-// warning revision), no pending cap, and budgets short enough that a
-// message held by a killed process is redelivered within about 20 s
-// (expirer AckWait = 2×(APPROVAL_CHECK+APPROVAL_GRANT)+15s, notifier
-// AckWait = 2×NATS_PUBLISH+11s).
+// warning revision), no pending cap, and short budgets. A message held by
+// a killed process is redelivered after the consumers' AckWait (4 s),
+// whatever the budgets: a handler that works longer sends InProgress.
 func expiryEnv() map[string]string {
 	return map[string]string{
 		"GUARDIAN_APPROVAL_GRACE_PERIOD":    "0s",
