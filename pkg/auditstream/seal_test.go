@@ -356,8 +356,10 @@ func TestSealersRace(t *testing.T) {
 	for _, rg := range r.Ranges {
 		total += rg.Events
 	}
+	// Each sealer may have had one seal in flight when it was stopped:
+	// stored, but its ack not awaited, so not counted as published.
 	won := sealers[0].Sealed() + sealers[1].Sealed()
-	if total != n || uint64(r.Seals) != won || won != uint64(len(r.Ranges)) {
+	if total != n || uint64(r.Seals) != uint64(len(r.Ranges)) || uint64(r.Seals) < won || uint64(r.Seals) > won+2 {
 		t.Errorf("ranges cover %d events; %d seals stored, %d published by the sealers (%d and %d)",
 			total, r.Seals, won, sealers[0].Sealed(), sealers[1].Sealed())
 	}
