@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
@@ -126,9 +127,16 @@ func (c *Client) tenantCall(ctx context.Context, tenant, op string, in, out any)
 	return c.Call(ctx, c.prefix+"."+tenant+".approvals."+op, in, out)
 }
 
-// Call sends in as JSON to subject and decodes the reply into out. It
-// returns an *APIError for an error reply, an error matching ErrUnavailable
-// when nobody answers, or a *jsguard.TimeoutError.
+// noRespondersGrace is how long Call keeps resending a request that found
+// no responder: a guardian that just started, or whose subscriptions have
+// not reached every server of a cluster yet, answers a moment later. A
+// request without responders reached nobody, so sending it again is safe.
+const noRespondersGrace = 2 * time.Second
+
+// Call sends in as JSON to subject and decodes the reply into out. A
+// request that finds no responder is sent again for up to 2 seconds
+// (within ctx). It returns an *APIError for an error reply, an error
+// matching ErrUnavailable when nobody answers, or a *jsguard.TimeoutError.
 func (c *Client) Call(ctx context.Context, subject string, in, out any) error {
 	data, err := json.Marshal(in)
 	if err != nil {
@@ -146,6 +154,14 @@ func (c *Client) Call(ctx context.Context, subject string, in, out any) error {
 		msg.Header.Set("traceparent", "00-"+tid+"-"+hex.EncodeToString(span[:])+"-01")
 	}
 	reply, err := c.g.Request(ctx, c.nc, msg)
+	for wait, until := 25*time.Millisecond, time.Now().Add(noRespondersGrace); errors.Is(err, nats.ErrNoResponders) && time.Now().Add(wait).Before(until); wait = min(2*wait, 250*time.Millisecond) {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %w: no guardian service is listening", subject, ErrUnavailable)
+		case <-time.After(wait):
+		}
+		reply, err = c.g.Request(ctx, c.nc, msg)
+	}
 	if errors.Is(err, nats.ErrNoResponders) {
 		return fmt.Errorf("%s: %w: no guardian service is listening", subject, ErrUnavailable)
 	}

@@ -111,3 +111,30 @@ func TestClient(t *testing.T) {
 		t.Errorf("a request nobody answers in time = %v, want *jsguard.TimeoutError", err)
 	}
 }
+
+// TestClientRetriesNoResponders: a request that finds no responder (a
+// guardian that is starting, interest not yet across a cluster) is sent
+// again and answered once the service is there; with nobody at all it
+// ends with ErrUnavailable after a bounded time.
+func TestClientRetriesNoResponders(t *testing.T) {
+	s := natstest.Run(t)
+	nc, _ := natstest.Connect(t, s)
+	c := NewClient(nc)
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		_, _ = nc.Subscribe("guardian.v1.late.approvals.get", func(m *nats.Msg) {
+			_ = m.Respond([]byte(`{"id":"x","tenant":"late","status":"pending","revision":1}`))
+		})
+	}()
+	r, err := c.Get(t.Context(), "late", "x")
+	if err != nil || r.ID != "x" {
+		t.Fatalf("Get while the service starts: %+v, %v", r, err)
+	}
+	start := time.Now()
+	if _, err := c.Get(t.Context(), "nobody", "x"); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Get without a service: %v, want ErrUnavailable", err)
+	}
+	if took := time.Since(start); took > noRespondersGrace+time.Second {
+		t.Errorf("gave up after %s, want about %s", took, noRespondersGrace)
+	}
+}
