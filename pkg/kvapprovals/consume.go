@@ -112,6 +112,9 @@ func redeliveryDelay(delivered uint64) time.Duration {
 // its message with InProgress every consumerAckWait/2.
 const consumerAckWait = 4 * time.Second
 
+// pullExpiry is how long each pull request of the consumers lasts.
+const pullExpiry = 5 * time.Second
+
 // consume runs cons until ctx ends, handing each message to handle on one of
 // workers goroutines picked by subject, so one subject's messages stay in
 // order. handle must Ack, Nak or Term. A message for which ignore (when not
@@ -155,7 +158,13 @@ func (s *Service) consume(ctx context.Context, cons jetstream.Consumer, workers 
 				h := fnv.New32a()
 				h.Write([]byte(m.Subject()))
 				shards[h.Sum32()%uint32(workers)] <- m
-			}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) { s.consumeError(err) }))
+			}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) { s.consumeError(err) }),
+				// A pull request outlives a process that dies (or, in a
+				// cluster, its removal may not reach the consumer's leader
+				// at once): messages sent to it wait AckWait and may be
+				// sent to it again while it lasts. Short-lived pull
+				// requests bound that.
+				jetstream.PullExpiry(pullExpiry))
 		})
 	var runErr error
 	if err == nil {

@@ -1030,8 +1030,15 @@ func TestDeployCluster(t *testing.T) {
 	if code := gs[0].stop(20 * time.Second); code != 0 {
 		t.Fatalf("guardian-1 exit %d after SIGTERM, want 0:\n%s", code, gs[0].out)
 	}
+	var lastA2 string
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("deploy-a2 last read: %s\n%s:\n%s", lastA2, gs[1].name, gs[1].out.String())
+		}
+	})
 	depEventually(t, 20*time.Second, "deploy-a2 expired", func() bool {
 		r, err := acme.client().Get(ctx, "acme", "deploy-a2")
+		lastA2 = fmt.Sprintf("%+v %v", r, err)
 		return err == nil && r.Status == kvapprovals.StatusExpired
 	})
 	if time.Now().Before(a2.ExpiresAt) {
