@@ -17,6 +17,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jsguardian/guardian/pkg/jsguard"
 )
 
 // idEntry is one event id (16 bytes: the id itself when it is 32 hex
@@ -241,7 +243,10 @@ func Export(ctx context.Context, js jetstream.JetStream, cfg Config, w io.Writer
 	}
 	info := st.CachedInfo()
 	var head ChainHead
-	raw, err := st.GetLastMsgForSubject(ctx, cfg.SealSubject())
+	raw, err := jsguard.DoValue(ctx, nil, jsguard.NATSSubscribe, "chain head "+cfg.Stream,
+		func(ctx context.Context) (*jetstream.RawStreamMsg, error) {
+			return st.GetLastMsgForSubject(ctx, cfg.SealSubject())
+		})
 	switch {
 	case err == nil:
 		h := sha256.Sum256(raw.Data)
