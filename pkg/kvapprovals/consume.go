@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jsguardian/guardian/pkg/jsguard"
@@ -148,6 +149,29 @@ func (s *Service) consume(ctx context.Context, cons jetstream.Consumer, workers 
 			}
 		})
 	}
+	// A deleted consumer ends consuming. The server says so to a pending
+	// pull request; a pull sent after the deletion finds no responder, so
+	// then the consumer is looked up.
+	deleted := make(chan struct{})
+	var deletedOnce sync.Once
+	var checking atomic.Bool
+	gone := func() { deletedOnce.Do(func() { close(deleted) }) }
+	onErr := func(_ jetstream.ConsumeContext, err error) {
+		s.consumeError(err)
+		switch {
+		case errors.Is(err, jetstream.ErrConsumerDeleted), errors.Is(err, jetstream.ErrConsumerNotFound):
+			gone()
+		case errors.Is(err, nats.ErrNoResponders) && checking.CompareAndSwap(false, true):
+			go func() {
+				defer checking.Store(false)
+				_, err := jsguard.DoValue(hctx, s.g, jsguard.NATSSubscribe, "consumer info "+cons.CachedInfo().Name,
+					func(ctx context.Context) (*jetstream.ConsumerInfo, error) { return cons.Info(ctx) })
+				if errors.Is(err, jetstream.ErrConsumerNotFound) {
+					gone()
+				}
+			}()
+		}
+	}
 	cc, err := jsguard.DoValue(ctx, s.g, jsguard.NATSSubscribe, "consume "+cons.CachedInfo().Stream+"/"+cons.CachedInfo().Name,
 		func(context.Context) (jetstream.ConsumeContext, error) {
 			return cons.Consume(func(m jetstream.Msg) {
@@ -158,7 +182,7 @@ func (s *Service) consume(ctx context.Context, cons jetstream.Consumer, workers 
 				h := fnv.New32a()
 				h.Write([]byte(m.Subject()))
 				shards[h.Sum32()%uint32(workers)] <- m
-			}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) { s.consumeError(err) }),
+			}, jetstream.ConsumeErrHandler(onErr),
 				// A pull request outlives a process that dies (or, in a
 				// cluster, its removal may not reach the consumer's leader
 				// at once): messages sent to it wait AckWait and may be
@@ -172,6 +196,8 @@ func (s *Service) consume(ctx context.Context, cons jetstream.Consumer, workers 
 		case <-ctx.Done():
 		case <-cc.Closed():
 			runErr = errors.New("consumer stopped")
+		case <-deleted:
+			runErr = errors.New("consumer deleted")
 		}
 		// Drain rather than Stop while connected: messages nats.go has
 		// already pulled still reach the callback, and the workers Nak
@@ -179,7 +205,7 @@ func (s *Service) consume(ctx context.Context, cons jetstream.Consumer, workers 
 		// AckWait. Draining needs the server, so a disconnected consumer
 		// just stops.
 		stopping.Store(true)
-		if s.js.Conn().IsConnected() {
+		if s.js.Conn().IsConnected() && runErr == nil {
 			cc.Drain()
 		} else {
 			cc.Stop()

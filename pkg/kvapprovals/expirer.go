@@ -89,13 +89,14 @@ func (e *Expirer) Run(ctx context.Context) error {
 	}
 
 	var wg sync.WaitGroup
-	wg.Go(func() { e.sweeper(ctx) })
+	sweepCtx, stopSweeps := context.WithCancel(ctx) // ends with consuming, however that ends
+	wg.Go(func() { e.sweeper(sweepCtx) })
 	if e.o.noSweep {
 		e.report(outage)
 	} else {
 		wg.Go(func() {
-			overdue, lost, err := e.Sweep(ctx)
-			if err != nil && ctx.Err() == nil {
+			overdue, lost, err := e.Sweep(sweepCtx)
+			if err != nil && sweepCtx.Err() == nil {
 				s.consumeError(fmt.Errorf("expirer start sweep: %w", err))
 			}
 			outage.Overdue, outage.Lost = overdue, lost
@@ -103,6 +104,7 @@ func (e *Expirer) Run(ctx context.Context) error {
 		})
 	}
 	err = s.consume(ctx, cons, e.o.workers, ackWait, handleBudget, notFired, e.handle)
+	stopSweeps()
 	wg.Wait()
 	if err != nil {
 		return fmt.Errorf("expirer: %w", err)
