@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -94,5 +95,52 @@ func TestTallyDetects(t *testing.T) {
 		if tc.name != "clean" && c.lost()+c.dup()+c.Early == 0 {
 			t.Errorf("%s: the scenarios' assertion would pass: %s", tc.name, &c)
 		}
+	}
+}
+
+// TestSoakDriftDetects checks the soak's drift rule on made-up samples:
+// steady readings with noise pass; a leak of goroutines, heap, files or
+// memory, or CPU per call that climbs, fails; too few samples fail.
+func TestSoakDriftDetects(t *testing.T) {
+	steady := func(i int) soakSample {
+		noise := float64(i%3) - 1 // -1, 0, 1
+		return soakSample{
+			at: time.Duration(i) * time.Minute, ops: int64(i) * 6000,
+			goroutines: 80 + noise, heapInuse: 30e6 + noise*4e6, guardianFDs: 20, guardianCPU: float64(i) * 6000 * 200e-6 * (1 + noise/20),
+			guardianRSS: 60e6, natsCPU: float64(i) * 6000 * 150e-6, natsRSS: 100e6 + float64(i)*0.5e6 + noise*5e6, natsFDs: 40,
+		}
+	}
+	gen := func(n int, mutate func(i int, s *soakSample)) []soakSample {
+		out := make([]soakSample, n)
+		for i := range out {
+			out[i] = steady(i)
+			if mutate != nil {
+				mutate(i, &out[i])
+			}
+		}
+		return out
+	}
+	if p := soakDrift(gen(60, nil), 6*time.Minute); len(p) != 0 {
+		t.Errorf("steady samples: %v", p)
+	}
+	for _, tc := range []struct {
+		name   string
+		mutate func(i int, s *soakSample)
+	}{
+		{"goroutines", func(i int, s *soakSample) { s.goroutines += float64(i) }},
+		{"heap", func(i int, s *soakSample) { s.heapInuse += float64(i) * 2e6 }},
+		{"open files", func(i int, s *soakSample) { s.guardianFDs += float64(i / 2) }},
+		{"nats-server open files", func(i int, s *soakSample) { s.natsFDs += float64(i / 2) }},
+		{"nats-server memory", func(i int, s *soakSample) { s.natsRSS += float64(i) * 4e6 }},
+		// CPU per call growing with time, as with stale TTL entries.
+		{"nats-server CPU per call", func(i int, s *soakSample) { s.natsCPU += float64(i*i) * 6000 * 5e-6 }},
+		{"guardian CPU per call", func(i int, s *soakSample) { s.guardianCPU += float64(i*i) * 6000 * 5e-6 }},
+	} {
+		if p := soakDrift(gen(60, tc.mutate), 6*time.Minute); len(p) != 1 || !strings.Contains(p[0], tc.name) {
+			t.Errorf("%s leaking: got %q, want one line naming it", tc.name, p)
+		}
+	}
+	if p := soakDrift(gen(8, nil), 6*time.Minute); len(p) != 1 || !strings.Contains(p[0], "samples") {
+		t.Errorf("8 samples with a 6 min warm-up: got %q", p)
 	}
 }

@@ -52,12 +52,8 @@ func guardianBinary(t testing.TB) string {
 	t.Helper()
 	build.once.Do(func() {
 		start := time.Now()
-		goTool, err := exec.LookPath("go")
-		if err != nil {
-			goTool = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
-		}
 		path := filepath.Join(binDir, "guardian")
-		out, err := exec.Command(goTool, "build", "-o", path, "../../cmd/guardian").CombinedOutput()
+		out, err := exec.Command(goTool(), "build", "-o", path, "../../cmd/guardian").CombinedOutput()
 		if err != nil {
 			build.err = fmt.Errorf("go build ../../cmd/guardian: %v\n%s", err, out)
 			return
@@ -69,6 +65,14 @@ func guardianBinary(t testing.TB) string {
 		t.Fatal(build.err)
 	}
 	return build.path
+}
+
+// goTool returns the go command's path.
+func goTool() string {
+	if p, err := exec.LookPath("go"); err == nil {
+		return p
+	}
+	return filepath.Join(os.Getenv("GOROOT"), "bin", "go")
 }
 
 // skipShort skips a slow scenario under -short.
