@@ -51,6 +51,11 @@ var oldestReport = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
 type api struct {
 	g         *jsguard.Guard
 	approvals *kvapprovals.Service
+	// identity is IdentityRequired when every tenant request must carry
+	// the server's Nats-Request-Info stamp; ownAccount is the account of
+	// guardian's connection, whose requests the server never stamps.
+	identity   kvapprovals.IdentityMode
+	ownAccount string
 	log       *slog.Logger
 	nc        *nats.Conn
 	sem       chan struct{}
@@ -173,6 +178,21 @@ func (a *api) serve(name string, tenantToken int, h handlerFunc, req micro.Reque
 			return a.respondError(req, err, reply)
 		}
 		ctx = jsguard.WithTenant(ctx, tenant)
+		// The caller's identity: in required mode only from the server's
+		// stamp. In asserted mode the header is ignored: within one
+		// account any client can write it.
+		if a.identity == kvapprovals.IdentityRequired {
+			v := hdr.Get(kvapprovals.RequestInfoHeader)
+			if v == "" {
+				return a.respondError(req, fmt.Errorf("%w: the request has no %s header: call guardian through a service import with share: true",
+					kvapprovals.ErrUnauthenticated, kvapprovals.RequestInfoHeader), reply)
+			}
+			id, err := kvapprovals.IdentityFromRequestInfo(v, a.ownAccount)
+			if err != nil {
+				return a.respondError(req, fmt.Errorf("%w: %v", kvapprovals.ErrUnauthenticated, err), reply)
+			}
+			ctx = kvapprovals.WithIdentity(ctx, id)
+		}
 	}
 	res, err := jsguard.DoValue(ctx, a.g, jsguard.APIRequest, name, func(ctx context.Context) (any, error) {
 		return h(ctx, tenant, req.Data())
@@ -263,6 +283,7 @@ func (a *api) addEndpoints(svc micro.Service) error {
 		{"approvals_approve", "guardian.v1.*.approvals.approve", 2, a.approve},
 		{"approvals_deny", "guardian.v1.*.approvals.deny", 2, a.deny},
 		{"approvals_cancel", "guardian.v1.*.approvals.cancel", 2, a.cancel},
+		{"approvals_extend", "guardian.v1.*.approvals.extend", 2, a.extend},
 		{"approvals_get", "guardian.v1.*.approvals.get", 2, a.get},
 		{"approvals_list", "guardian.v1.*.approvals.list", 2, a.list},
 		{"policy_get", "guardian.v1.policy.get", -1, a.policyGet},

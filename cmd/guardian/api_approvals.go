@@ -38,6 +38,14 @@ func (a *api) cancel(ctx context.Context, tenant string, data []byte) (any, erro
 	return a.approvals.Cancel(ctx, tenant, in)
 }
 
+func (a *api) extend(ctx context.Context, tenant string, data []byte) (any, error) {
+	in, err := kvapprovals.DecodeExtend(data)
+	if err != nil {
+		return nil, err
+	}
+	return a.approvals.Extend(ctx, tenant, in)
+}
+
 func (a *api) get(ctx context.Context, tenant string, data []byte) (any, error) {
 	in, err := kvapprovals.DecodeGet(data)
 	if err != nil {

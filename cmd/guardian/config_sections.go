@@ -28,7 +28,7 @@ type approvalConfig struct {
 	MaxOutage         time.Duration `split_words:"true" default:"24h" desc:"longest expirer outage that loses no timer, the timers bucket's marker TTL (>=1s)"`
 	SweepInterval     time.Duration `split_words:"true" default:"1m" desc:"how often one guardian sweeps the records for pending approvals past their deadline whose timer is gone (whole seconds, 1s-1h)"`
 	RequireReason     bool          `split_words:"true" default:"false" desc:"refuse decisions without a reason"`
-	AllowSelfApproval bool          `split_words:"true" default:"false" desc:"let requested_by approve their own approval"`
+	AllowSelfApproval bool          `split_words:"true" default:"false" desc:"let requested_by approve their own approval (never when more than one approval is required)"`
 	WebhookURL        string        `split_words:"true" desc:"POST every lifecycle event as JSON to this http(s) URL (optional)" secret:"url"`
 }
 
@@ -59,6 +59,7 @@ var approvalVars = map[string]string{
 	"SweepInterval":       "GUARDIAN_APPROVAL_SWEEP_INTERVAL",
 	"RequireReason":       "GUARDIAN_APPROVAL_REQUIRE_REASON",
 	"AllowSelfApproval":   "GUARDIAN_APPROVAL_ALLOW_SELF_APPROVAL",
+	"Identity":            "GUARDIAN_IDENTITY",
 	"Replicas":            "GUARDIAN_REPLICAS",
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/jsguardian/guardian/pkg/jsguard"
+	"github.com/jsguardian/guardian/pkg/kvapprovals"
 )
 
 const serveHelp = `serve
@@ -164,6 +165,16 @@ func run(ctx context.Context, cfg *config, log *slog.Logger) error {
 		return err
 	}
 	defer apiNC.Close()
+	var own string
+	if cfg.Identity == string(kvapprovals.IdentityRequired) {
+		if err := checkIdentityServer(apiNC.ConnectedServerVersion()); err != nil {
+			return err
+		}
+		if own, err = ownAccount(ctx, g, apiNC); err != nil {
+			return fmt.Errorf("GUARDIAN_IDENTITY=required: cannot learn guardian's own NATS account (allow it to publish to %s): %w", userInfoSubject, err)
+		}
+		log.Info("identities required: tenant requests must come through a service import with share: true", "own_account", own)
+	}
 
 	ready.add("nats", func() error {
 		for _, c := range []*nats.Conn{nc, apiNC} {
@@ -201,7 +212,8 @@ func run(ctx context.Context, cfg *config, log *slog.Logger) error {
 	if cfg.beforeAPI != nil {
 		cfg.beforeAPI()
 	}
-	a := &api{g: g, approvals: w.approvals, log: log, nc: apiNC, sem: make(chan struct{}, cfg.MaxInFlight)}
+	a := &api{g: g, approvals: w.approvals, log: log, nc: apiNC, sem: make(chan struct{}, cfg.MaxInFlight),
+		identity: kvapprovals.IdentityMode(cfg.Identity), ownAccount: own}
 	svc, err := micro.AddService(apiNC, micro.Config{
 		Name:         "guardian",
 		Version:      serviceVersion(),

@@ -61,6 +61,7 @@ func (c *config) approvalsConfig() kvapprovals.Config {
 	k.SweepInterval = a.SweepInterval
 	k.RequireReason = a.RequireReason
 	k.AllowSelfApproval = a.AllowSelfApproval
+	k.Identity = kvapprovals.IdentityMode(c.Identity)
 	k.Replicas = c.Replicas
 	return k
 }
@@ -151,6 +152,7 @@ func wire(ctx context.Context, cfg *config, g *jsguard.Guard, js jetstream.JetSt
 	// Approvals: buckets, events stream, expirer, notifier.
 	acfgApprovals := cfg.approvalsConfig()
 	approvalOpts := []kvapprovals.Option{
+		kvapprovals.WithRules(pkv),
 		kvapprovals.WithLogger(log.With("component", "approvals")),
 		kvapprovals.WithHooks(kvapprovals.Hooks{
 			OnTransition: func(_ string, to kvapprovals.Status, warning bool) {

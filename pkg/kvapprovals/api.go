@@ -69,23 +69,28 @@ type APIError struct {
 
 // The stable status words of APIError, one per code.
 const (
-	APIInvalidRequest = "invalid_request"  // 400
-	APISelfApproval   = "self_approval"    // 403
-	APINotFound       = "not_found"        // 404
-	APIAlreadyDecided = "already_decided"  // 409
-	APIConflict       = "conflict"         // 409
-	APIExpired        = "expired"          // 410
-	APITooManyPending = "too_many_pending" // 429
-	APIInternal       = "internal"         // 500
-	APITimeout        = "timeout"          // 503
-	APIUnavailable    = "unavailable"      // 503
+	APIInvalidRequest   = "invalid_request"   // 400
+	APIUnauthenticated  = "unauthenticated"   // 401
+	APIIdentityMismatch = "identity_mismatch" // 403
+	APINotEligible      = "not_eligible"      // 403
+	APIInvalidRules     = "invalid_rules"     // 500
+	APISelfApproval     = "self_approval"     // 403
+	APINotFound         = "not_found"         // 404
+	APIAlreadyDecided   = "already_decided"   // 409
+	APIConflict         = "conflict"          // 409
+	APIExpired          = "expired"           // 410
+	APITooManyPending   = "too_many_pending"  // 429
+	APIInternal         = "internal"          // 500
+	APITimeout          = "timeout"           // 503
+	APIUnavailable      = "unavailable"       // 503
 )
 
 // Error returns the message.
 func (e *APIError) Error() string { return e.Message }
 
 // Unwrap returns the sentinel matching the status: ErrInvalidRequest,
-// ErrSelfApproval, ErrNotFound, ErrAlreadyDecided, ErrConflict, ErrExpired,
+// ErrUnauthenticated, ErrIdentityMismatch, ErrNotEligible, ErrInvalidRules
+// (with ErrUnavailable), ErrSelfApproval, ErrNotFound, ErrAlreadyDecided, ErrConflict, ErrExpired,
 // ErrTooManyPending, or ErrUnavailable (with jsguard.ErrTimeout for a
 // timeout).
 func (e *APIError) Unwrap() []error {
@@ -94,6 +99,14 @@ func (e *APIError) Unwrap() []error {
 		return []error{ErrInvalidRequest}
 	case APISelfApproval:
 		return []error{ErrSelfApproval}
+	case APIUnauthenticated:
+		return []error{ErrUnauthenticated}
+	case APIIdentityMismatch:
+		return []error{ErrIdentityMismatch}
+	case APINotEligible:
+		return []error{ErrNotEligible}
+	case APIInvalidRules:
+		return []error{ErrInvalidRules, ErrUnavailable}
 	case APINotFound:
 		return []error{ErrNotFound}
 	case APIAlreadyDecided:
@@ -114,7 +127,8 @@ func (e *APIError) Unwrap() []error {
 }
 
 // ToAPIError maps any error a Service (or guardian's API) returns to its API
-// form: 400 invalid input (with the field), 403 self-approval, 404 not
+// form: 400 invalid input (with the field), 401 unauthenticated, 403
+// identity mismatch, not eligible or self-approval, 404 not
 // found, 409 already decided (with the final status) or conflicting retry,
 // 410 expired, 429 too many pending, 503 with the TIMEOUT_* code when a
 // dependency timed out, 500 otherwise. An *APIError is returned as it is.
@@ -134,6 +148,14 @@ func ToAPIError(err error) *APIError {
 		e.Code, e.Status = http.StatusBadRequest, APIInvalidRequest
 	case errors.Is(err, ErrSelfApproval):
 		e.Code, e.Status = http.StatusForbidden, APISelfApproval
+	case errors.Is(err, ErrUnauthenticated):
+		e.Code, e.Status = http.StatusUnauthorized, APIUnauthenticated
+	case errors.Is(err, ErrIdentityMismatch):
+		e.Code, e.Status = http.StatusForbidden, APIIdentityMismatch
+	case errors.Is(err, ErrNotEligible):
+		e.Code, e.Status = http.StatusForbidden, APINotEligible
+	case errors.Is(err, ErrInvalidRules):
+		e.Code, e.Status = http.StatusInternalServerError, APIInvalidRules
 	case errors.Is(err, ErrNotFound):
 		e.Code, e.Status = http.StatusNotFound, APINotFound
 	case errors.As(err, &se) && errors.Is(err, ErrExpired) && se.Record.Status != StatusExpired:

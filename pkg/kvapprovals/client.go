@@ -78,6 +78,13 @@ func (c *Client) Cancel(ctx context.Context, tenant string, in CancelInput) (Rec
 	return r, c.tenantCall(ctx, tenant, "cancel", in, &r)
 }
 
+// Extend moves a pending approval's deadline later; see Service.Extend for
+// the errors.
+func (c *Client) Extend(ctx context.Context, tenant string, in ExtendInput) (Record, error) {
+	var r Record
+	return r, c.tenantCall(ctx, tenant, "extend", in, &r)
+}
+
 // Get returns an approval; ErrNotFound when there is none.
 func (c *Client) Get(ctx context.Context, tenant, id string) (Record, error) {
 	var r Record

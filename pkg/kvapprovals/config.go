@@ -45,6 +45,9 @@ type Config struct {
 	RequireReason bool
 	// AllowSelfApproval lets requested_by approve its own request (false).
 	AllowSelfApproval bool
+	// Identity says where the actor of a call comes from (asserted; see
+	// IdentityMode).
+	Identity IdentityMode
 	// MaxDetailsBytes bounds a request's details object (16 KiB; 1 B–512 KiB).
 	MaxDetailsBytes int
 	// Retention is how long a record lives after its last change: the
@@ -95,6 +98,7 @@ func DefaultConfig() Config {
 		SendTimeoutWarnings: true,
 		WarningBefore:       5 * time.Minute,
 		MaxPending:          10000,
+		Identity:            IdentityAsserted,
 		MaxDetailsBytes:     16 << 10,
 		Retention:           7 * 24 * time.Hour,
 		MaxOutage:           24 * time.Hour,
@@ -156,6 +160,8 @@ func (c *Config) Validate() error {
 		return bad("EventsDuplicates", c.EventsDuplicates, fmt.Sprintf("must be >= %s and <= Retention (%s)", minEventsDuplicate, c.Retention))
 	case c.Replicas < 1 || c.Replicas > maxReplicas:
 		return bad("Replicas", c.Replicas, fmt.Sprintf("must be >= 1 and <= %d", maxReplicas))
+	case c.Identity != IdentityAsserted && c.Identity != IdentityRequired:
+		return bad("Identity", fmt.Sprintf("%q", c.Identity), fmt.Sprintf("must be %q or %q", IdentityAsserted, IdentityRequired))
 	}
 	for _, f := range []struct{ name, v string }{
 		{"RecordsBucket", c.RecordsBucket}, {"TimersBucket", c.TimersBucket}, {"EventsStream", c.EventsStream},

@@ -28,6 +28,18 @@ var (
 	ErrExpired = errors.New("approval expired")
 	// ErrTooManyPending: the tenant has MaxPending pending approvals [429].
 	ErrTooManyPending = errors.New("too many pending approvals")
+	// ErrUnauthenticated: the Service requires an authenticated identity
+	// (IdentityRequired) and the call carries none [401].
+	ErrUnauthenticated = errors.New("no authenticated identity")
+	// ErrIdentityMismatch: the body names an actor other than the
+	// caller's authenticated identity [403].
+	ErrIdentityMismatch = errors.New("the body names someone other than the caller")
+	// ErrNotEligible: the tenant's approver rules do not name the caller,
+	// or the requester tried to extend its own request [403].
+	ErrNotEligible = errors.New("not an eligible approver")
+	// ErrInvalidRules: a tenant's stored approver rules do not decode or
+	// validate; decisions fail closed until they are fixed [500].
+	ErrInvalidRules = errors.New("invalid approver rules")
 )
 
 // FieldError reports a bad input field. It matches ErrInvalidRequest.

@@ -266,10 +266,13 @@ func (s *Service) expire(ctx context.Context, key string, rec *Record) (bool, er
 		now := s.now().UTC()
 		deadline := rec.Deadline(s.cfg.GracePeriod)
 		if wait := deadline.Sub(now); wait > 0 {
+			if staleTimer(rec, wait) {
+				return false, nil
+			}
 			return false, errRetryAfter(wait)
 		}
 		next := *rec
-		next.Status, next.DecidedAt = StatusExpired, &now
+		next.Status, next.DecidedAt, next.Change = StatusExpired, &now, ""
 		next.Reason = fmt.Sprintf("no decision within %s and %s grace", time.Duration(rec.Timeout), s.cfg.GracePeriod)
 		_, err := s.update(ctx, &next, rec.Revision)
 		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) && attempt < maxCASAttempts {
@@ -285,6 +288,15 @@ func (s *Service) expire(ctx context.Context, key string, rec *Record) (bool, er
 		}
 		return true, nil
 	}
+}
+
+// staleTimer reports whether a timer that fired wait before the time it
+// stands for was armed for a deadline an extension has since moved: the
+// extension armed a new one, so this one is dropped rather than kept
+// pending until then. Without an extension, or within a few seconds (clocks
+// differ), the timer is retried after wait.
+func staleTimer(rec *Record, wait time.Duration) bool {
+	return len(rec.Extensions) > 0 && wait > 2*time.Second
 }
 
 // warn handles a fired warn timer: it stamps warned_at on a pending, not
@@ -311,10 +323,13 @@ func (s *Service) warn(ctx context.Context, key string) error {
 		}
 		if rec.WarnedAt == nil {
 			if wait := rec.ExpiresAt.Add(-s.cfg.WarningBefore).Sub(now); wait > 0 {
+				if staleTimer(&rec, wait) {
+					return nil
+				}
 				return errRetryAfter(wait)
 			}
 			next := rec
-			next.WarnedAt = &now
+			next.WarnedAt, next.Change = &now, ""
 			_, err = s.update(ctx, &next, rec.Revision)
 			if errors.Is(err, jetstream.ErrKeyRevisionMismatch) && attempt < maxCASAttempts {
 				continue

@@ -27,6 +27,14 @@ const (
 	KindCancelled          = "cancelled"
 	KindExpired            = "expired"
 	KindNotificationFailed = "notification_failed"
+	// KindApprovalAdded: an approval of an approval that needs more than
+	// one; it stays pending.
+	KindApprovalAdded = "approval_added"
+	// KindDenialAdded: a denial of an approval that needs more than one
+	// to deny; it stays pending.
+	KindDenialAdded = "denial_added"
+	// KindExtended: the deadline moved later.
+	KindExtended = "extended"
 )
 
 // Event is a lifecycle event on <prefix>.<tenant>.<kind>: one per record
@@ -58,16 +66,6 @@ func (e *Event) MsgID() string {
 		id += ".failed"
 	}
 	return id
-}
-
-func kindOf(r *Record) string {
-	switch {
-	case r.Status == StatusPending && r.WarnedAt != nil:
-		return KindWarning
-	case r.Status == StatusPending:
-		return KindRequested
-	}
-	return string(r.Status) // approved, denied, cancelled, expired
 }
 
 // Webhook is an optional notification sink: every lifecycle event is POSTed
@@ -183,14 +181,18 @@ func (n *Notifier) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	ctx = withTenant(ctx, tenant)
-	ev := Event{Kind: kindOf(&rec), Tenant: tenant, ID: id, Revision: rec.Revision, Time: md.Timestamp.UTC(), Record: rec}
+	ev := Event{Kind: rec.Kind(), Tenant: tenant, ID: id, Revision: rec.Revision, Time: md.Timestamp.UTC(), Record: rec}
 	if err := s.publishEvent(ctx, &ev); err != nil {
 		s.settle(msg, err)
 		return
 	}
-	if ev.Kind == KindExpired {
-		if err := s.g.EmitDurable(ctx, s.expiryAudit(&rec)); err != nil {
-			s.settle(msg, fmt.Errorf("expiry audit of %s: %w", ev.MsgID(), err))
+	if ev.Kind == KindExpired || (ev.Kind == KindExtended && len(rec.Extensions) > 0) {
+		audit := s.expiryAudit
+		if ev.Kind == KindExtended {
+			audit = s.extensionAudit
+		}
+		if err := s.g.EmitDurable(ctx, audit(&rec)); err != nil {
+			s.settle(msg, fmt.Errorf("%s audit of %s: %w", ev.Kind, ev.MsgID(), err))
 			return
 		}
 		s.stats.audit.Add(1)
@@ -270,8 +272,63 @@ func (s *Service) expiryAudit(r *Record) jsguard.Event {
 		ElapsedSeconds: at.Sub(r.RequestedAt).Seconds(),
 		BudgetSource:   jsguard.SourceCategory,
 	}
+	addIdentity(ev.AdditionalContext, "requester", r.Requester)
 	ev.EventID = jsguard.EventID(code, op, ev.TenantID, ev.CorrelationID, ev.TraceID, r.RequestedAt)
 	return ev
+}
+
+// ExtendedCode is the audit code of an approval's extension, and
+// EventTypeApproval the event_type of such approval audit events.
+const (
+	ExtendedCode      = "AUDIT_APPROVAL_EXTENDED"
+	EventTypeApproval = "approval_audit"
+)
+
+// extensionAudit builds the AUDIT_APPROVAL_EXTENDED event of a revision
+// that extended r: who, from when to when, why. Like expiryAudit it
+// derives from the record alone, so a redelivery yields the same event id.
+func (s *Service) extensionAudit(r *Record) jsguard.Event {
+	x := r.Extensions[len(r.Extensions)-1]
+	op := fmt.Sprintf("approval extend %s/%s #%d", r.Tenant, r.ID, len(r.Extensions))
+	ev := jsguard.Event{
+		EventType:      EventTypeApproval,
+		Code:           ExtendedCode,
+		Operation:      op,
+		TimeoutSeconds: x.To.Sub(r.RequestedAt).Seconds(),
+		TenantID:       r.Tenant,
+		CorrelationID:  r.SessionID,
+		AdditionalContext: map[string]string{
+			"approval_id":  r.ID,
+			"session_id":   r.SessionID,
+			"requested_by": r.RequestedBy,
+			"extended_by":  x.By,
+			"from":         x.From.Format(timeFormat),
+			"to":           x.To.Format(timeFormat),
+			"reason":       truncate(x.Reason, 256),
+			"revision":     strconv.FormatUint(r.Revision, 10),
+		},
+		Timestamp:      x.At.UTC(),
+		StartedAt:      r.RequestedAt.UTC(),
+		ElapsedSeconds: x.At.Sub(r.RequestedAt).Seconds(),
+		BudgetSource:   jsguard.SourceCategory,
+	}
+	addIdentity(ev.AdditionalContext, "requester", r.Requester)
+	addIdentity(ev.AdditionalContext, "extender", x.Identity)
+	ev.EventID = jsguard.EventID(ExtendedCode, op, ev.TenantID, ev.CorrelationID, ev.TraceID, r.RequestedAt)
+	return ev
+}
+
+// addIdentity records id in an audit event's context as <role>_source,
+// <role>_account and <role>_user.
+func addIdentity(ctx map[string]string, role string, id *Identity) {
+	if id == nil {
+		return
+	}
+	ctx[role+"_source"] = id.Source
+	if id.Account != "" {
+		ctx[role+"_account"] = id.Account
+	}
+	ctx[role+"_user"] = id.User
 }
 
 // deliver POSTs ev to the webhook under APIRequest; a non-2xx status is an

@@ -80,7 +80,66 @@ type Record struct {
 	DecidedAt *time.Time `json:"decided_at"`
 	Reason    string     `json:"reason"`
 	Revision  uint64     `json:"revision"`
+	// Requester and Decider are who requested and who made the final
+	// decision (the last approval, the deciding denial, or the
+	// cancellation), as the Service established it (see Identity). Absent
+	// in records written before identities were recorded.
+	Requester *Identity `json:"requester,omitempty"`
+	Decider   *Identity `json:"decider,omitempty"`
+	// RequiredApprovals is how many distinct approvers must approve (0 in
+	// older records means 1); RequiredDenials how many denials deny.
+	RequiredApprovals int `json:"required_approvals,omitempty"`
+	RequiredDenials   int `json:"required_denials,omitempty"`
+	// Approvals and Denials are the votes so far, one per principal, in
+	// order; the final one is among them.
+	Approvals []Vote `json:"approvals,omitempty"`
+	Denials   []Vote `json:"denials,omitempty"`
+	// Extensions are the deadline's extensions, in order; ExpiresAt is the
+	// current deadline.
+	Extensions []Extension `json:"extensions,omitempty"`
+	// Change names what a pending revision changed when it is not the
+	// request or the warning: approval_added, denial_added or extended.
+	Change string `json:"change,omitempty"`
 }
+
+// Vote is one approval or denial.
+type Vote struct {
+	By       string    `json:"by"`
+	Identity *Identity `json:"identity,omitempty"`
+	At       time.Time `json:"at"`
+	Reason   string    `json:"reason,omitempty"`
+}
+
+// Extension is one extension of an approval's deadline.
+type Extension struct {
+	By       string    `json:"by"`
+	Identity *Identity `json:"identity,omitempty"`
+	At       time.Time `json:"at"`
+	From     time.Time `json:"from"`
+	To       time.Time `json:"to"`
+	Reason   string    `json:"reason"`
+}
+
+// Kind returns the lifecycle event kind this revision stands for:
+// requested, warning, approval_added, denial_added, extended, or the
+// terminal status.
+func (r *Record) Kind() string {
+	switch {
+	case r.Status == StatusPending && r.Change != "":
+		return r.Change
+	case r.Status == StatusPending && r.WarnedAt != nil:
+		return KindWarning
+	case r.Status == StatusPending:
+		return KindRequested
+	}
+	return string(r.Status) // approved, denied, cancelled, expired
+}
+
+// requiredApprovals is how many approvals approve r.
+func (r *Record) requiredApprovals() int { return max(1, r.RequiredApprovals) }
+
+// requiredDenials is how many denials deny r.
+func (r *Record) requiredDenials() int { return max(1, r.RequiredDenials) }
 
 // Key returns the record's key in the records bucket, <tenant>.<id>.
 func (r *Record) Key() string { return r.Tenant + "." + r.ID }
@@ -92,7 +151,8 @@ func (r *Record) Deadline(grace time.Duration) time.Time { return r.ExpiresAt.Ad
 // sameRequest reports whether r was created by a request with this content.
 func (r *Record) sameRequest(in *RequestInput, timeout time.Duration) bool {
 	return r.SessionID == in.SessionID && r.RequestedBy == in.RequestedBy && r.OperatorID == in.OperatorID &&
-		time.Duration(r.Timeout) == timeout && bytes.Equal(r.Details, in.Details)
+		time.Duration(r.Timeout) == timeout && bytes.Equal(r.Details, in.Details) &&
+		in.RequiredApprovals <= r.requiredApprovals() // the tenant's rules may have raised it
 }
 
 func decodeRecord(b []byte, rev uint64) (Record, error) {
@@ -110,27 +170,46 @@ func decodeRecord(b []byte, rev uint64) (Record, error) {
 // RequestInput asks for an approval. ID is optional: give one to make
 // retries idempotent. Details, when given, must be a JSON object. A zero
 // Timeout means the configured default.
+//
+// RequestedBy names the requester; with an authenticated identity (see
+// WithIdentity) it may be left out, and must match it when given.
+// RequiredApprovals asks for that many distinct approvals (1-16; the
+// tenant's rules may require more, never fewer).
 type RequestInput struct {
-	ID          string          `json:"id,omitempty"`
-	SessionID   string          `json:"session_id"`
-	RequestedBy string          `json:"requested_by"`
-	OperatorID  string          `json:"operator_id,omitempty"`
-	Details     json.RawMessage `json:"details,omitempty"`
-	Timeout     Duration        `json:"timeout,omitempty"`
+	ID                string          `json:"id,omitempty"`
+	SessionID         string          `json:"session_id"`
+	RequestedBy       string          `json:"requested_by,omitempty"`
+	OperatorID        string          `json:"operator_id,omitempty"`
+	Details           json.RawMessage `json:"details,omitempty"`
+	Timeout           Duration        `json:"timeout,omitempty"`
+	RequiredApprovals int             `json:"required_approvals,omitempty"`
 }
 
-// DecisionInput approves or denies an approval.
+// DecisionInput approves or denies an approval. DecidedBy is like
+// RequestInput.RequestedBy.
 type DecisionInput struct {
 	ID        string `json:"id"`
-	DecidedBy string `json:"decided_by"`
+	DecidedBy string `json:"decided_by,omitempty"`
 	Reason    string `json:"reason,omitempty"`
 }
 
-// CancelInput withdraws a pending approval.
+// CancelInput withdraws a pending approval. CancelledBy is like
+// RequestInput.RequestedBy.
 type CancelInput struct {
 	ID          string `json:"id"`
-	CancelledBy string `json:"cancelled_by"`
+	CancelledBy string `json:"cancelled_by,omitempty"`
 	Reason      string `json:"reason,omitempty"`
+}
+
+// ExtendInput moves a pending approval's deadline later: by ExtendBy from
+// the current expires_at, or to ExpiresAt (give exactly one). Reason is
+// required. ExtendedBy is like RequestInput.RequestedBy.
+type ExtendInput struct {
+	ID         string     `json:"id"`
+	ExtendBy   Duration   `json:"extend_by,omitempty"`
+	ExpiresAt  *time.Time `json:"expires_at,omitempty"`
+	Reason     string     `json:"reason"`
+	ExtendedBy string     `json:"extended_by,omitempty"`
 }
 
 // GetInput names an approval.
@@ -180,6 +259,9 @@ func DecodeDecision(data []byte) (DecisionInput, error) { return decode[Decision
 
 // DecodeCancel strictly decodes a CancelInput; see DecodeRequest.
 func DecodeCancel(data []byte) (CancelInput, error) { return decode[CancelInput](data) }
+
+// DecodeExtend strictly decodes an ExtendInput; see DecodeRequest.
+func DecodeExtend(data []byte) (ExtendInput, error) { return decode[ExtendInput](data) }
 
 // DecodeGet strictly decodes a GetInput; see DecodeRequest.
 func DecodeGet(data []byte) (GetInput, error) { return decode[GetInput](data) }

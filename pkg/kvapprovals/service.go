@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -27,6 +28,7 @@ type Service struct {
 	cfg     Config
 	records *jsguard.KV
 	timers  *jsguard.KV
+	rules   *jsguard.KV // approver rules; nil: no tenant has any
 	// The buckets' streams, for scans and consumers.
 	recordsStream, timersStream jetstream.Stream
 	now                         func() time.Time
@@ -163,7 +165,16 @@ func (s *Service) Request(ctx context.Context, tenant string, in RequestInput) (
 	if err != nil {
 		return Record{}, err
 	}
+	by, who, err := s.actor(ctx, "requested_by", in.RequestedBy)
+	if err != nil {
+		return Record{}, fmt.Errorf("request %s: %w", tenant, err)
+	}
+	in.RequestedBy = by
 	ctx = withTenant(ctx, tenant)
+	rules, err := s.TenantRules(ctx, tenant)
+	if err != nil {
+		return Record{}, fmt.Errorf("request %s: %w", tenant, err)
+	}
 	if in.ID == "" {
 		in.ID = rand.Text()
 	}
@@ -171,7 +182,14 @@ func (s *Service) Request(ctx context.Context, tenant string, in RequestInput) (
 	rec := Record{
 		ID: in.ID, Tenant: tenant, SessionID: in.SessionID, RequestedBy: in.RequestedBy, OperatorID: in.OperatorID,
 		Details: in.Details, Status: StatusPending, Timeout: Duration(timeout),
-		RequestedAt: now, ExpiresAt: now.Add(timeout),
+		RequestedAt: now, ExpiresAt: now.Add(timeout), Requester: who,
+		RequiredApprovals: max(in.RequiredApprovals, rules.approvals()), RequiredDenials: rules.denials(),
+	}
+	if rec.RequiredApprovals == 1 {
+		rec.RequiredApprovals = 0 // the default; keeps single approvals as they were
+	}
+	if rec.RequiredDenials == 1 {
+		rec.RequiredDenials = 0
 	}
 	key := rec.Key()
 	admitted, err := s.admit(ctx, tenant)
@@ -318,48 +336,84 @@ func (s *Service) disarm(ctx context.Context, rec *Record) {
 	_ = s.timers.Purge(context.WithoutCancel(ctx), rec.Key()+"."+kind, jetstream.PurgeTTL(purgeTTL))
 }
 
-// Approve approves a pending approval and returns the approved record.
+// Approve adds the caller's approval to a pending approval and returns the
+// record: approved once it has its required number of distinct approvals
+// (RequiredApprovals, 1 unless the request or the tenant's rules ask for
+// more), else still pending with the approval recorded. An approver who
+// already approved is counted once: the call returns the record unchanged.
 //
-// It returns a *FieldError (ErrInvalidRequest) for bad input; ErrNotFound;
-// ErrSelfApproval when decided_by requested it and Config.AllowSelfApproval
-// is false; a *StateError matching ErrAlreadyDecided when it is no longer
-// pending, or ErrExpired when now is past expires_at + grace (an expired
-// approval can never be approved, even before its timer fires); otherwise
-// the jetstream error or *jsguard.TimeoutError, wrapped. A write that loses
-// the compare-and-set to another writer re-reads and reports the real
-// outcome.
+// It returns a *FieldError (ErrInvalidRequest) for bad input;
+// ErrUnauthenticated or ErrIdentityMismatch (see Service.actor and
+// IdentityMode); ErrNotFound; ErrSelfApproval when the caller requested it
+// (always when more than one approval is required, else unless
+// Config.AllowSelfApproval); ErrNotEligible when the tenant's rules do not
+// name the caller; a *StateError matching ErrAlreadyDecided when it is no
+// longer pending, or ErrExpired when now is past expires_at + grace (an
+// expired approval can never be approved, even before its timer fires);
+// ErrInvalidRules when the tenant's stored rules are broken; otherwise the
+// jetstream error or *jsguard.TimeoutError, wrapped. A write that loses the
+// compare-and-set to another writer re-reads and reports the real outcome.
 func (s *Service) Approve(ctx context.Context, tenant string, in DecisionInput) (Record, error) {
 	return s.decide(ctx, "approve", tenant, in.ID, "decided_by", in.DecidedBy, in.Reason, StatusApproved)
 }
 
-// Deny denies a pending approval and returns the denied record. It returns
-// the errors of Approve except ErrSelfApproval: a requester may deny (in
-// effect withdraw) its own request.
+// Deny adds the caller's denial and returns the record: denied once it has
+// its required number of distinct denials (RequiredDenials, 1 unless the
+// tenant's rules ask for more). The requester may always deny, in effect
+// withdrawing its request, and that denies at once; anyone else must be
+// eligible under the tenant's rules. It returns the errors of Approve
+// except ErrSelfApproval.
 func (s *Service) Deny(ctx context.Context, tenant string, in DecisionInput) (Record, error) {
 	return s.decide(ctx, "deny", tenant, in.ID, "decided_by", in.DecidedBy, in.Reason, StatusDenied)
 }
 
 // Cancel withdraws a pending approval and returns the cancelled record, with
-// decided_by set to cancelled_by. It returns the errors of Deny.
+// decided_by set to the canceller. Approver rules do not apply. It returns
+// the errors of Deny except ErrNotEligible.
 func (s *Service) Cancel(ctx context.Context, tenant string, in CancelInput) (Record, error) {
 	return s.decide(ctx, "cancel", tenant, in.ID, "cancelled_by", in.CancelledBy, in.Reason, StatusCancelled)
 }
 
-func (s *Service) decide(ctx context.Context, op, tenant, id, byField, by, reason string, to Status) (Record, error) {
+// requester returns who requested r: its recorded identity, or for older
+// records the asserted requested_by.
+func (r *Record) requester() *Identity {
+	if r.Requester != nil {
+		return r.Requester
+	}
+	return &Identity{Source: SourceAsserted, User: r.RequestedBy}
+}
+
+// votedBy reports whether who already cast one of votes.
+func votedBy(votes []Vote, who *Identity) bool {
+	k := principalKey(who)
+	return slices.ContainsFunc(votes, func(v Vote) bool { return principalKey(v.Identity) == k })
+}
+
+func (s *Service) decide(ctx context.Context, op, tenant, id, byField, body, reason string, to Status) (Record, error) {
 	if err := checkName("tenant", tenant); err != nil {
 		return Record{}, err
 	}
 	if err := checkName("id", id); err != nil {
 		return Record{}, err
 	}
-	if err := checkText(byField, by, true, MaxTextBytes); err != nil {
+	if err := checkText(byField, body, false, MaxTextBytes); err != nil {
 		return Record{}, err
 	}
 	if err := checkText("reason", reason, s.cfg.RequireReason, MaxReasonBytes); err != nil {
 		return Record{}, err
 	}
-	ctx = withTenant(ctx, tenant)
 	key := tenant + "." + id
+	by, who, err := s.actor(ctx, byField, body)
+	if err != nil {
+		return Record{}, fmt.Errorf("%s %s: %w", op, key, err)
+	}
+	ctx = withTenant(ctx, tenant)
+	var rules Rules
+	if to != StatusCancelled {
+		if rules, err = s.TenantRules(ctx, tenant); err != nil {
+			return Record{}, fmt.Errorf("%s %s: %w", op, key, err)
+		}
+	}
 	for attempt := 1; ; attempt++ {
 		rec, err := s.get(ctx, key)
 		if err != nil {
@@ -372,11 +426,38 @@ func (s *Service) decide(ctx context.Context, op, tenant, id, byField, by, reaso
 		if now.After(rec.Deadline(s.cfg.GracePeriod)) {
 			return Record{}, &StateError{Op: op, Record: rec, err: ErrExpired}
 		}
-		if to == StatusApproved && !s.cfg.AllowSelfApproval && by == rec.RequestedBy {
-			return Record{}, fmt.Errorf("%s %s: %w: %s requested it", op, key, ErrSelfApproval, by)
+		self := who.Same(rec.requester())
+		switch {
+		case to == StatusApproved && self && (rec.requiredApprovals() > 1 || !s.cfg.AllowSelfApproval):
+			return Record{}, fmt.Errorf("%s %s: %w: %s requested it", op, key, ErrSelfApproval, who)
+		case to == StatusApproved && !rules.Eligible(who), to == StatusDenied && !self && !rules.Eligible(who):
+			return Record{}, fmt.Errorf("%s %s: %w: the approver rules of %s do not name %s", op, key, ErrNotEligible, tenant, who)
 		}
 		next := rec
-		next.Status, next.DecidedBy, next.DecidedAt, next.Reason = to, by, &now, reason
+		next.Change = ""
+		vote := Vote{By: by, Identity: who, At: now, Reason: reason}
+		final := true
+		switch to {
+		case StatusApproved:
+			if votedBy(rec.Approvals, who) {
+				return rec, nil // counted once
+			}
+			next.Approvals = append(slices.Clone(rec.Approvals), vote)
+			if len(next.Approvals) < rec.requiredApprovals() {
+				next.Change, final = KindApprovalAdded, false
+			}
+		case StatusDenied:
+			if !self && votedBy(rec.Denials, who) {
+				return rec, nil
+			}
+			next.Denials = append(slices.Clone(rec.Denials), vote)
+			if !self && len(next.Denials) < rec.requiredDenials() {
+				next.Change, final = KindDenialAdded, false
+			}
+		}
+		if final {
+			next.Status, next.DecidedBy, next.Decider, next.DecidedAt, next.Reason = to, by, who, &now, reason
+		}
 		rev, err := s.update(ctx, &next, rec.Revision)
 		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) && attempt < maxCASAttempts {
 			continue // another writer won: re-read and report what happened
@@ -385,8 +466,117 @@ func (s *Service) decide(ctx context.Context, op, tenant, id, byField, by, reaso
 			return Record{}, fmt.Errorf("%s %s: %w", op, key, err)
 		}
 		next.Revision = rev
+		if !final {
+			s.stats.votes.Add(1)
+			s.transition(tenant, StatusPending, false)
+			return next, nil
+		}
 		s.finished(tenant, to)
 		s.disarm(ctx, &next)
+		return next, nil
+	}
+}
+
+// Extend moves a pending approval's deadline later (see ExtendInput),
+// re-arms its timers (a warning already sent is sent again before the new
+// deadline) and returns the record. The new expires_at may be at most
+// MaxTimeout after requested_at. Only an eligible approver may extend
+// (anyone when the tenant has no rules), never the requester.
+//
+// It returns a *FieldError (ErrInvalidRequest) for bad input, a missing
+// reason, no or both of extend_by and expires_at, or a deadline that is not
+// later or beyond the bound; ErrUnauthenticated or ErrIdentityMismatch;
+// ErrNotFound; ErrNotEligible; a *StateError matching ErrAlreadyDecided or
+// ErrExpired (refused after expires_at + grace); ErrInvalidRules; otherwise
+// the jetstream error or *jsguard.TimeoutError, wrapped. When the record
+// was written but its timers were not re-armed, it still returns the
+// record: the periodic sweep expires it at most SweepInterval after its
+// new deadline.
+func (s *Service) Extend(ctx context.Context, tenant string, in ExtendInput) (Record, error) {
+	if err := checkName("tenant", tenant); err != nil {
+		return Record{}, err
+	}
+	if err := checkName("id", in.ID); err != nil {
+		return Record{}, err
+	}
+	if err := checkText("extended_by", in.ExtendedBy, false, MaxTextBytes); err != nil {
+		return Record{}, err
+	}
+	if err := checkText("reason", in.Reason, true, MaxReasonBytes); err != nil {
+		return Record{}, err
+	}
+	switch {
+	case in.ExtendBy == 0 && in.ExpiresAt == nil:
+		return Record{}, invalid("extend_by", "give extend_by or expires_at")
+	case in.ExtendBy != 0 && in.ExpiresAt != nil:
+		return Record{}, invalid("extend_by", "give extend_by or expires_at, not both")
+	case in.ExtendBy < 0:
+		return Record{}, invalid("extend_by", "%s must be positive", time.Duration(in.ExtendBy))
+	}
+	key := tenant + "." + in.ID
+	by, who, err := s.actor(ctx, "extended_by", in.ExtendedBy)
+	if err != nil {
+		return Record{}, fmt.Errorf("extend %s: %w", key, err)
+	}
+	ctx = withTenant(ctx, tenant)
+	rules, err := s.TenantRules(ctx, tenant)
+	if err != nil {
+		return Record{}, fmt.Errorf("extend %s: %w", key, err)
+	}
+	for attempt := 1; ; attempt++ {
+		rec, err := s.get(ctx, key)
+		if err != nil {
+			return Record{}, fmt.Errorf("extend %s: %w", key, err)
+		}
+		if rec.Status.Terminal() {
+			return Record{}, &StateError{Op: "extend", Record: rec, err: ErrAlreadyDecided}
+		}
+		now := s.now().UTC()
+		if now.After(rec.Deadline(s.cfg.GracePeriod)) {
+			return Record{}, &StateError{Op: "extend", Record: rec, err: ErrExpired}
+		}
+		if who.Same(rec.requester()) {
+			return Record{}, fmt.Errorf("extend %s: %w: %s requested it and may not extend it", key, ErrNotEligible, who)
+		}
+		if !rules.Eligible(who) {
+			return Record{}, fmt.Errorf("extend %s: %w: the approver rules of %s do not name %s", key, ErrNotEligible, tenant, who)
+		}
+		to, field := rec.ExpiresAt.Add(time.Duration(in.ExtendBy)), "extend_by"
+		if in.ExpiresAt != nil {
+			to, field = in.ExpiresAt.UTC(), "expires_at"
+		}
+		limit := rec.RequestedAt.Add(s.cfg.MaxTimeout)
+		switch {
+		case !to.After(rec.ExpiresAt):
+			return Record{}, invalid(field, "the new deadline %s is not later than expires_at %s", to.Format(timeFormat), rec.ExpiresAt.Format(timeFormat))
+		case to.After(limit):
+			return Record{}, invalid(field, "the new deadline %s is beyond requested_at + the maximum timeout %s (%s)", to.Format(timeFormat), s.cfg.MaxTimeout, limit.Format(timeFormat))
+		}
+		next := rec
+		next.ExpiresAt, next.Change = to, KindExtended
+		next.Extensions = append(slices.Clone(rec.Extensions), Extension{By: by, Identity: who, At: now, From: rec.ExpiresAt, To: to, Reason: in.Reason})
+		if next.WarnedAt != nil && s.warnScheduled(time.Duration(rec.Timeout)) && to.Add(-s.cfg.WarningBefore).After(now) {
+			next.WarnedAt = nil // warn again before the new deadline
+		}
+		rev, err := s.update(ctx, &next, rec.Revision)
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) && attempt < maxCASAttempts {
+			continue
+		}
+		if err != nil {
+			return Record{}, fmt.Errorf("extend %s: %w", key, err)
+		}
+		next.Revision = rev
+		s.stats.extended.Add(1)
+		s.transition(tenant, StatusPending, false)
+		// Re-arm: the live timer fires at the old deadline. A timer that
+		// fires anyway finds the later deadline and is dropped (see
+		// staleTimer); one that cannot be created is covered by the sweep.
+		for _, kind := range []string{timerWarn, timerExpire} {
+			_ = s.timers.Purge(context.WithoutCancel(ctx), key+"."+kind, jetstream.PurgeTTL(purgeTTL))
+		}
+		if _, err := s.armNext(context.WithoutCancel(ctx), &next, now); err != nil {
+			s.log.Warn("extended approval's timer not armed; the sweep will expire it", "approval", key, "err", err)
+		}
 		return next, nil
 	}
 }
@@ -477,8 +667,11 @@ func (s *Service) validateRequest(tenant string, in *RequestInput) (time.Duratio
 	if err := checkText("session_id", in.SessionID, true, MaxTextBytes); err != nil {
 		return 0, err
 	}
-	if err := checkText("requested_by", in.RequestedBy, true, MaxTextBytes); err != nil {
+	if err := checkText("requested_by", in.RequestedBy, false, MaxTextBytes); err != nil {
 		return 0, err
+	}
+	if in.RequiredApprovals < 0 || in.RequiredApprovals > MaxRequiredApprovals {
+		return 0, invalid("required_approvals", "%d is out of range: must be 1-%d (0: the tenant's rule, else 1)", in.RequiredApprovals, MaxRequiredApprovals)
 	}
 	if err := checkText("operator_id", in.OperatorID, false, MaxTextBytes); err != nil {
 		return 0, err

@@ -179,7 +179,7 @@ func TestRequest(t *testing.T) {
 		fields = append(fields, k)
 	}
 	slices.Sort(fields)
-	want := []string{"decided_at", "decided_by", "details", "expires_at", "id", "operator_id", "reason", "requested_at", "requested_by", "revision", "session_id", "status", "tenant", "timeout", "warned_at"}
+	want := []string{"decided_at", "decided_by", "details", "expires_at", "id", "operator_id", "reason", "requested_at", "requested_by", "requester", "revision", "session_id", "status", "tenant", "timeout", "warned_at"}
 	if !slices.Equal(fields, want) {
 		t.Errorf("record fields = %v, want %v", fields, want)
 	}

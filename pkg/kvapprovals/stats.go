@@ -17,7 +17,8 @@ type Stats struct {
 	// EventsPublished counts lifecycle events the notifier published
 	// (a redelivered event that JetStream dropped as a duplicate included).
 	EventsPublished uint64
-	// AuditEvents counts TIMEOUT_APPROVAL_EXPIRED events handed to the guard.
+	// AuditEvents counts TIMEOUT_APPROVAL_EXPIRED and AUDIT_APPROVAL_EXTENDED
+	// events handed to the guard.
 	AuditEvents uint64
 	// WebhookDelivered and WebhookFailed count webhook deliveries that
 	// succeeded and that were given up after the last attempt (each of
@@ -32,12 +33,16 @@ type Stats struct {
 	// Sweeps counts periodic sweeps this process ran (see
 	// Config.SweepInterval).
 	Sweeps uint64
+	// Extended counts extensions written; Votes counts approvals and
+	// denials recorded without deciding (N-of-M).
+	Extended uint64
+	Votes    uint64
 }
 
 type stats struct {
 	requested, approved, denied, cancelled, expired, warned, repaired  atomic.Uint64
 	published, audit, webhookOK, webhookFailed, consumeErrors, outages atomic.Uint64
-	sweeps                                                             atomic.Uint64
+	sweeps, extended, votes                                            atomic.Uint64
 }
 
 func (s *stats) byStatus(st Status) *atomic.Uint64 {
@@ -63,5 +68,6 @@ func (s *Service) Stats() Stats {
 		TimersRepaired: t.repaired.Load(), EventsPublished: t.published.Load(), AuditEvents: t.audit.Load(),
 		WebhookDelivered: t.webhookOK.Load(), WebhookFailed: t.webhookFailed.Load(),
 		ConsumeErrors: t.consumeErrors.Load(), Outages: t.outages.Load(), Sweeps: t.sweeps.Load(),
+		Extended: t.extended.Load(), Votes: t.votes.Load(),
 	}
 }

@@ -95,17 +95,6 @@ func readLedger(t testing.TB, js jetstream.JetStream) *ledger {
 	return l
 }
 
-// kindOf is the lifecycle event kind a record revision stands for.
-func kindOf(r *kvapprovals.Record) string {
-	switch {
-	case r.Status == kvapprovals.StatusPending && r.WarnedAt != nil:
-		return kvapprovals.KindWarning
-	case r.Status == kvapprovals.StatusPending:
-		return kvapprovals.KindRequested
-	}
-	return string(r.Status)
-}
-
 // tally counts what a user would check after a run.
 type tally struct {
 	Approvals     int
@@ -188,7 +177,7 @@ func (l *ledger) tally(acked []string, grace time.Duration) tally {
 			if l.eventIDs[id] > 1 {
 				c.EventsDup += l.eventIDs[id] - 1
 			}
-			if evs[0].Kind != kindOf(&r) {
+			if evs[0].Kind != r.Kind() {
 				c.EventsWrong++
 			}
 		}

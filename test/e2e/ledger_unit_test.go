@@ -24,7 +24,7 @@ func TestTallyDetects(t *testing.T) {
 		return r
 	}
 	ev := func(r kvapprovals.Record) kvapprovals.Event {
-		return kvapprovals.Event{Kind: kindOf(&r), Tenant: r.Tenant, ID: r.ID, Revision: r.Revision, Record: r}
+		return kvapprovals.Event{Kind: r.Kind(), Tenant: r.Tenant, ID: r.ID, Revision: r.Revision, Record: r}
 	}
 	audit := func(id, eventID string) jsguard.Event {
 		return jsguard.Event{EventID: eventID, TenantID: "acme", AdditionalContext: map[string]string{"approval_id": id}}
