@@ -56,11 +56,11 @@ type api struct {
 	// guardian's connection, whose requests the server never stamps.
 	identity   kvapprovals.IdentityMode
 	ownAccount string
-	log       *slog.Logger
-	nc        *nats.Conn
-	sem       chan struct{}
-	inflight  atomic.Int64 // requests received and not yet answered
-	stats     sync.Map     // endpoint name -> *endpointStats
+	log        *slog.Logger
+	nc         *nats.Conn
+	sem        chan struct{}
+	inflight   atomic.Int64 // requests received and not yet answered
+	stats      sync.Map     // endpoint name -> *endpointStats
 }
 
 // endpointStats are an endpoint's own counts, the data of its entry in

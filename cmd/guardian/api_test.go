@@ -125,6 +125,7 @@ func testDiscovery(t *testing.T, nc *nats.Conn) {
 		"approvals_approve": "guardian.v1.*.approvals.approve",
 		"approvals_deny":    "guardian.v1.*.approvals.deny",
 		"approvals_cancel":  "guardian.v1.*.approvals.cancel",
+		"approvals_extend":  "guardian.v1.*.approvals.extend",
 		"approvals_get":     "guardian.v1.*.approvals.get",
 		"approvals_list":    "guardian.v1.*.approvals.list",
 		"policy_get":        "guardian.v1.policy.get",
@@ -147,7 +148,7 @@ func testStats(t *testing.T, nc *nats.Conn) {
 		t.Helper()
 		var st micro.Stats
 		request(t, nc, "$SRV.STATS.guardian", "", nil).ok(t, &st)
-		if st.Name != "guardian" || len(st.Endpoints) != 8 {
+		if st.Name != "guardian" || len(st.Endpoints) != 9 {
 			t.Fatalf("$SRV.STATS.guardian = %+v", st)
 		}
 		for _, e := range st.Endpoints {

@@ -80,6 +80,9 @@ func (c *clientFlags) dial(ctx context.Context) (*session, error) {
 		return nil, fmt.Errorf("connect to %s: %w (is 'guardian serve' running? set --server or GUARDIAN_NATS_URL)", redactURL(c.server), err)
 	}
 	js, err := jetstream.New(nc)
+	if cfg.JsAPIPrefix != "" {
+		js, err = jetstream.NewWithAPIPrefix(nc, cfg.JsAPIPrefix)
+	}
 	if err != nil {
 		nc.Close()
 		return nil, err
@@ -141,40 +144,64 @@ func apiFailure(stderr io.Writer, err error) error {
 const approvalUsage = `approval <command> [flags]
 
 Commands:
-  request   ask for an approval          --tenant --session --requested-by [--id --operator --timeout --details]
-  approve   approve a pending approval   --tenant --id --by [--reason]
-  deny      deny a pending approval      --tenant --id --by [--reason]
-  cancel    cancel a pending approval    --tenant --id --by [--reason]
+  request   ask for an approval          --tenant --session [--requested-by --id --operator --timeout --details --required-approvals]
+  approve   approve a pending approval   --tenant --id [--by --reason]
+  deny      deny a pending approval      --tenant --id [--by --reason]
+  cancel    cancel a pending approval    --tenant --id [--by --reason]
+  extend    move the deadline later      --tenant --id --reason (--extend-by | --expires-at) [--by]
   get       show one approval            --tenant --id
   list      list a tenant's approvals    --tenant [--status --limit --cursor]
 
 Every command also takes --server, --wait and --json; 'guardian approval
 <command> --help' lists its flags. A refusal exits with status 1 and the
-API's error, e.g. "guardian: 410 expired: ...".`
+API's error, e.g. "guardian: 410 expired: ...".
+
+Who asks or decides: where guardian requires authenticated identities
+(GUARDIAN_IDENTITY=required), it is the NATS user you connect as, and
+--requested-by/--by may be left out (when given, they must name that
+user). Otherwise they name you, and default to $USER.`
 
 // approvalHelp describes each approval command for its --help.
 var approvalHelp = map[string]string{
-	"request": `approval request --session ID --requested-by WHO [flags]
+	"request": `approval request --session ID [flags]
 
 Asks for an approval in a tenant and prints the pending record. Give --id to
 make retries safe: the same request again returns the same approval, and
 different content under that id is refused (409 conflict).
+--required-approvals N asks for N distinct approvers (the tenant's approver
+rules may require more).
 
 Example:
   guardian approval request --tenant acme --session s-1 --requested-by alice \
       --timeout 15m --details '{"cmd":"deploy payments"}'`,
-	"approve": `approval approve --id ID --by WHO [flags]
+	"approve": `approval approve --id ID [--by WHO] [flags]
 
-Approves a pending approval. Refused with 403 when WHO requested it
-(self-approval), 409 when it is already decided, 410 when it has expired.`,
-	"deny": `approval deny --id ID --by WHO [flags]
+Adds your approval. With more than one required, the approval stays pending
+until enough distinct approvers approved; approving twice counts once.
+Refused with 403 when you requested it (self_approval), when the tenant's
+approver rules do not name you (not_eligible) or when --by names someone
+else than your NATS user (identity_mismatch); 409 when it is already
+decided, 410 when it has expired.`,
+	"deny": `approval deny --id ID [--by WHO] [flags]
 
-Denies a pending approval. Refused with 409 when it is already decided, 410
-when it has expired.`,
-	"cancel": `approval cancel --id ID --by WHO [flags]
+Denies a pending approval (or adds your denial, when the tenant's rules
+require several). Refused with 403 not_eligible when the tenant's approver
+rules do not name you (the requester may always deny, withdrawing the
+request), 409 when it is already decided, 410 when it has expired.`,
+	"cancel": `approval cancel --id ID [--by WHO] [flags]
 
 Withdraws a pending approval. Refused with 409 when it is already decided,
 410 when it has expired.`,
+	"extend": `approval extend --id ID --reason WHY (--extend-by D | --expires-at T) [flags]
+
+Moves a pending approval's deadline later, by a duration from the current
+expires_at or to an RFC 3339 time, and re-arms its timers. The new deadline
+may be at most the service's maximum timeout after the request. Only an
+eligible approver may extend, never the requester (403 not_eligible); 410
+once expires_at + grace has passed.
+
+Example:
+  guardian approval extend --tenant acme --id deploy-45 --extend-by 30m --reason "waiting for the change board"`,
 	"get": `approval get --id ID [flags]
 
 Prints one approval; 404 when the tenant has none with that id.`,
@@ -192,21 +219,29 @@ func approvalCmd(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	tenant := fs.String("tenant", envOr("GUARDIAN_TENANT", "default"), "tenant, 1-64 of A-Z a-z 0-9 _ -: GUARDIAN_TENANT when set, else default")
 	var (
 		id, session, requestedBy, operator, timeout, details *string
-		by, reason, status, cursor                           *string
-		limit                                                *int
+		by, reason, status, cursor, extendBy, expiresAt      *string
+		limit, required                                      *int
 	)
+	actorHelp := "(default: your NATS user where guardian requires identities, else $USER)"
 	switch op {
 	case "request":
 		id = fs.String("id", "", "approval id, 1-64 of A-Z a-z 0-9 _ - (default: a random one)")
 		session = fs.String("session", "", "session id (required)")
-		requestedBy = fs.String("requested-by", envOr("USER", ""), "who asks (required; default $USER)")
+		requestedBy = fs.String("requested-by", "", "who asks "+actorHelp)
 		operator = fs.String("operator", "", "operator expected to decide (optional)")
 		timeout = fs.String("timeout", "", "how long until it expires, e.g. 90s or 15m (default: the service's)")
 		details = fs.String("details", "", "a JSON object with details, e.g. '{\"cmd\":\"rm -rf /tmp/x\"}'")
+		required = fs.Int("required-approvals", 0, "distinct approvals needed, 1-16 (default: the tenant's rule, else 1)")
 	case "approve", "deny", "cancel":
 		id = fs.String("id", "", "approval id (required)")
-		by = fs.String("by", envOr("USER", ""), "who decides (default $USER)")
+		by = fs.String("by", "", "who decides "+actorHelp)
 		reason = fs.String("reason", "", "why")
+	case "extend":
+		id = fs.String("id", "", "approval id (required)")
+		by = fs.String("by", "", "who extends "+actorHelp)
+		reason = fs.String("reason", "", "why (required)")
+		extendBy = fs.String("extend-by", "", "move expires_at later by this much, e.g. 30m")
+		expiresAt = fs.String("expires-at", "", "the new expires_at, RFC 3339, e.g. 2026-12-01T18:00:00Z")
 	case "get":
 		id = fs.String("id", "", "approval id (required)")
 	case "list":
@@ -228,7 +263,7 @@ func approvalCmd(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	var in any
 	switch op {
 	case "request":
-		r := kvapprovals.RequestInput{ID: *id, SessionID: *session, RequestedBy: *requestedBy, OperatorID: *operator}
+		r := kvapprovals.RequestInput{ID: *id, SessionID: *session, RequestedBy: *requestedBy, OperatorID: *operator, RequiredApprovals: *required}
 		if *timeout != "" {
 			d, err := time.ParseDuration(*timeout)
 			if err != nil {
@@ -250,6 +285,28 @@ func approvalCmd(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		in = kvapprovals.DecisionInput{ID: *id, DecidedBy: *by, Reason: *reason}
 	case "cancel":
 		in = kvapprovals.CancelInput{ID: *id, CancelledBy: *by, Reason: *reason}
+	case "extend":
+		x := kvapprovals.ExtendInput{ID: *id, ExtendedBy: *by, Reason: *reason}
+		switch {
+		case (*extendBy == "") == (*expiresAt == ""):
+			fmt.Fprintln(stderr, "guardian: give --extend-by or --expires-at (one of them)")
+			return exitError{2}
+		case *extendBy != "":
+			d, err := time.ParseDuration(*extendBy)
+			if err != nil || d <= 0 {
+				fmt.Fprintf(stderr, "guardian: --extend-by %q: not a positive duration like 30m\n", *extendBy)
+				return exitError{2}
+			}
+			x.ExtendBy = kvapprovals.Duration(d)
+		default:
+			at, err := time.Parse(time.RFC3339, *expiresAt)
+			if err != nil {
+				fmt.Fprintf(stderr, "guardian: --expires-at %q: not an RFC 3339 time like 2026-12-01T18:00:00Z\n", *expiresAt)
+				return exitError{2}
+			}
+			x.ExpiresAt = &at
+		}
+		in = x
 	case "list":
 		in = kvapprovals.ListInput{Status: kvapprovals.Status(*status), Limit: *limit, Cursor: *cursor}
 	}
@@ -264,13 +321,15 @@ func approvalCmd(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	var out any
 	switch op {
 	case "request":
-		out, err = s.client.Request(ctx, *tenant, in.(kvapprovals.RequestInput))
+		out, err = withActor(&in, func() (any, error) { return s.client.Request(ctx, *tenant, in.(kvapprovals.RequestInput)) })
 	case "approve":
-		out, err = s.client.Approve(ctx, *tenant, in.(kvapprovals.DecisionInput))
+		out, err = withActor(&in, func() (any, error) { return s.client.Approve(ctx, *tenant, in.(kvapprovals.DecisionInput)) })
 	case "deny":
-		out, err = s.client.Deny(ctx, *tenant, in.(kvapprovals.DecisionInput))
+		out, err = withActor(&in, func() (any, error) { return s.client.Deny(ctx, *tenant, in.(kvapprovals.DecisionInput)) })
 	case "cancel":
-		out, err = s.client.Cancel(ctx, *tenant, in.(kvapprovals.CancelInput))
+		out, err = withActor(&in, func() (any, error) { return s.client.Cancel(ctx, *tenant, in.(kvapprovals.CancelInput)) })
+	case "extend":
+		out, err = withActor(&in, func() (any, error) { return s.client.Extend(ctx, *tenant, in.(kvapprovals.ExtendInput)) })
 	case "get":
 		out, err = s.client.Get(ctx, *tenant, *id)
 	case "list":
@@ -297,12 +356,62 @@ func approvalCmd(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	return nil
 }
 
+// withActor sends a call whose actor field (requested_by, decided_by,
+// cancelled_by, extended_by) may be empty. A guardian that requires
+// identities takes the actor from the NATS user; one that does not refuses
+// the empty field with 400 naming it, and nothing is written, so the call
+// is sent again with $USER.
+func withActor(in *any, call func() (any, error)) (any, error) {
+	out, err := call()
+	var ae *kvapprovals.APIError
+	if err == nil || !errors.As(err, &ae) || ae.Status != kvapprovals.APIInvalidRequest || os.Getenv("USER") == "" {
+		return out, err
+	}
+	user := os.Getenv("USER")
+	switch v := (*in).(type) {
+	case kvapprovals.RequestInput:
+		if ae.Field != "requested_by" || v.RequestedBy != "" {
+			return out, err
+		}
+		v.RequestedBy = user
+		*in = v
+	case kvapprovals.DecisionInput:
+		if ae.Field != "decided_by" || v.DecidedBy != "" {
+			return out, err
+		}
+		v.DecidedBy = user
+		*in = v
+	case kvapprovals.CancelInput:
+		if ae.Field != "cancelled_by" || v.CancelledBy != "" {
+			return out, err
+		}
+		v.CancelledBy = user
+		*in = v
+	case kvapprovals.ExtendInput:
+		if ae.Field != "extended_by" || v.ExtendedBy != "" {
+			return out, err
+		}
+		v.ExtendedBy = user
+		*in = v
+	default:
+		return out, err
+	}
+	return call()
+}
+
 func printRecords(w io.Writer, recs []kvapprovals.Record) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSTATUS\tREQUESTED BY\tSESSION\tEXPIRES AT\tDECIDED BY\tREASON")
+	fmt.Fprintln(tw, "ID\tSTATUS\tREQUESTED BY\tSESSION\tEXPIRES AT\tAPPROVALS\tDECIDED BY\tREASON")
 	for _, r := range recs {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Status, r.RequestedBy, r.SessionID,
-			r.ExpiresAt.Format(time.RFC3339), orDash(r.DecidedBy), orDash(r.Reason))
+		requester, decider := r.RequestedBy, r.DecidedBy
+		if r.Requester != nil && r.Requester.Source != kvapprovals.SourceAsserted {
+			requester = r.Requester.String()
+		}
+		if r.Decider != nil && r.Decider.Source != kvapprovals.SourceAsserted {
+			decider = r.Decider.String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\n", r.ID, r.Status, requester, r.SessionID,
+			r.ExpiresAt.Format(time.RFC3339), len(r.Approvals), max(1, r.RequiredApprovals), orDash(decider), orDash(r.Reason))
 	}
 	tw.Flush()
 }

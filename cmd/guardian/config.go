@@ -46,6 +46,7 @@ type config struct {
 	Replicas        int           `default:"1" desc:"replicas of every stream and bucket: 1 on one server, 3 in a cluster (1-5)"`
 	ShutdownTimeout time.Duration `split_words:"true" default:"10s" desc:"how long a shutdown waits for requests in flight (1s-5m)"`
 	MaxInFlight     int           `split_words:"true" default:"256" desc:"requests handled at once; more wait in NATS (1-65536)"`
+	JsAPIPrefix     string        `split_words:"true" desc:"for the CLI of a user outside guardian's account: the prefix under which that account imports guardian's JetStream API, e.g. $JS.GUARDIAN.API (guardian serve refuses it)"`
 	Identity        string        `default:"asserted" desc:"who decides: asserted (the body's requested_by/decided_by, for one account) or required (the server-stamped Nats-Request-Info of a service import with share: true; requests without it are refused)"`
 
 	TimeoutDefault     time.Duration `split_words:"true" default:"30s" desc:"budget of any operation without its own (>0, <=1h)"`

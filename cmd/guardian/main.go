@@ -29,7 +29,8 @@ const usage = `guardian: timeouts, approvals that expire, and a durable audit tr
 Usage:
   guardian serve                 run the service (embedded NATS unless GUARDIAN_NATS_URL is set)
   guardian config                print the effective configuration, secrets redacted
-  guardian approval <command>    request | approve | deny | cancel | get | list
+  guardian approval <command>    request | approve | deny | cancel | extend | get | list
+  guardian approvers <command>   get | set: who may decide a tenant's approvals
   guardian audit <command>       tail | stats | verify | export
   guardian policy <command>      get | set
   guardian demo                  request a few approvals and watch them approve, deny and expire
@@ -73,6 +74,8 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		err = auditCmd(ctx, args[1:], stdout, stderr)
 	case "policy":
 		err = policyCmd(ctx, args[1:], stdout, stderr)
+	case "approvers":
+		err = approversCmd(ctx, args[1:], stdout, stderr)
 	case "demo":
 		err = demoCmd(ctx, args[1:], stdout, stderr)
 	case "version", "--version":

@@ -128,6 +128,9 @@ func run(ctx context.Context, cfg *config, log *slog.Logger) error {
 		defer func() { stopHTTP(); <-done }()
 	}
 
+	if cfg.JsAPIPrefix != "" {
+		return errors.New("GUARDIAN_JS_API_PREFIX is for the CLI of users outside guardian's account; guardian serve uses JetStream in its own account: unset it")
+	}
 	url := cfg.NatsURL
 	if cfg.embeddedMode() {
 		ns, err := startEmbedded(cfg, log)

@@ -128,18 +128,37 @@ func (r *Rules) denials() int   { return max(1, r.RequiredDenials) }
 // every tenant has no rules.
 func WithRules(kv *jsguard.KV) Option { return func(s *Service) { s.rules = kv } }
 
-// TenantRules returns tenant's approver rules, zero Rules when none are
-// stored. A stored document that does not decode or validate is an error
-// wrapping ErrInvalidRules: decisions fail closed until it is fixed. Read
-// errors are the jetstream error or *jsguard.TimeoutError, wrapped.
+// TenantRules returns tenant's approver rules from the rules bucket (see
+// LoadRules), zero Rules without WithRules.
 func (s *Service) TenantRules(ctx context.Context, tenant string) (Rules, error) {
+	if s.rules == nil {
+		if err := checkName("tenant", tenant); err != nil {
+			return Rules{}, err
+		}
+		return Rules{}, nil
+	}
+	return LoadRules(withTenant(ctx, tenant), s.rules, tenant)
+}
+
+// SetTenantRules stores tenant's approver rules (see StoreRules). Without
+// WithRules it returns an error wrapping ErrInvalidConfig.
+func (s *Service) SetTenantRules(ctx context.Context, tenant string, r Rules) error {
+	if s.rules == nil {
+		return fmt.Errorf("%w: no rules bucket (WithRules)", ErrInvalidConfig)
+	}
+	return StoreRules(withTenant(ctx, tenant), s.rules, tenant, r)
+}
+
+// LoadRules reads tenant's approver rules from kv, zero Rules when none are
+// stored. It returns a *FieldError for a malformed tenant; a stored
+// document that does not decode or validate is an error wrapping
+// ErrInvalidRules (decisions fail closed until it is fixed); read errors
+// are the jetstream error or *jsguard.TimeoutError, wrapped.
+func LoadRules(ctx context.Context, kv *jsguard.KV, tenant string) (Rules, error) {
 	if err := checkName("tenant", tenant); err != nil {
 		return Rules{}, err
 	}
-	if s.rules == nil {
-		return Rules{}, nil
-	}
-	e, err := s.rules.Get(withTenant(ctx, tenant), RulesKeyPrefix+tenant)
+	e, err := kv.Get(ctx, RulesKeyPrefix+tenant)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return Rules{}, nil
 	}
@@ -153,26 +172,22 @@ func (s *Service) TenantRules(ctx context.Context, tenant string) (Rules, error)
 	return r, nil
 }
 
-// SetTenantRules validates r and stores it as tenant's approver rules; the
-// next decision applies them. It returns a *FieldError or an error wrapping
-// ErrInvalidRules without writing anything, or the jetstream error or
-// *jsguard.TimeoutError of the write. Without WithRules it returns an error
-// wrapping ErrInvalidConfig.
-func (s *Service) SetTenantRules(ctx context.Context, tenant string, r Rules) error {
+// StoreRules validates r and stores it in kv as tenant's approver rules;
+// every Service reading kv applies them from its next decision. It returns
+// a *FieldError or an error wrapping ErrInvalidRules without writing
+// anything, or the jetstream error or *jsguard.TimeoutError of the write.
+func StoreRules(ctx context.Context, kv *jsguard.KV, tenant string, r Rules) error {
 	if err := checkName("tenant", tenant); err != nil {
 		return err
 	}
 	if err := r.Validate(); err != nil {
 		return err
 	}
-	if s.rules == nil {
-		return fmt.Errorf("%w: no rules bucket (WithRules)", ErrInvalidConfig)
-	}
 	b, err := json.Marshal(&r)
 	if err != nil {
 		return err
 	}
-	if _, err := s.rules.Put(withTenant(ctx, tenant), RulesKeyPrefix+tenant, b); err != nil {
+	if _, err := kv.Put(ctx, RulesKeyPrefix+tenant, b); err != nil {
 		return fmt.Errorf("store approver rules of %s: %w", tenant, err)
 	}
 	return nil
