@@ -954,8 +954,8 @@ func TestDeployCluster(t *testing.T) {
 	replicas := len(gs)
 
 	admin := depConnect(t, urls, genv["GUARDIAN_NATS_USER"], genv["GUARDIAN_NATS_PASSWORD"])
-	acme := depConnect(t, urls, "acme", pw["NATS_PASSWORD_ACME"])
-	op := depConnect(t, urls, "operator", pw["NATS_PASSWORD_OPERATOR"])
+	acme := depConnect(t, urls, "alice", pw["NATS_PASSWORD_ALICE"])
+	op := depConnect(t, urls, "bob", pw["NATS_PASSWORD_BOB"])
 	ctx := t.Context()
 
 	// Both guardians serve the micro service (an operator may look).
@@ -1000,30 +1000,31 @@ func TestDeployCluster(t *testing.T) {
 		}
 	}
 
-	// A tenant asks; its own user may not decide (separation of duties),
-	// self-approval is refused, an operator approves and is recorded.
+	// A tenant asks (the requester is the user NATS authenticated); an
+	// operator may not decide as someone else, approves as himself and is
+	// recorded with his account.
 	acmeEvents := depSubscribeEvents(t, acme, "guardian.v1.events.acme.>")
-	a1, err := acme.client().Request(ctx, "acme", kvapprovals.RequestInput{ID: "deploy-a1", SessionID: "s1", RequestedBy: "alice", Timeout: kvapprovals.Duration(10 * time.Minute)})
+	a1, err := acme.client().Request(ctx, "acme", kvapprovals.RequestInput{ID: "deploy-a1", SessionID: "s1", Timeout: kvapprovals.Duration(10 * time.Minute)})
 	if err != nil {
 		t.Fatalf("acme request: %v", err)
 	}
-	if a1.Status != kvapprovals.StatusPending || a1.Tenant != "acme" {
+	if a1.Status != kvapprovals.StatusPending || a1.Tenant != "acme" || a1.RequestedBy != "alice" || a1.Requester == nil || a1.Requester.Account != "ACME" {
 		t.Fatalf("request: %+v", a1)
 	}
-	if _, err := op.client().Approve(ctx, "acme", kvapprovals.DecisionInput{ID: "deploy-a1", DecidedBy: "alice"}); !errors.Is(err, kvapprovals.ErrSelfApproval) {
-		t.Fatalf("self-approval: err %v, want ErrSelfApproval", err)
+	if _, err := op.client().Approve(ctx, "acme", kvapprovals.DecisionInput{ID: "deploy-a1", DecidedBy: "alice"}); !errors.Is(err, kvapprovals.ErrIdentityMismatch) {
+		t.Fatalf("bob approving as alice: err %v, want ErrIdentityMismatch", err)
 	}
-	a1, err = op.client().Approve(ctx, "acme", kvapprovals.DecisionInput{ID: "deploy-a1", DecidedBy: "op-bob", Reason: "looks fine"})
+	a1, err = op.client().Approve(ctx, "acme", kvapprovals.DecisionInput{ID: "deploy-a1", Reason: "looks fine"})
 	if err != nil {
 		t.Fatalf("operator approve: %v", err)
 	}
-	if a1.Status != kvapprovals.StatusApproved || a1.DecidedBy != "op-bob" || a1.DecidedAt == nil {
-		t.Fatalf("approved record %+v: want approved, decided_by op-bob", a1)
+	if a1.Status != kvapprovals.StatusApproved || a1.DecidedBy != "bob" || a1.DecidedAt == nil || a1.Decider == nil || a1.Decider.Account != "OPS" {
+		t.Fatalf("approved record %+v: want approved, decided_by bob of OPS", a1)
 	}
 
 	// A short approval; the first replica goes away gracefully and the
 	// second one expires it.
-	a2, err := acme.client().Request(ctx, "acme", kvapprovals.RequestInput{ID: "deploy-a2", SessionID: "s2", RequestedBy: "alice", Timeout: kvapprovals.Duration(2 * time.Second)})
+	a2, err := acme.client().Request(ctx, "acme", kvapprovals.RequestInput{ID: "deploy-a2", SessionID: "s2", Timeout: kvapprovals.Duration(2 * time.Second)})
 	if err != nil {
 		t.Fatalf("acme request a2: %v", err)
 	}
@@ -1044,7 +1045,7 @@ func TestDeployCluster(t *testing.T) {
 	if time.Now().Before(a2.ExpiresAt) {
 		t.Fatalf("deploy-a2 expired before expires_at %s", a2.ExpiresAt)
 	}
-	if _, err := op.client().Approve(ctx, "acme", kvapprovals.DecisionInput{ID: "deploy-a2", DecidedBy: "op-bob"}); !errors.Is(err, kvapprovals.ErrExpired) {
+	if _, err := op.client().Approve(ctx, "acme", kvapprovals.DecisionInput{ID: "deploy-a2"}); !errors.Is(err, kvapprovals.ErrExpired) {
 		t.Fatalf("late approve: err %v, want ErrExpired", err)
 	}
 	depEventually(t, 10*time.Second, "lifecycle events for acme", func() bool {
@@ -1057,6 +1058,7 @@ func TestDeployCluster(t *testing.T) {
 		"GUARDIAN_NATS_URL":      urls,
 		"GUARDIAN_NATS_USER":     "auditor",
 		"GUARDIAN_NATS_PASSWORD": pw["NATS_PASSWORD_AUDITOR"],
+		"GUARDIAN_JS_API_PREFIX": "$JS.GUARDIAN.API",
 	}
 	var tail string
 	depEventually(t, 15*time.Second, "the expiry in 'guardian audit tail'", func() bool {
