@@ -439,6 +439,9 @@ func TestExtend(t *testing.T) {
 	if got := e.get("acme", "x1"); got.Revision != r.Revision {
 		t.Fatalf("refused extensions changed the record")
 	}
+	// The warning (2s before expires_at) is sent; the extension sends it
+	// again before the new deadline.
+	waitFor(t, 5*time.Second, "x1 warned", func() bool { return e.get("acme", "x1").WarnedAt != nil })
 	x, err := e.svc.Extend(bob, "acme", ExtendInput{ID: "x1", ExtendBy: Duration(3 * time.Second), Reason: "needs a second look"})
 	if err != nil {
 		t.Fatal(err)
@@ -465,8 +468,8 @@ func TestExtend(t *testing.T) {
 	for _, ev := range e.events("guardian.v1.events.acme.>") {
 		kinds = append(kinds, ev.Kind)
 	}
-	if fmt.Sprint(kinds) != "[requested extended warning expired]" {
-		t.Errorf("events %v, want requested, extended, warning, expired", kinds)
+	if fmt.Sprint(kinds) != "[requested warning extended warning expired]" {
+		t.Errorf("events %v, want requested, warning, extended, warning, expired", kinds)
 	}
 	if _, err := e.svc.Extend(bob, "acme", ExtendInput{ID: "x1", ExtendBy: Duration(time.Second), Reason: "late"}); !errors.Is(err, ErrAlreadyDecided) {
 		t.Errorf("extend after expiry: %v", err)
