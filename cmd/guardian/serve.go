@@ -128,6 +128,10 @@ func run(ctx context.Context, cfg *config, log *slog.Logger) error {
 		defer func() { stopHTTP(); <-done }()
 	}
 
+	if cfg.embeddedMode() && cfg.Identity == string(kvapprovals.IdentityRequired) {
+		return errors.New("GUARDIAN_IDENTITY=required needs callers in NATS accounts of their own, importing guardian's API with share: true; " +
+			"the embedded server has one account: use GUARDIAN_IDENTITY=asserted, or GUARDIAN_NATS_URL with accounts (deploy/nats/accounts.conf)")
+	}
 	if cfg.JsAPIPrefix != "" {
 		return errors.New("GUARDIAN_JS_API_PREFIX is for the CLI of users outside guardian's account; guardian serve uses JetStream in its own account: unset it")
 	}

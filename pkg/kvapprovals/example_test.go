@@ -170,3 +170,78 @@ func ExampleDecodeRequest() {
 	// true true timeout
 	// invalid request: requestedBy: unknown field
 }
+
+// Two approvals from operators whose identity the NATS server proved: the
+// caller's identity (in guardian, parsed from the Nats-Request-Info header
+// with IdentityFromRequestInfo) travels in the context, and the tenant's
+// approver rules say who may decide and how many must.
+func ExampleService_Approve_nOfM() {
+	srv, stop := exampleServer()
+	defer stop()
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx := context.Background()
+	rules, err := jsguard.EnsurePolicyBucket(ctx, nil, js, 1)
+	if err != nil {
+		log.Fatal(err)
+	}
+	cfg := kvapprovals.DefaultConfig()
+	cfg.Identity = kvapprovals.IdentityRequired
+	svc, err := kvapprovals.Open(ctx, nil, js, cfg, kvapprovals.WithRules(rules))
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := svc.SetTenantRules(ctx, "acme", kvapprovals.Rules{Approvers: []string{"account:OPS"}, RequiredApprovals: 2}); err != nil {
+		log.Fatal(err)
+	}
+	as := func(account, user string) context.Context {
+		id, err := kvapprovals.IdentityFromRequestInfo(fmt.Sprintf(`{"acc":%q,"user":%q}`, account, user), "GUARDIAN")
+		if err != nil {
+			log.Fatal(err)
+		}
+		return kvapprovals.WithIdentity(ctx, id)
+	}
+
+	_, err = svc.Request(ctx, "acme", kvapprovals.RequestInput{ID: "deploy-46", SessionID: "s"})
+	fmt.Println("without an identity:", errors.Is(err, kvapprovals.ErrUnauthenticated))
+	rec, err := svc.Request(as("ACME", "alice"), "acme", kvapprovals.RequestInput{ID: "deploy-46", SessionID: "s"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("requested by", rec.Requester, "needs", rec.RequiredApprovals)
+
+	_, err = svc.Approve(as("ACME", "mallory"), "acme", kvapprovals.DecisionInput{ID: "deploy-46"})
+	fmt.Println("outside the rules:", errors.Is(err, kvapprovals.ErrNotEligible))
+	_, err = svc.Approve(as("OPS", "bob"), "acme", kvapprovals.DecisionInput{ID: "deploy-46", DecidedBy: "carol"})
+	fmt.Println("naming someone else:", errors.Is(err, kvapprovals.ErrIdentityMismatch))
+
+	rec, _ = svc.Approve(as("OPS", "bob"), "acme", kvapprovals.DecisionInput{ID: "deploy-46", Reason: "diff reviewed"})
+	fmt.Println(rec.Status, len(rec.Approvals), "of", rec.RequiredApprovals)
+	rec, _ = svc.Approve(as("OPS", "bob"), "acme", kvapprovals.DecisionInput{ID: "deploy-46"})
+	fmt.Println("bob again:", rec.Status, len(rec.Approvals), "of", rec.RequiredApprovals)
+
+	rec, err = svc.Extend(as("OPS", "carol"), "acme", kvapprovals.ExtendInput{ID: "deploy-46", ExtendBy: kvapprovals.Duration(30 * time.Minute), Reason: "waiting for the board"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("extended by", rec.Extensions[0].By, "for", rec.Extensions[0].To.Sub(rec.Extensions[0].From))
+
+	rec, _ = svc.Approve(as("OPS", "carol"), "acme", kvapprovals.DecisionInput{ID: "deploy-46"})
+	fmt.Println(rec.Status, "by", rec.Decider)
+	// Output:
+	// without an identity: true
+	// requested by ACME/alice needs 2
+	// outside the rules: true
+	// naming someone else: true
+	// pending 1 of 2
+	// bob again: pending 1 of 2
+	// extended by carol for 30m0s
+	// approved by OPS/carol
+}
