@@ -13,7 +13,7 @@ func TestCheckIdentityServer(t *testing.T) {
 	for v, ok := range map[string]bool{
 		"2.15.2": true, "2.13.0": true, "3.0.0": true, "2.12.6": true, "2.12.10": true, "2.11.15": true, "v2.11.16": true,
 		"2.14.0-beta.1": true,
-		"2.12.5": false, "2.11.14": false, "2.10.29": false, "1.4.1": false, "": false, "garbage": false, "2.x.1": false,
+		"2.12.5":        false, "2.11.14": false, "2.10.29": false, "1.4.1": false, "": false, "garbage": false, "2.x.1": false,
 	} {
 		err := checkIdentityServer(v)
 		if (err == nil) != ok {
