@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -178,21 +179,21 @@ func (a *api) serve(name string, tenantToken int, h handlerFunc, req micro.Reque
 			return a.respondError(req, err, reply)
 		}
 		ctx = jsguard.WithTenant(ctx, tenant)
-		// The caller's identity: in required mode only from the server's
-		// stamp. In asserted mode the header is ignored: within one
-		// account any client can write it.
-		if a.identity == kvapprovals.IdentityRequired {
-			v := hdr.Get(kvapprovals.RequestInfoHeader)
-			if v == "" {
-				return a.respondError(req, fmt.Errorf("%w: the request has no %s header: call guardian through a service import with share: true",
-					kvapprovals.ErrUnauthenticated, kvapprovals.RequestInfoHeader), reply)
-			}
-			id, err := kvapprovals.IdentityFromRequestInfo(v, a.ownAccount)
-			if err != nil {
-				return a.respondError(req, fmt.Errorf("%w: %v", kvapprovals.ErrUnauthenticated, err), reply)
-			}
-			ctx = kvapprovals.WithIdentity(ctx, id)
+	}
+	// The caller's identity, for the approvals and audit reports: in
+	// required mode only from the server's stamp. In asserted mode the
+	// header is ignored: within one account any client can write it.
+	if a.identity == kvapprovals.IdentityRequired && (tenantToken >= 0 || name == auditReportSubject) {
+		v := hdr.Get(kvapprovals.RequestInfoHeader)
+		if v == "" {
+			return a.respondError(req, fmt.Errorf("%w: the request has no %s header: call guardian through a service import with share: true",
+				kvapprovals.ErrUnauthenticated, kvapprovals.RequestInfoHeader), reply)
 		}
+		id, err := kvapprovals.IdentityFromRequestInfo(v, a.ownAccount)
+		if err != nil {
+			return a.respondError(req, fmt.Errorf("%w: %v", kvapprovals.ErrUnauthenticated, err), reply)
+		}
+		ctx = kvapprovals.WithIdentity(ctx, id)
 	}
 	res, err := jsguard.DoValue(ctx, a.g, jsguard.APIRequest, name, func(ctx context.Context) (any, error) {
 		return h(ctx, tenant, req.Data())
@@ -287,7 +288,7 @@ func (a *api) addEndpoints(svc micro.Service) error {
 		{"approvals_get", "guardian.v1.*.approvals.get", 2, a.get},
 		{"approvals_list", "guardian.v1.*.approvals.list", 2, a.list},
 		{"policy_get", "guardian.v1.policy.get", -1, a.policyGet},
-		{"audit_report", "guardian.v1.audit.report", -1, a.auditReport},
+		{"audit_report", auditReportSubject, -1, a.auditReport},
 	}
 	for _, e := range eps {
 		if err := svc.AddEndpoint(e.name, a.wrap(e.name, e.subject, e.tenant, e.h), micro.WithEndpointSubject(e.subject)); err != nil {
@@ -427,6 +428,9 @@ func reportEvent(ctx context.Context, data []byte, now time.Time) (jsguard.Event
 	return ev, nil
 }
 
+// auditReportSubject is the subject of the audit.report endpoint.
+const auditReportSubject = "guardian.v1.audit.report"
+
 // auditReport stores a reported timeout and replies with its event id only
 // once the event is durable: acknowledged by the audit stream, or in the
 // fsynced spool. Otherwise it answers 503 (unavailable), and the client
@@ -435,6 +439,17 @@ func (a *api) auditReport(ctx context.Context, _ string, data []byte) (any, erro
 	ev, err := reportEvent(ctx, data, time.Now())
 	if err != nil {
 		return nil, err
+	}
+	// Who reported it, when the server proved it (not part of the event
+	// id: the same report from anyone is the same event).
+	if id, ok := kvapprovals.IdentityFrom(ctx); ok {
+		ev.AdditionalContext = maps.Clone(ev.AdditionalContext)
+		if ev.AdditionalContext == nil {
+			ev.AdditionalContext = map[string]string{}
+		}
+		ev.AdditionalContext["reporter_source"] = id.Source
+		ev.AdditionalContext["reporter_account"] = id.Account
+		ev.AdditionalContext["reporter_user"] = id.User
 	}
 	// The guard's sink is the audit publisher: EmitDurable returns once the
 	// event is acknowledged by the stream or fsynced in the spool, and

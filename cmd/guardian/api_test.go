@@ -191,6 +191,15 @@ func testLifecycle(t *testing.T, nc *nats.Conn) {
 		t.Fatalf("request = %+v (details %s)", r1, r1.Details)
 	}
 
+	// In asserted mode a Nats-Request-Info header is the client's own
+	// writing, not the server's: it is ignored.
+	var forged kvapprovals.Record
+	request(t, nc, subj(tenant, "request"), map[string]any{"id": "a-forged", "session_id": "s", "requested_by": "alice"},
+		map[string]string{kvapprovals.RequestInfoHeader: `{"acc":"OPS","user":"bob"}`}).ok(t, &forged)
+	if forged.Requester == nil || forged.Requester.Source != kvapprovals.SourceAsserted || forged.Requester.User != "alice" || forged.Requester.Account != "" {
+		t.Fatalf("asserted mode took a client-written identity header: requester %+v", forged.Requester)
+	}
+
 	// A retry returns the same approval; other content under the id is a conflict.
 	var again kvapprovals.Record
 	request(t, nc, subj(tenant, "request"), in, nil).ok(t, &again)
@@ -619,6 +628,58 @@ func testCLIApprovals(t *testing.T, g *guardian) {
 		t.Fatalf("list --limit 1: want c1 and the cursor of the next page:\n%s", out)
 	}
 
+	// Two approvals, an extension, and the actor from $USER when --by and
+	// --requested-by are left out (asserted identities).
+	runAs := func(user string, wantCode int, args ...string) (string, string) {
+		t.Helper()
+		out, stderr, code := runGuardian(t, append(slicesClone(g.env), "GUARDIAN_NATS_URL="+g.natsURL, "USER="+user), args...)
+		if code != wantCode {
+			t.Fatalf("USER=%s guardian %s: exit %d, want %d\nstdout:\n%s\nstderr:\n%s", user, strings.Join(args, " "), code, wantCode, out, stderr)
+		}
+		return out, stderr
+	}
+	out, _ = runAs("alice", 0, "approval", "request", "--tenant", "cli", "--id", "c3", "--session", "s3", "--timeout", "10m", "--required-approvals", "2", "--json")
+	if err := json.Unmarshal([]byte(out), &r); err != nil || r.RequestedBy != "alice" || r.RequiredApprovals != 2 {
+		t.Fatalf("request with $USER and --required-approvals 2: %q", out)
+	}
+	out, _ = runAs("bob", 0, "approval", "approve", "--tenant", "cli", "--id", "c3", "--reason", "first")
+	if !tableHas(out, []string{"APPROVALS"}, []string{"c3", "pending", "1/2"}) {
+		t.Fatalf("first of two approvals:\n%s", out)
+	}
+	_, stderr = runAs("alice", 1, "approval", "extend", "--tenant", "cli", "--id", "c3", "--extend-by", "5m", "--reason", "mine")
+	if !strings.Contains(stderr, "guardian: 403 not_eligible:") {
+		t.Errorf("requester extending: %q", stderr)
+	}
+	_, stderr = runAs("carol", 2, "approval", "extend", "--tenant", "cli", "--id", "c3", "--reason", "no amount")
+	if !strings.Contains(stderr, "--extend-by or --expires-at") {
+		t.Errorf("extend without an amount: %q", stderr)
+	}
+	out, _ = runAs("carol", 0, "approval", "extend", "--tenant", "cli", "--id", "c3", "--extend-by", "5m", "--reason", "board", "--json")
+	if err := json.Unmarshal([]byte(out), &r); err != nil || len(r.Extensions) != 1 || r.Extensions[0].By != "carol" || r.Extensions[0].To.Sub(r.Extensions[0].From) != 5*time.Minute {
+		t.Fatalf("extend --json = %q", out)
+	}
+	out, _ = runAs("carol", 0, "approval", "approve", "--tenant", "cli", "--id", "c3")
+	if !tableHas(out, nil, []string{"c3", "approved", "2/2", "carol"}) {
+		t.Fatalf("second approval:\n%s", out)
+	}
+
+	// Approver rules: stored, shown, applied to the next decision; bad ones
+	// refused without writing.
+	_, stderr = run(2, "approvers", "set", "--tenant", "cli", "--approver", "bob")
+	if !strings.Contains(stderr, "invalid approver rules") {
+		t.Errorf("bad rules: %q", stderr)
+	}
+	run(0, "approvers", "set", "--tenant", "cli", "--approver", "name:dave")
+	out, _ = run(0, "approvers", "get", "--tenant", "cli")
+	if !tableHas(out, nil, []string{"approvers", "name:dave"}) {
+		t.Fatalf("approvers get:\n%s", out)
+	}
+	runAs("alice", 0, "approval", "request", "--tenant", "cli", "--id", "c4", "--session", "s4")
+	_, stderr = runAs("bob", 1, "approval", "approve", "--tenant", "cli", "--id", "c4")
+	if !strings.Contains(stderr, "guardian: 403 not_eligible:") {
+		t.Errorf("bob under rules naming dave: %q", stderr)
+	}
+	runAs("dave", 0, "approval", "approve", "--tenant", "cli", "--id", "c4")
 }
 
 // tableHas reports whether out has a line with all of header's words and a

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -107,6 +108,11 @@ func (r *rateTracker) add(code string, t time.Time) (fire bool, count int) {
 	}
 	return false, len(c.times)
 }
+
+// approvalAuditPrefix starts the codes of the approval audit events
+// (AUDIT_APPROVAL_EXTENDED, AUDIT_APPROVAL_DECIDED), which alerts do not
+// count.
+const approvalAuditPrefix = "AUDIT_APPROVAL_"
 
 // Alerter watches the audit stream and publishes an Alert on
 // AlertPrefix.<CODE> (core NATS, so it reaches subscribers and any stream
@@ -260,8 +266,8 @@ func (a *Alerter) follow(ctx context.Context, tr *rateTracker, kv *jsguard.KV, l
 		seq := md.Sequence.Stream
 		*lastSeq = seq
 		_, code, ok := splitSubject(&a.cfg, msg.Subject())
-		if !ok {
-			continue
+		if !ok || strings.HasPrefix(code, approvalAuditPrefix) {
+			continue // approvals' own audit events record work done, not failures
 		}
 		fire, count := tr.add(code, md.Timestamp)
 		switch {

@@ -78,8 +78,9 @@ func (c *Client) Cancel(ctx context.Context, tenant string, in CancelInput) (Rec
 	return r, c.tenantCall(ctx, tenant, "cancel", in, &r)
 }
 
-// Extend moves a pending approval's deadline later; see Service.Extend for
-// the errors.
+// Extend moves a pending approval's deadline later. A refusal is an
+// *APIError matching the sentinel Service.Extend returns; no responders or
+// a 5xx reply match ErrUnavailable; a timeout is a *jsguard.TimeoutError.
 func (c *Client) Extend(ctx context.Context, tenant string, in ExtendInput) (Record, error) {
 	var r Record
 	return r, c.tenantCall(ctx, tenant, "extend", in, &r)

@@ -267,13 +267,18 @@ func (s *Service) expire(ctx context.Context, key string, rec *Record) (bool, er
 		deadline := rec.Deadline(s.cfg.GracePeriod)
 		if wait := deadline.Sub(now); wait > 0 {
 			if staleTimer(rec, wait) {
-				return false, nil
+				_, err := s.armNext(ctx, rec, now)
+				return false, err
 			}
 			return false, errRetryAfter(wait)
 		}
 		next := *rec
 		next.Status, next.DecidedAt, next.Change = StatusExpired, &now, ""
 		next.Reason = fmt.Sprintf("no decision within %s and %s grace", time.Duration(rec.Timeout), s.cfg.GracePeriod)
+		if n := len(rec.Extensions); n > 0 {
+			next.Reason = fmt.Sprintf("no decision by %s (timeout %s, extended %d times) and %s grace",
+				rec.ExpiresAt.Format(timeFormat), time.Duration(rec.Timeout), n, s.cfg.GracePeriod)
+		}
 		_, err := s.update(ctx, &next, rec.Revision)
 		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) && attempt < maxCASAttempts {
 			rec = nil
@@ -291,10 +296,12 @@ func (s *Service) expire(ctx context.Context, key string, rec *Record) (bool, er
 }
 
 // staleTimer reports whether a timer that fired wait before the time it
-// stands for was armed for a deadline an extension has since moved: the
-// extension armed a new one, so this one is dropped rather than kept
-// pending until then. Without an extension, or within a few seconds (clocks
-// differ), the timer is retried after wait.
+// stands for was armed for a deadline an extension has since moved. Such a
+// timer is not kept pending until then: its handler makes sure the
+// approval's next timer exists (creating it is a no-op when the extension
+// armed it; it was not when a warn handler's timer took the key between the
+// extension's purge and create) and acknowledges it. Without an extension,
+// or within a few seconds (clocks differ), the timer is retried after wait.
 func staleTimer(rec *Record, wait time.Duration) bool {
 	return len(rec.Extensions) > 0 && wait > 2*time.Second
 }
@@ -324,7 +331,8 @@ func (s *Service) warn(ctx context.Context, key string) error {
 		if rec.WarnedAt == nil {
 			if wait := rec.ExpiresAt.Add(-s.cfg.WarningBefore).Sub(now); wait > 0 {
 				if staleTimer(&rec, wait) {
-					return nil
+					_, err := s.armNext(ctx, &rec, now)
+					return err
 				}
 				return errRetryAfter(wait)
 			}

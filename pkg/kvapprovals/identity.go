@@ -120,7 +120,6 @@ var ErrIdentityHeader = errors.New("unusable Nats-Request-Info header")
 type requestInfo struct {
 	Account string   `json:"acc"`
 	User    string   `json:"user"`
-	Name    string   `json:"name"`
 	NameTag string   `json:"name_tag"`
 	Tags    []string `json:"tags"`
 }
@@ -145,10 +144,13 @@ func IdentityFromRequestInfo(value, own string) (Identity, error) {
 	case ri.User == "":
 		return Identity{}, fmt.Errorf("%w: no user: import guardian's service with share: true", ErrIdentityHeader)
 	}
-	name := ri.NameTag
-	if name == "" {
-		name = ri.Name
+	if ri.User == "[REDACTED]" {
+		// Token authentication: the server names no user.
+		return Identity{}, fmt.Errorf("%w: token authentication names no user; give each caller a user of its own", ErrIdentityHeader)
 	}
+	// name_tag is the name in the user's JWT; "name" is the connection
+	// name the client chose, and is not used.
+	name := ri.NameTag
 	if len(ri.User) > MaxTextBytes || len(ri.Account) > MaxTextBytes || len(name) > MaxTextBytes {
 		return Identity{}, fmt.Errorf("%w: a field exceeds %d bytes", ErrIdentityHeader, MaxTextBytes)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -20,8 +21,9 @@ func TestIdentityFromRequestInfo(t *testing.T) {
 	}{
 		{"shared import", `{"acc":"ACME","user":"alice","name_tag":"Alice","tags":["approver"],"rtt":1000}`, "GUARDIAN",
 			Identity{Source: SourceNATS, Account: "ACME", User: "alice", Name: "Alice", Tags: []string{"approver"}}, ""},
-		{"name without name_tag", `{"acc":"OPS","user":"UABC","name":"bob"}`, "GUARDIAN",
-			Identity{Source: SourceNATS, Account: "OPS", User: "UABC", Name: "bob"}, ""},
+		{"connection name is not the user's name", `{"acc":"OPS","user":"UABC","name":"carol"}`, "GUARDIAN",
+			Identity{Source: SourceNATS, Account: "OPS", User: "UABC"}, ""},
+		{"token auth", `{"acc":"OPS","user":"[REDACTED]"}`, "GUARDIAN", Identity{}, "token"},
 		{"own account: written by a client", `{"acc":"GUARDIAN","user":"mallory"}`, "GUARDIAN", Identity{}, "own account"},
 		{"import without share", `{"acc":"ACME","rtt":1000}`, "GUARDIAN", Identity{}, "share: true"},
 		{"no account", `{"user":"alice"}`, "GUARDIAN", Identity{}, "no account"},
@@ -203,6 +205,13 @@ func TestRulesEligible(t *testing.T) {
 	if got, err := svc.Deny(alice, "acme", DecisionInput{ID: r.ID, Reason: "withdrawn"}); err != nil || got.Status != StatusDenied {
 		t.Fatalf("the requester withdrawing: %v %v", got.Status, err)
 	}
+	r = mk("e3c")
+	if _, err := svc.Cancel(carol, "acme", CancelInput{ID: r.ID}); !errors.Is(err, ErrNotEligible) {
+		t.Fatalf("carol cancelling alice's approval: %v, want ErrNotEligible", err)
+	}
+	if got, err := svc.Cancel(alice, "acme", CancelInput{ID: r.ID}); err != nil || got.Status != StatusCancelled {
+		t.Fatalf("the requester cancelling: %v %v", got.Status, err)
+	}
 
 	// Live change: carol added.
 	r = mk("e4")
@@ -277,6 +286,11 @@ func TestNOfM(t *testing.T) {
 		t.Errorf("votes %+v", done.Approvals)
 	}
 	waitFor(t, 10*time.Second, "events of n1", func() bool { return e.countEvents("guardian.v1.events.acme.>") >= 3 })
+	waitFor(t, 10*time.Second, "the decision's audit event", func() bool { return len(e.audit.byCode(DecidedCode)) >= 1 })
+	if evs := e.audit.byCode(DecidedCode); len(evs) != 1 || evs[0].AdditionalContext["decider_account"] != "OPS" || evs[0].AdditionalContext["decider_user"] != "carol" ||
+		evs[0].AdditionalContext["approvals"] != "OPS/bob,OPS/carol" || evs[0].AdditionalContext["requester_account"] != "ACME" || evs[0].AdditionalContext["status"] != "approved" {
+		t.Errorf("decision audit events %+v", evs)
+	}
 	var kinds []string
 	for _, ev := range e.events("guardian.v1.events.acme.>") {
 		kinds = append(kinds, ev.Kind)
@@ -474,6 +488,23 @@ func TestExtend(t *testing.T) {
 	if _, err := e.svc.Extend(bob, "acme", ExtendInput{ID: "x1", ExtendBy: Duration(time.Second), Reason: "late"}); !errors.Is(err, ErrAlreadyDecided) {
 		t.Errorf("extend after expiry: %v", err)
 	}
+	// At most MaxExtensions, each of at least a second.
+	in = req("x3")
+	in.RequestedBy, in.Timeout = "", Duration(time.Minute)
+	if _, err := e.svc.Request(alice, "acme", in); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.Extend(bob, "acme", ExtendInput{ID: "x3", ExtendBy: Duration(time.Millisecond), Reason: "tiny"}); !errors.Is(err, ErrInvalidRequest) {
+		t.Errorf("extend by 1ms: %v", err)
+	}
+	for i := range MaxExtensions {
+		if _, err := e.svc.Extend(bob, "acme", ExtendInput{ID: "x3", ExtendBy: Duration(time.Second), Reason: fmt.Sprint("again ", i)}); err != nil {
+			t.Fatalf("extension %d: %v", i+1, err)
+		}
+	}
+	if _, err := e.svc.Extend(bob, "acme", ExtendInput{ID: "x3", ExtendBy: Duration(time.Second), Reason: "once more"}); !errors.Is(err, ErrInvalidRequest) {
+		t.Errorf("extension %d: %v, want ErrInvalidRequest", MaxExtensions+1, err)
+	}
 	// Pending but past its deadline (the expirer has not run): refused.
 	stop()
 	in = req("x2")
@@ -484,5 +515,42 @@ func TestExtend(t *testing.T) {
 	time.Sleep(1100 * time.Millisecond)
 	if _, err := e.svc.Extend(bob, "acme", ExtendInput{ID: "x2", ExtendBy: Duration(time.Minute), Reason: "too late"}); !errors.Is(err, ErrExpired) {
 		t.Errorf("extend after expires_at: %v, want ErrExpired", err)
+	}
+}
+
+// TestExtendStaleTimer: a timer armed for the deadline before an extension
+// that fires finds the later deadline and makes sure the approval's next
+// timer exists, even when the extension's own timer was lost (a warn
+// handler took the key between the extension's purge and create, or the
+// timer was removed behind guardian's back); then it is acknowledged.
+func TestExtendStaleTimer(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.GracePeriod = 0; c.MaxTimeout = 10 * time.Minute; c.SendTimeoutWarnings = false })
+	ctx := t.Context()
+	alice := WithIdentity(ctx, natsID("ACME", "alice"))
+	in := req("s1")
+	in.RequestedBy, in.Timeout = "", Duration(10*time.Second)
+	if _, err := e.svc.Request(alice, "acme", in); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.Extend(WithIdentity(ctx, natsID("OPS", "bob")), "acme", ExtendInput{ID: "s1", ExtendBy: Duration(time.Minute), Reason: "r"}); err != nil {
+		t.Fatal(err)
+	}
+	key := "acme.s1." + timerExpire
+	if err := e.svc.timers.Purge(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(e.timerKeys(), key) {
+		t.Fatalf("timer %s still there after the purge", key)
+	}
+	// The old expire timer fires.
+	wrote, err := e.svc.expire(ctx, "acme.s1", nil)
+	if err != nil || wrote {
+		t.Fatalf("stale timer: wrote %v, err %v; want neither", wrote, err)
+	}
+	if !slices.Contains(e.timerKeys(), key) {
+		t.Fatalf("timers %v: the stale timer did not re-arm %s", e.timerKeys(), key)
+	}
+	if got := e.get("acme", "s1"); got.Status != StatusPending {
+		t.Fatalf("stale timer changed the record: %+v", got)
 	}
 }

@@ -186,11 +186,7 @@ func (n *Notifier) handle(ctx context.Context, msg jetstream.Msg) {
 		s.settle(msg, err)
 		return
 	}
-	if ev.Kind == KindExpired || (ev.Kind == KindExtended && len(rec.Extensions) > 0) {
-		audit := s.expiryAudit
-		if ev.Kind == KindExtended {
-			audit = s.extensionAudit
-		}
+	if audit := s.auditOf(ev.Kind, &rec); audit != nil {
 		if err := s.g.EmitDurable(ctx, audit(&rec)); err != nil {
 			s.settle(msg, fmt.Errorf("%s audit of %s: %w", ev.Kind, ev.MsgID(), err))
 			return
@@ -277,12 +273,78 @@ func (s *Service) expiryAudit(r *Record) jsguard.Event {
 	return ev
 }
 
-// ExtendedCode is the audit code of an approval's extension, and
-// EventTypeApproval the event_type of such approval audit events.
+// The audit codes of approval events besides the expiry: an extension and
+// a decision (approved, denied or cancelled); EventTypeApproval is their
+// event_type.
 const (
 	ExtendedCode      = "AUDIT_APPROVAL_EXTENDED"
+	DecidedCode       = "AUDIT_APPROVAL_DECIDED"
 	EventTypeApproval = "approval_audit"
 )
+
+// auditOf returns the builder of the audit event a revision of kind owes,
+// nil when it owes none.
+func (s *Service) auditOf(kind string, r *Record) func(*Record) jsguard.Event {
+	switch {
+	case kind == KindExpired:
+		return s.expiryAudit
+	case kind == KindExtended && len(r.Extensions) > 0:
+		return s.extensionAudit
+	case kind == KindApproved, kind == KindDenied, kind == KindCancelled:
+		return s.decisionAudit
+	}
+	return nil
+}
+
+// decisionAudit builds the AUDIT_APPROVAL_DECIDED event of a decided
+// record: the outcome, who decided (with the identity the Service
+// established) and every approval and denial. It derives from the record
+// alone, so a redelivery yields the same event id.
+func (s *Service) decisionAudit(r *Record) jsguard.Event {
+	op := fmt.Sprintf("approval %s %s/%s", r.Status, r.Tenant, r.ID)
+	at := r.RequestedAt
+	if r.DecidedAt != nil {
+		at = *r.DecidedAt
+	}
+	voters := func(vs []Vote) string {
+		names := make([]string, len(vs))
+		for i, v := range vs {
+			names[i] = v.By
+			if v.Identity != nil {
+				names[i] = v.Identity.String()
+			}
+		}
+		return strings.Join(names, ",")
+	}
+	ev := jsguard.Event{
+		EventType:      EventTypeApproval,
+		Code:           DecidedCode,
+		Operation:      op,
+		TimeoutSeconds: r.ExpiresAt.Sub(r.RequestedAt).Seconds(),
+		TenantID:       r.Tenant,
+		CorrelationID:  r.SessionID,
+		AdditionalContext: map[string]string{
+			"approval_id":        r.ID,
+			"session_id":         r.SessionID,
+			"status":             string(r.Status),
+			"requested_by":       r.RequestedBy,
+			"decided_by":         r.DecidedBy,
+			"reason":             truncate(r.Reason, 256),
+			"required_approvals": strconv.Itoa(r.requiredApprovals()),
+			"approvals":          truncate(voters(r.Approvals), 1024),
+			"denials":            truncate(voters(r.Denials), 1024),
+			"revision":           strconv.FormatUint(r.Revision, 10),
+		},
+		Timestamp:      at.UTC(),
+		StartedAt:      r.RequestedAt.UTC(),
+		ElapsedSeconds: at.Sub(r.RequestedAt).Seconds(),
+		BudgetSource:   jsguard.SourceCategory,
+	}
+	addIdentity(ev.AdditionalContext, "requester", r.Requester)
+	addIdentity(ev.AdditionalContext, "decider", r.Decider)
+	ev.EventID = jsguard.EventID(DecidedCode, op, ev.TenantID, ev.CorrelationID, ev.TraceID, r.RequestedAt)
+	return ev
+}
 
 // extensionAudit builds the AUDIT_APPROVAL_EXTENDED event of a revision
 // that extended r: who, from when to when, why. Like expiryAudit it

@@ -18,8 +18,11 @@ import (
 const RulesKeyPrefix = "approvers."
 
 // MaxRequiredApprovals bounds RequestInput.RequiredApprovals and the rules'
-// counts.
-const MaxRequiredApprovals = 16
+// counts; MaxExtensions bounds how often one approval may be extended.
+const (
+	MaxRequiredApprovals = 16
+	MaxExtensions        = 8
+)
 
 // Rules are a tenant's approver rules, stored as JSON under
 // approvers.<tenant> in the rules bucket (see WithRules) and read on every
@@ -37,7 +40,9 @@ const MaxRequiredApprovals = 16
 //	name:NAME           a name written in the body (asserted identity only)
 //
 // An empty Approvers list, like a tenant without rules, lets anyone
-// decide. The requester never approves or extends its own request.
+// decide. Whatever the rules, the requester never extends its own request
+// and approves it only when Config.AllowSelfApproval is set and one
+// approval is required; it may always deny or cancel it (a withdrawal).
 //
 // RequiredApprovals (default 1) is how many distinct approvers must
 // approve; a request may ask for more, never fewer. RequiredDenials
@@ -129,7 +134,8 @@ func (r *Rules) denials() int   { return max(1, r.RequiredDenials) }
 func WithRules(kv *jsguard.KV) Option { return func(s *Service) { s.rules = kv } }
 
 // TenantRules returns tenant's approver rules from the rules bucket (see
-// LoadRules), zero Rules without WithRules.
+// LoadRules for the errors), zero Rules without WithRules (or a *FieldError
+// for a malformed tenant).
 func (s *Service) TenantRules(ctx context.Context, tenant string) (Rules, error) {
 	if s.rules == nil {
 		if err := checkName("tenant", tenant); err != nil {

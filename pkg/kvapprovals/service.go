@@ -94,7 +94,10 @@ func Open(ctx context.Context, g *jsguard.Guard, js jetstream.JetStream, cfg Con
 	s.records, err = g.EnsureKV(ctx, js, jetstream.KeyValueConfig{
 		Bucket:      cfg.RecordsBucket,
 		Description: "guardian approval records",
-		History:     10,
+		// Every revision becomes an event: keep enough that a notifier
+		// behind by a whole approval's life (request, warnings, votes,
+		// extensions, decision) still reads each one.
+		History:     64,
 		TTL:         cfg.Retention,
 		Replicas:    cfg.Replicas,
 		Storage:     jetstream.FileStorage,
@@ -154,7 +157,9 @@ const (
 // it is now) and re-creates the missing timer of a still pending one.
 //
 // It returns a *FieldError (ErrInvalidRequest) for bad input, which changes
-// nothing; ErrConflict when the id exists with other content;
+// nothing; ErrUnauthenticated or ErrIdentityMismatch (see IdentityMode);
+// ErrInvalidRules when the tenant's stored rules are broken; ErrConflict
+// when the id exists with other content;
 // ErrTooManyPending when the tenant is at MaxPending; otherwise the
 // jetstream error or *jsguard.TimeoutError, wrapped. When the record was
 // written but its timers were not, the error says so: retry the request to
@@ -368,8 +373,9 @@ func (s *Service) Deny(ctx context.Context, tenant string, in DecisionInput) (Re
 }
 
 // Cancel withdraws a pending approval and returns the cancelled record, with
-// decided_by set to the canceller. Approver rules do not apply. It returns
-// the errors of Deny except ErrNotEligible.
+// decided_by set to the canceller: the requester, or an eligible approver
+// under the tenant's rules (anyone when it has none). It returns the errors
+// of Deny.
 func (s *Service) Cancel(ctx context.Context, tenant string, in CancelInput) (Record, error) {
 	return s.decide(ctx, "cancel", tenant, in.ID, "cancelled_by", in.CancelledBy, in.Reason, StatusCancelled)
 }
@@ -408,11 +414,9 @@ func (s *Service) decide(ctx context.Context, op, tenant, id, byField, body, rea
 		return Record{}, fmt.Errorf("%s %s: %w", op, key, err)
 	}
 	ctx = withTenant(ctx, tenant)
-	var rules Rules
-	if to != StatusCancelled {
-		if rules, err = s.TenantRules(ctx, tenant); err != nil {
-			return Record{}, fmt.Errorf("%s %s: %w", op, key, err)
-		}
+	rules, err := s.TenantRules(ctx, tenant)
+	if err != nil {
+		return Record{}, fmt.Errorf("%s %s: %w", op, key, err)
 	}
 	for attempt := 1; ; attempt++ {
 		rec, err := s.get(ctx, key)
@@ -430,7 +434,7 @@ func (s *Service) decide(ctx context.Context, op, tenant, id, byField, body, rea
 		switch {
 		case to == StatusApproved && self && (rec.requiredApprovals() > 1 || !s.cfg.AllowSelfApproval):
 			return Record{}, fmt.Errorf("%s %s: %w: %s requested it", op, key, ErrSelfApproval, who)
-		case to == StatusApproved && !rules.Eligible(who), to == StatusDenied && !self && !rules.Eligible(who):
+		case to == StatusApproved && !rules.Eligible(who), to != StatusApproved && !self && !rules.Eligible(who):
 			return Record{}, fmt.Errorf("%s %s: %w: the approver rules of %s do not name %s", op, key, ErrNotEligible, tenant, who)
 		}
 		next := rec
@@ -468,7 +472,6 @@ func (s *Service) decide(ctx context.Context, op, tenant, id, byField, body, rea
 		next.Revision = rev
 		if !final {
 			s.stats.votes.Add(1)
-			s.transition(tenant, StatusPending, false)
 			return next, nil
 		}
 		s.finished(tenant, to)
@@ -510,8 +513,8 @@ func (s *Service) Extend(ctx context.Context, tenant string, in ExtendInput) (Re
 		return Record{}, invalid("extend_by", "give extend_by or expires_at")
 	case in.ExtendBy != 0 && in.ExpiresAt != nil:
 		return Record{}, invalid("extend_by", "give extend_by or expires_at, not both")
-	case in.ExtendBy < 0:
-		return Record{}, invalid("extend_by", "%s must be positive", time.Duration(in.ExtendBy))
+	case in.ExtendBy < 0 || (in.ExtendBy > 0 && time.Duration(in.ExtendBy) < time.Second):
+		return Record{}, invalid("extend_by", "%s must be at least 1s", time.Duration(in.ExtendBy))
 	}
 	key := tenant + "." + in.ID
 	by, who, err := s.actor(ctx, "extended_by", in.ExtendedBy)
@@ -541,6 +544,9 @@ func (s *Service) Extend(ctx context.Context, tenant string, in ExtendInput) (Re
 		if !rules.Eligible(who) {
 			return Record{}, fmt.Errorf("extend %s: %w: the approver rules of %s do not name %s", key, ErrNotEligible, tenant, who)
 		}
+		if len(rec.Extensions) >= MaxExtensions {
+			return Record{}, invalid("id", "%s was extended %d times, the most an approval may be", key, MaxExtensions)
+		}
 		to, field := rec.ExpiresAt.Add(time.Duration(in.ExtendBy)), "extend_by"
 		if in.ExpiresAt != nil {
 			to, field = in.ExpiresAt.UTC(), "expires_at"
@@ -567,7 +573,6 @@ func (s *Service) Extend(ctx context.Context, tenant string, in ExtendInput) (Re
 		}
 		next.Revision = rev
 		s.stats.extended.Add(1)
-		s.transition(tenant, StatusPending, false)
 		// Re-arm: the live timer fires at the old deadline. A timer that
 		// fires anyway finds the later deadline and is dropped (see
 		// staleTimer); one that cannot be created is covered by the sweep.

@@ -13,7 +13,9 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jsguardian/guardian/pkg/jsguard"
 	"github.com/jsguardian/guardian/pkg/kvapprovals"
 )
 
@@ -113,6 +115,29 @@ func TestDeployIdentity(t *testing.T) {
 		t.Fatalf("request with a forged header naming OPS/bob: recorded %q %+v, want alice of ACME", rec.RequestedBy, rec.Requester)
 	}
 
+	// Requests without the server's stamp are refused: from guardian's own
+	// account (no import, so no stamp), with or without a header naming
+	// that account.
+	admin := depConnect(t, urls, env["GUARDIAN_NATS_USER"], env["GUARDIAN_NATS_PASSWORD"])
+	if _, err := admin.client().Request(ctx, "acme", kvapprovals.RequestInput{ID: "unstamped", SessionID: "s", RequestedBy: "alice"}); !errors.Is(err, kvapprovals.ErrUnauthenticated) {
+		t.Fatalf("request from guardian's account: %v, want ErrUnauthenticated", err)
+	}
+	own := nats.NewMsg("guardian.v1.acme.approvals.request")
+	own.Data = []byte(`{"id":"unstamped","session_id":"s"}`)
+	own.Header[kvapprovals.RequestInfoHeader] = []string{`{"acc":"GUARDIAN","user":"bob"}`}
+	if reply, err := admin.nc.RequestMsgWithContext(ctx, own); err != nil || reply.Header.Get("Nats-Service-Error-Code") != "401" {
+		t.Fatalf("request with a header naming guardian's account: %v %v %s", err, reply.Header, reply.Data)
+	}
+	if _, err := alice.client().Get(ctx, "acme", "unstamped"); !errors.Is(err, kvapprovals.ErrNotFound) {
+		t.Fatalf("a refused request was written: %v", err)
+	}
+	// An audit report records who sent it.
+	now := time.Now().UTC()
+	eventID, err := alice.client().Report(ctx, jsguard.Event{Code: "TIMEOUT_KV_GET", Operation: "kv get orders/o1", TimeoutSeconds: 1, ElapsedSeconds: 1, TenantID: "acme", Timestamp: now, StartedAt: now.Add(-time.Second)})
+	if err != nil {
+		t.Fatalf("alice's audit report: %v", err)
+	}
+
 	// An operator naming someone else is refused; nothing changes.
 	if _, err := ops["bob"].client().Approve(ctx, "acme", kvapprovals.DecisionInput{ID: "forged", DecidedBy: "carol"}); !errors.Is(err, kvapprovals.ErrIdentityMismatch) {
 		t.Fatalf("bob approving as carol: %v, want ErrIdentityMismatch", err)
@@ -181,8 +206,17 @@ func TestDeployIdentity(t *testing.T) {
 	raceTook := time.Since(raceStart)
 
 	// Every revision, read as guardian's user (operators have no JetStream).
-	admin := depConnect(t, urls, env["GUARDIAN_NATS_USER"], env["GUARDIAN_NATS_PASSWORD"])
 	l := readLedger(t, admin.js)
+	var reported bool
+	readStream(t, admin.js, auditStream, auditPrefix+"acme.TIMEOUT_KV_GET", func(m jetstream.Msg) {
+		var ev jsguard.Event
+		if json.Unmarshal(m.Data(), &ev) == nil && ev.EventID == eventID {
+			reported = ev.AdditionalContext["reporter_account"] == "ACME" && ev.AdditionalContext["reporter_user"] == "alice"
+		}
+	})
+	if !reported {
+		t.Errorf("audit report %s not stored with its reporter ACME/alice", eventID)
+	}
 	var approved, denied, bad int
 	for i := range n {
 		id := fmt.Sprintf("race%04d", i)
