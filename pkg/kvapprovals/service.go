@@ -97,10 +97,10 @@ func Open(ctx context.Context, g *jsguard.Guard, js jetstream.JetStream, cfg Con
 		// Every revision becomes an event: keep enough that a notifier
 		// behind by a whole approval's life (request, warnings, votes,
 		// extensions, decision) still reads each one.
-		History:     64,
-		TTL:         cfg.Retention,
-		Replicas:    cfg.Replicas,
-		Storage:     jetstream.FileStorage,
+		History:  64,
+		TTL:      cfg.Retention,
+		Replicas: cfg.Replicas,
+		Storage:  jetstream.FileStorage,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open: records bucket %s: %w", cfg.RecordsBucket, err)
