@@ -194,7 +194,7 @@ func testLifecycle(t *testing.T, nc *nats.Conn) {
 	// In asserted mode a Nats-Request-Info header is the client's own
 	// writing, not the server's: it is ignored.
 	var forged kvapprovals.Record
-	request(t, nc, subj(tenant, "request"), map[string]any{"id": "a-forged", "session_id": "s", "requested_by": "alice"},
+	request(t, nc, subj("forged", "request"), map[string]any{"id": "a-forged", "session_id": "s", "requested_by": "alice"},
 		map[string]string{kvapprovals.RequestInfoHeader: `{"acc":"OPS","user":"bob"}`}).ok(t, &forged)
 	if forged.Requester == nil || forged.Requester.Source != kvapprovals.SourceAsserted || forged.Requester.User != "alice" || forged.Requester.Account != "" {
 		t.Fatalf("asserted mode took a client-written identity header: requester %+v", forged.Requester)

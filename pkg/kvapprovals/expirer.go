@@ -282,6 +282,7 @@ func (s *Service) expire(ctx context.Context, key string, rec *Record) (bool, er
 		_, err := s.update(ctx, &next, rec.Revision)
 		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) && attempt < maxCASAttempts {
 			rec = nil
+			s.casBackoff(ctx, attempt)
 			continue
 		}
 		if err != nil {
@@ -340,6 +341,7 @@ func (s *Service) warn(ctx context.Context, key string) error {
 			next.WarnedAt, next.Change = &now, ""
 			_, err = s.update(ctx, &next, rec.Revision)
 			if errors.Is(err, jetstream.ErrKeyRevisionMismatch) && attempt < maxCASAttempts {
+				s.casBackoff(ctx, attempt)
 				continue
 			}
 			if err != nil {

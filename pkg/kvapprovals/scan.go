@@ -2,8 +2,10 @@ package kvapprovals
 
 import (
 	"context"
+	"errors"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -36,6 +38,7 @@ func scanLatest(ctx context.Context, str jetstream.Stream, filter string, header
 		_ = str.DeleteConsumer(dctx, cons.CachedInfo().Name)
 	}()
 	want := cons.CachedInfo().NumPending
+	retry := 10 * time.Millisecond
 	for got := uint64(0); got < want; {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -54,6 +57,20 @@ func scanLatest(ctx context.Context, str jetstream.Stream, filter string, header
 			}
 		}
 		if err := batch.Error(); err != nil {
+			// In a cluster the consumer may live on another server than the
+			// one this client is connected to, and the interest in its
+			// pull subject reaches this server a moment after the create
+			// returned: until then a pull finds no responder. Try again
+			// for a while (ctx bounds it).
+			if n == 0 && errors.Is(err, nats.ErrNoResponders) && retry <= 640*time.Millisecond {
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(retry):
+				}
+				retry *= 2
+				continue
+			}
 			return err
 		}
 		if n == 0 {

@@ -265,6 +265,38 @@ func (s *Service) getExisting(ctx context.Context, key string) (Record, error) {
 	}
 }
 
+// casBackoff waits before the re-read that follows a lost compare-and-set,
+// in a replicated bucket: the re-read is a direct get that a follower may
+// answer before it has applied the winning write, and would then lose again
+// on the same stale revision. The wait grows with the attempt (a few ms
+// each); with one replica there is none.
+func (s *Service) casBackoff(ctx context.Context, attempt int) {
+	if s.cfg.Replicas <= 1 {
+		return
+	}
+	select {
+	case <-ctx.Done():
+	case <-time.After(time.Duration(attempt) * 5 * time.Millisecond):
+	}
+}
+
+// getRecent reads a record a client may have just created: in a replicated
+// bucket a follower that has not applied the create yet may answer the
+// read (KV reads are direct gets), so a not-found answer is retried for up
+// to about 300 ms before it is believed. With one replica it is get.
+func (s *Service) getRecent(ctx context.Context, key string) (Record, error) {
+	rec, err := s.get(ctx, key)
+	for wait := 10 * time.Millisecond; errors.Is(err, ErrNotFound) && s.cfg.Replicas > 1 && wait <= 160*time.Millisecond; wait *= 2 {
+		select {
+		case <-ctx.Done():
+			return rec, err
+		case <-time.After(wait):
+		}
+		rec, err = s.get(ctx, key)
+	}
+	return rec, err
+}
+
 // retried answers a request whose id exists: the same content returns the
 // record (repairing a pending one's timers), other content is a conflict.
 func (s *Service) retried(ctx context.Context, rec Record, in *RequestInput, timeout time.Duration) (Record, error) {
@@ -419,7 +451,7 @@ func (s *Service) decide(ctx context.Context, op, tenant, id, byField, body, rea
 		return Record{}, fmt.Errorf("%s %s: %w", op, key, err)
 	}
 	for attempt := 1; ; attempt++ {
-		rec, err := s.get(ctx, key)
+		rec, err := s.getRecent(ctx, key)
 		if err != nil {
 			return Record{}, fmt.Errorf("%s %s: %w", op, key, err)
 		}
@@ -464,6 +496,7 @@ func (s *Service) decide(ctx context.Context, op, tenant, id, byField, body, rea
 		}
 		rev, err := s.update(ctx, &next, rec.Revision)
 		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) && attempt < maxCASAttempts {
+			s.casBackoff(ctx, attempt)
 			continue // another writer won: re-read and report what happened
 		}
 		if err != nil {
@@ -527,7 +560,7 @@ func (s *Service) Extend(ctx context.Context, tenant string, in ExtendInput) (Re
 		return Record{}, fmt.Errorf("extend %s: %w", key, err)
 	}
 	for attempt := 1; ; attempt++ {
-		rec, err := s.get(ctx, key)
+		rec, err := s.getRecent(ctx, key)
 		if err != nil {
 			return Record{}, fmt.Errorf("extend %s: %w", key, err)
 		}
@@ -566,6 +599,7 @@ func (s *Service) Extend(ctx context.Context, tenant string, in ExtendInput) (Re
 		}
 		rev, err := s.update(ctx, &next, rec.Revision)
 		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) && attempt < maxCASAttempts {
+			s.casBackoff(ctx, attempt)
 			continue
 		}
 		if err != nil {
@@ -611,7 +645,7 @@ func (s *Service) Get(ctx context.Context, tenant, id string) (Record, error) {
 	if err := checkName("id", id); err != nil {
 		return Record{}, err
 	}
-	rec, err := s.get(withTenant(ctx, tenant), tenant+"."+id)
+	rec, err := s.getRecent(withTenant(ctx, tenant), tenant+"."+id)
 	if err != nil {
 		return Record{}, fmt.Errorf("get %s.%s: %w", tenant, id, err)
 	}
