@@ -55,6 +55,7 @@ type config struct {
 
 	Approval approvalConfig `desc:"-"`
 	Audit    auditConfig    `desc:"-"`
+	Console  consoleConfig  `desc:"-"`
 
 	// timeouts holds GUARDIAN_TIMEOUT_<CATEGORY> overrides, read by loadConfig.
 	timeouts map[jsguard.Category]time.Duration

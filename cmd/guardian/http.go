@@ -49,11 +49,16 @@ func (r *readiness) failing() []string {
 	return out
 }
 
-// serveHTTP serves /healthz, /readyz and /metrics on l until ctx ends, then
+// serveHTTP serves /healthz, /readyz, /metrics and, when ui is not nil, the
+// console under /ui/ on l until ctx ends, then
 // shuts down, giving requests in progress up to 5s. It returns the server's
 // error, or nil when ctx ended.
-func serveHTTP(ctx context.Context, l net.Listener, ready *readiness, reg *prometheus.Registry) error {
+func serveHTTP(ctx context.Context, l net.Listener, ready *readiness, reg *prometheus.Registry, ui http.Handler) error {
 	mux := http.NewServeMux()
+	if ui != nil {
+		mux.Handle("/ui/", ui)
+		mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, "/ui/", http.StatusSeeOther) })
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})

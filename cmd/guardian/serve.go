@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -110,17 +111,33 @@ func run(ctx context.Context, cfg *config, log *slog.Logger) error {
 		return nil
 	})
 	var httpFailed <-chan error // receives when the HTTP server fails by itself
+	consoleMode, err := cfg.consoleMode()
+	if err != nil {
+		return err
+	}
+	var ui *lateHandler
+	var uiHandler http.Handler
+	var httpAddr string
+	if consoleMode != "" && cfg.HTTPAddr != "" {
+		ui = &lateHandler{}
+		uiHandler = ui
+	}
 	if cfg.HTTPAddr != "" {
 		l, err := net.Listen("tcp", cfg.HTTPAddr)
 		if err != nil {
 			return fmt.Errorf("GUARDIAN_HTTP_ADDR=%s: %w", cfg.HTTPAddr, err)
 		}
-		log.Info("http listening", "addr", l.Addr().String(), "paths", "/healthz /readyz /metrics")
+		httpAddr = l.Addr().String()
+		paths := "/healthz /readyz /metrics"
+		if ui != nil {
+			paths += " /ui/"
+		}
+		log.Info("http listening", "addr", httpAddr, "paths", paths)
 		httpCtx, stopHTTP := context.WithCancel(context.WithoutCancel(ctx))
 		done, failed := make(chan struct{}), make(chan error, 1)
 		go func() {
 			defer close(done)
-			if err := serveHTTP(httpCtx, l, ready, reg); err != nil && httpCtx.Err() == nil {
+			if err := serveHTTP(httpCtx, l, ready, reg, uiHandler); err != nil && httpCtx.Err() == nil {
 				failed <- err
 			}
 		}()
@@ -244,6 +261,15 @@ func run(ctx context.Context, cfg *config, log *slog.Logger) error {
 		return fmt.Errorf("micro service: %w", err)
 	}
 	apiUp.set()
+	if ui != nil {
+		c, err := startConsole(ctx, cfg, consoleMode, w, nc, js, log)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		ui.h.Store(c)
+		log.Info("console", "mode", consoleMode, "url", "http://"+httpAddr+"/ui/")
+	}
 	if cfg.onReady != nil {
 		cfg.onReady(url)
 	}

@@ -30,13 +30,15 @@ const (
 // Identity is who made a call. For SourceNATS, Account and User are what
 // nats-server authenticated (User is the user name, nkey or JWT public
 // key), Name the user's name in its JWT and Tags its JWT tags. For
-// SourceOIDC, User is the login's subject, with its Email and Groups. For
+// SourceOIDC, Subject is the login's subject and User its verified email
+// (the subject when it has none), with its Name and Groups. For
 // SourceAsserted only User is set, as the client wrote it. An Identity is a
 // plain value.
 type Identity struct {
 	Source  string   `json:"source"`
 	Account string   `json:"account,omitempty"`
 	User    string   `json:"user"`
+	Subject string   `json:"subject,omitempty"`
 	Name    string   `json:"name,omitempty"`
 	Tags    []string `json:"tags,omitempty"`
 	Email   string   `json:"email,omitempty"`
@@ -66,6 +68,9 @@ func (id *Identity) Same(b *Identity) bool {
 	}
 	if id.Source == SourceAsserted || b.Source == SourceAsserted {
 		return id.User == b.User
+	}
+	if id.Source == SourceOIDC && b.Source == SourceOIDC {
+		return id.Subject == b.Subject
 	}
 	return id.Source == b.Source && id.Account == b.Account && id.User == b.User
 }
@@ -183,8 +188,11 @@ func principalKey(id *Identity) string {
 	if id == nil {
 		return ""
 	}
-	if id.Source == SourceAsserted {
+	switch id.Source {
+	case SourceAsserted:
 		return "name:" + id.User
+	case SourceOIDC:
+		return "oidc:" + id.Subject
 	}
 	return id.Source + ":" + id.Account + "/" + id.User
 }

@@ -198,7 +198,7 @@ func TestRulesEligible(t *testing.T) {
 		t.Fatalf("dave with the approver tag: %v %v", got.Status, err)
 	}
 	r = mk("e2")
-	if got, err := svc.Approve(WithIdentity(ctx, Identity{Source: SourceOIDC, User: "sub-9", Email: "erin@example.com", Groups: []string{"SRE"}}), "acme", DecisionInput{ID: r.ID}); err != nil || got.Status != StatusApproved {
+	if got, err := svc.Approve(WithIdentity(ctx, Identity{Source: SourceOIDC, User: "erin@example.com", Subject: "sub-9", Email: "erin@example.com", Groups: []string{"SRE"}}), "acme", DecisionInput{ID: r.ID}); err != nil || got.Status != StatusApproved {
 		t.Fatalf("a browser login in group sre: %v %v", got.Status, err)
 	}
 	r = mk("e3")

@@ -110,7 +110,7 @@ func (r *Rules) Eligible(id *Identity) bool {
 		case "tag":
 			match = id.Source == SourceNATS && slices.Contains(id.Tags, v)
 		case "sub":
-			match = id.Source == SourceOIDC && id.User == v
+			match = id.Source == SourceOIDC && id.Subject == v
 		case "email":
 			match = id.Source == SourceOIDC && id.Email != "" && strings.EqualFold(id.Email, v)
 		case "group":

@@ -197,6 +197,7 @@ func readStream(t testing.TB, js jetstream.JetStream, stream, filter string, fn 
 	}
 	defer func() { _ = s.DeleteConsumer(context.WithoutCancel(ctx), c.CachedInfo().Name) }()
 	want := int(c.CachedInfo().NumPending)
+	retries := 0
 	for got := 0; got < want; {
 		batch, err := c.Fetch(min(want-got, 1000), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
@@ -207,8 +208,15 @@ func readStream(t testing.TB, js jetstream.JetStream, stream, filter string, fn 
 			fn(m)
 			n++
 		}
+		if n == 0 && errors.Is(batch.Error(), nats.ErrNoResponders) && retries < 8 {
+			// In a cluster the consumer may live on another server, whose
+			// interest in its pull subject reaches ours a moment later.
+			retries++
+			time.Sleep(time.Duration(retries) * 20 * time.Millisecond)
+			continue
+		}
 		if n == 0 {
-			t.Fatalf("fetch %s %s: got %d of %d messages", stream, filter, got, want)
+			t.Fatalf("fetch %s %s: got %d of %d messages: %v", stream, filter, got, want, batch.Error())
 		}
 		got += n
 	}
