@@ -362,6 +362,19 @@ func barChart(counts []codeCount) template.HTML {
 // decide applies approve, deny or extend with the session's identity and
 // answers JSON: the record's new row, or the API's error and its status.
 func (c *Console) decide(w http.ResponseWriter, r *http.Request, s *session) {
+	// The page's script sends the token as a header and reads JSON; a
+	// plain form post (no script) gets the pending page back.
+	script := r.Header.Get("X-CSRF-Token") != ""
+	httpError := func(w http.ResponseWriter, code int, msg string) {
+		if script {
+			httpError(w, code, msg)
+			return
+		}
+		p := c.page(s, "pending", "Pending approvals", []kvapprovals.Record{})
+		p.Error = msg
+		w.WriteHeader(code)
+		c.render(w, "pending.html", p)
+	}
 	id, ok := c.identity(s)
 	if !ok {
 		httpError(w, http.StatusForbidden, "say who you are first (your name, at the top)")
@@ -403,6 +416,10 @@ func (c *Console) decide(w http.ResponseWriter, r *http.Request, s *session) {
 		return
 	}
 	c.cfg.Log.Info("console decision", "action", action, "approval", rec.Key(), "by", id.String(), "status", rec.Status)
+	if !script {
+		http.Redirect(w, r, "/ui/pending", http.StatusSeeOther)
+		return
+	}
 	row, _ := c.row(s, &rec)
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(map[string]any{"key": rec.Key(), "status": rec.Status, "row": row})
