@@ -62,7 +62,9 @@ func (c *config) consoleMode() (console.Mode, error) {
 }
 
 // lateHandler serves /ui/ once the console exists (503 before).
-type lateHandler struct{ h atomic.Pointer[console.Console] }
+type lateHandler struct {
+	h atomic.Pointer[console.Console]
+}
 
 func (l *lateHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c := l.h.Load()

@@ -42,10 +42,10 @@ var funcs = template.FuncMap{
 		}
 		return out.String()
 	},
-	"dur": func(d kvapprovals.Duration) string { return time.Duration(d).String() },
-	"add": func(a, b int) int { return a + b },
-	"list": func(s ...string) []string { return s },
-	"page": func(p page, r kvapprovals.Record) page { p.Data = &r; return p },
+	"dur":      func(d kvapprovals.Duration) string { return time.Duration(d).String() },
+	"add":      func(a, b int) int { return a + b },
+	"list":     func(s ...string) []string { return s },
+	"page":     func(p page, r kvapprovals.Record) page { p.Data = &r; return p },
 	"required": func(r kvapprovals.Record) int { return max(1, r.RequiredApprovals) },
 }
 
