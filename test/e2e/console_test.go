@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/nats-io/nkeys"
 	"github.com/zitadel/oidc/v3/example/server/exampleop"
 	"github.com/zitadel/oidc/v3/example/server/storage"
 
@@ -88,12 +89,31 @@ func TestConsole(t *testing.T) {
 	env["GUARDIAN_CONSOLE_OIDC_CLIENT_SECRET"] = "console-secret"
 	env["GUARDIAN_CONSOLE_OIDC_REDIRECT_URL"] = uiBase + "/ui/callback"
 	env["GUARDIAN_CONSOLE_SESSION_KEY"] = strings.Repeat("k", 32)
+	sealKey, err := nkeys.CreateAccount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed, _ := sealKey.Seed()
+	env["GUARDIAN_AUDIT_SEAL_SEED"] = string(seed)
+	env["GUARDIAN_AUDIT_SEAL_INTERVAL"] = "1s"
 	g := startGuardian(t, "g1", ns.url, env)
 	if g.find(g.run(), func(l logLine) bool { return l.Msg == "console" && l.Fields["mode"] == "oidc" }) == nil {
 		t.Fatalf("guardian did not start the console in oidc mode:\n%s", g.tail(20))
 	}
-	nc, _ := connect(t, ns.url)
+	nc, js := connect(t, ns.url)
 	client := newClient(t, nc, 5*time.Second)
+	// Tenant initech's approver rules name someone else: its approvals are
+	// not shown to the person logging in below.
+	policy, err := js.KeyValue(ctx, jsguard.PolicyBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kvapprovals.StoreRules(ctx, jsguard.Default().KV(policy), "initech", kvapprovals.Rules{Approvers: []string{"email:someone-else@example.com"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Request(ctx, "initech", kvapprovals.RequestInput{ID: "hidden-1", SessionID: "s", RequestedBy: "alice", Timeout: kvapprovals.Duration(10 * time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
 
 	// Without a session: the event stream and decisions are refused, pages
 	// send to the login.
@@ -206,6 +226,12 @@ func TestConsole(t *testing.T) {
 		}
 	}
 	do("more approvals", 5*time.Second, chromedp.WaitVisible(chromedp.ID("a-acme-console-3")))
+	c0, cancel0 := context.WithTimeout(bctx, 5*time.Second)
+	hidden, err := chromedp.Run(c0, chromedp.Evaluate[bool](`document.getElementById("a-initech-hidden-1") !== null`))
+	cancel0()
+	if err != nil || hidden {
+		t.Errorf("initech's approval, whose rules do not name the person, is on the page (%v)", err)
+	}
 	// A timeout for the audit view.
 	now := time.Now().UTC()
 	if _, err := client.Report(ctx, jsguard.Event{Code: "TIMEOUT_KV_GET", Operation: "kv get orders/o1", TimeoutSeconds: 0.2, ElapsedSeconds: 0.2, TenantID: "acme", Timestamp: now, StartedAt: now.Add(-200 * time.Millisecond)}); err != nil {
@@ -287,6 +313,9 @@ func TestConsole(t *testing.T) {
 	)
 	if auditText := text("audit", "#audit"); !strings.Contains(auditText, "TIMEOUT_KV_GET") || !strings.Contains(auditText, "TIMEOUT_APPROVAL_EXPIRED") {
 		t.Errorf("audit view:\n%s", auditText)
+	}
+	if seals := text("seals", "#seals"); !strings.HasPrefix(seals, "verified at") {
+		t.Errorf("seal chain state %q, want verified", seals)
 	}
 	shot("console-audit.png")
 
