@@ -60,8 +60,11 @@ type api struct {
 	log        *slog.Logger
 	nc         *nats.Conn
 	sem        chan struct{}
-	inflight   atomic.Int64 // requests received and not yet answered
-	stats      sync.Map     // endpoint name -> *endpointStats
+	// awaitSem bounds the await requests, which hold their slot while they
+	// wait and must not take the others' (4 × GUARDIAN_MAX_IN_FLIGHT).
+	awaitSem chan struct{}
+	inflight atomic.Int64 // requests received and not yet answered
+	stats    sync.Map     // endpoint name -> *endpointStats
 }
 
 // endpointStats are an endpoint's own counts, the data of its entry in
@@ -131,12 +134,16 @@ func traceID(traceparent string) string {
 // the subject, or -1.
 func (a *api) wrap(endpoint, op string, tenantToken int, h handlerFunc) micro.Handler {
 	st := a.endpointStats(endpoint)
+	sem := a.sem
+	if endpoint == "approvals_await" && a.awaitSem != nil {
+		sem = a.awaitSem
+	}
 	return micro.HandlerFunc(func(req micro.Request) {
 		a.inflight.Add(1)
 		st.inflight.Add(1)
-		a.sem <- struct{}{}
+		sem <- struct{}{}
 		go func() {
-			defer func() { <-a.sem; st.inflight.Add(-1); a.inflight.Add(-1) }()
+			defer func() { <-sem; st.inflight.Add(-1); a.inflight.Add(-1) }()
 			start := time.Now()
 			err := a.serve(op, tenantToken, h, req)
 			st.nanos.Add(int64(time.Since(start)))
@@ -285,6 +292,8 @@ func (a *api) addEndpoints(svc micro.Service) error {
 		{"approvals_deny", "guardian.v1.*.approvals.deny", 2, a.deny},
 		{"approvals_cancel", "guardian.v1.*.approvals.cancel", 2, a.cancel},
 		{"approvals_extend", "guardian.v1.*.approvals.extend", 2, a.extend},
+		{"approvals_await", "guardian.v1.*.approvals.await", 2, a.await},
+		{"approvals_execution", "guardian.v1.*.approvals.execution", 2, a.execution},
 		{"approvals_get", "guardian.v1.*.approvals.get", 2, a.get},
 		{"approvals_list", "guardian.v1.*.approvals.list", 2, a.list},
 		{"policy_get", "guardian.v1.policy.get", -1, a.policyGet},

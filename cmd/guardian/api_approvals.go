@@ -1,7 +1,10 @@
 package main
 
 import (
+	"time"
+
 	"context"
+	"github.com/jsguardian/guardian/pkg/jsguard"
 
 	"github.com/jsguardian/guardian/pkg/kvapprovals"
 )
@@ -44,6 +47,34 @@ func (a *api) extend(ctx context.Context, tenant string, data []byte) (any, erro
 		return nil, err
 	}
 	return a.approvals.Extend(ctx, tenant, in)
+}
+
+// await answers when the approval is final, or after the wait the body
+// asks (25s when none), at most a second short of this guardian's
+// API_REQUEST budget so that the answer always beats it.
+func (a *api) await(ctx context.Context, tenant string, data []byte) (any, error) {
+	in, err := kvapprovals.DecodeAwait(data)
+	if err != nil {
+		return nil, err
+	}
+	wait := time.Duration(in.Wait)
+	if wait < 0 {
+		return nil, &kvapprovals.FieldError{Field: "wait", Reason: "must not be negative"}
+	}
+	if wait == 0 {
+		wait = 25 * time.Second
+	}
+	p := a.g.Policy()
+	wait = min(wait, p.Budget(jsguard.APIRequest)-time.Second)
+	return a.approvals.Await(ctx, tenant, in.ID, max(wait, 100*time.Millisecond))
+}
+
+func (a *api) execution(ctx context.Context, tenant string, data []byte) (any, error) {
+	in, err := kvapprovals.DecodeExecution(data)
+	if err != nil {
+		return nil, err
+	}
+	return a.approvals.RecordExecution(ctx, tenant, in)
 }
 
 func (a *api) get(ctx context.Context, tenant string, data []byte) (any, error) {

@@ -46,7 +46,7 @@ type clientFlags struct {
 
 func (c *clientFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.server, "server", clientURL(), "NATS URL of the guardian to talk to: GUARDIAN_NATS_URL when set, else nats://$GUARDIAN_EMBEDDED_LISTEN")
-	fs.DurationVar(&c.timeout, "wait", 10*time.Second, "how long to wait for an answer")
+	fs.DurationVar(&c.timeout, "request-timeout", 10*time.Second, "how long to wait for each answer of the service")
 	fs.BoolVar(&c.json, "json", false, "print JSON instead of a table")
 }
 
@@ -151,8 +151,13 @@ Commands:
   extend    move the deadline later      --tenant --id --reason (--extend-by | --expires-at) [--by]
   get       show one approval            --tenant --id
   list      list a tenant's approvals    --tenant [--status --limit --cursor]
+  wait      wait for the decision        --tenant --id
 
-Every command also takes --server, --wait and --json; 'guardian approval
+request --wait and wait block until the approval is final and exit 0 when
+it is approved, 3 denied, 4 expired, 5 cancelled (1 for an error, 130 when
+interrupted). To run a command only once it is approved, see 'guardian exec'.
+
+Every command also takes --server, --request-timeout and --json; 'guardian approval
 <command> --help' lists its flags. A refusal exits with status 1 and the
 API's error, e.g. "guardian: 410 expired: ...".
 
@@ -202,6 +207,15 @@ once expires_at + grace has passed.
 
 Example:
   guardian approval extend --tenant acme --id deploy-45 --extend-by 30m --reason "waiting for the change board"`,
+	"wait": `approval wait --id ID [flags]
+
+Waits until the approval is final, prints who decided and why, and exits 0
+when it is approved, 3 denied, 4 expired, 5 cancelled (1 for an error, 130
+when interrupted). A decision made before the command started is reported at
+once; waiting survives a guardian restart or a NATS reconnect.
+
+Example:
+  guardian approval wait --tenant acme --id deploy-45 && ./deploy.sh`,
 	"get": `approval get --id ID [flags]
 
 Prints one approval; 404 when the tenant has none with that id.`,
@@ -221,6 +235,7 @@ func approvalCmd(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		id, session, requestedBy, operator, timeout, details *string
 		by, reason, status, cursor, extendBy, expiresAt      *string
 		limit, required                                      *int
+		waitDecision                                         *bool
 	)
 	actorHelp := "(default: your NATS user where guardian requires identities, else $USER)"
 	switch op {
@@ -232,6 +247,7 @@ func approvalCmd(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		timeout = fs.String("timeout", "", "how long until it expires, e.g. 90s or 15m (default: the service's)")
 		details = fs.String("details", "", "a JSON object with details, e.g. '{\"cmd\":\"rm -rf /tmp/x\"}'")
 		required = fs.Int("required-approvals", 0, "distinct approvals needed, 1-16 (default: the tenant's rule, else 1)")
+		waitDecision = fs.Bool("wait", false, "wait for the decision: exit 0 approved, 3 denied, 4 expired, 5 cancelled")
 	case "approve", "deny", "cancel":
 		id = fs.String("id", "", "approval id (required)")
 		by = fs.String("by", "", "who decides "+actorHelp)
@@ -242,7 +258,7 @@ func approvalCmd(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		reason = fs.String("reason", "", "why (required)")
 		extendBy = fs.String("extend-by", "", "move expires_at later by this much, e.g. 30m")
 		expiresAt = fs.String("expires-at", "", "the new expires_at, RFC 3339, e.g. 2026-12-01T18:00:00Z")
-	case "get":
+	case "get", "wait":
 		id = fs.String("id", "", "approval id (required)")
 	case "list":
 		status = fs.String("status", "", "only this status: pending, approved, denied, cancelled or expired")
@@ -315,6 +331,20 @@ func approvalCmd(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	defer s.close()
+	if op == "wait" {
+		r, err := awaitDecision(ctx, s, *tenant, *id, cf.json, stdout, stderr)
+		if err != nil {
+			if ctx.Err() != nil {
+				return exitError{exitInterrupted}
+			}
+			return apiFailure(stderr, err)
+		}
+		if code := outcomeCode(r.Status); code != 0 {
+			return exitError{code}
+		}
+		return nil
+	}
+	waitCtx := ctx
 	ctx, cancel := context.WithTimeout(ctx, cf.timeout)
 	defer cancel()
 
@@ -337,6 +367,21 @@ func approvalCmd(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	if err != nil {
 		return apiFailure(stderr, err)
+	}
+	if op == "request" && *waitDecision {
+		r := out.(kvapprovals.Record)
+		fmt.Fprintf(stderr, "guardian: waiting for the decision on %s.%s (expires at %s)\n", r.Tenant, r.ID, r.ExpiresAt.Format(time.RFC3339))
+		final, err := awaitDecision(waitCtx, s, r.Tenant, r.ID, cf.json, stdout, stderr)
+		if err != nil {
+			if waitCtx.Err() != nil {
+				return exitError{exitInterrupted}
+			}
+			return apiFailure(stderr, err)
+		}
+		if code := outcomeCode(final.Status); code != 0 {
+			return exitError{code}
+		}
+		return nil
 	}
 	if cf.json {
 		return printJSON(stdout, out)

@@ -20,7 +20,7 @@ Commands:
 The rules live in the GUARDIAN_POLICY bucket under approvers.<tenant>; every
 guardian reads them on each decision, so a change applies to the next one.
 Setting them needs write access to that bucket (guardian's own NATS user, or
-an administrator of its account). Every command also takes --server, --wait
+an administrator of its account). Every command also takes --server, --request-timeout
 and --json.`
 
 var approversHelp = map[string]string{

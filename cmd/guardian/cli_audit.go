@@ -23,7 +23,7 @@ Commands (they read the GUARDIAN_AUDIT stream directly over JetStream):
   verify   check the seals (tamper evidence) of the live stream or of an export file
   export   write the stream as JSON lines, for archiving or offline verify
 
-Every command also takes --server, --wait and --json.`
+Every command also takes --server, --request-timeout and --json.`
 
 // auditHelp describes each audit command for its --help.
 var auditHelp = map[string]string{
@@ -313,7 +313,7 @@ Commands:
                            (TIMEOUT_KV_GET=3s), default, strategy (graceful|strict|none)
                            or max_stale_age.
 
-Every command also takes --server, --wait and --json.`
+Every command also takes --server, --request-timeout and --json.`
 
 // policyHelp describes each policy command for its --help.
 var policyHelp = map[string]string{

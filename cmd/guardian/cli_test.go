@@ -64,8 +64,8 @@ func TestCLIUsage(t *testing.T) {
 		{[]string{"demo", "--help"}, 0, []string{"Usage: guardian demo", "-expire-after"}},
 		{[]string{"config", "--help"}, 0, []string{"Usage: guardian config"}},
 		{[]string{"serve", "extra"}, 2, []string{"serve takes no arguments"}},
-		{[]string{"approval", "get", "--server", "nats://127.0.0.1:1", "--id", "c1", "--wait", "3s"}, 1, []string{"connect to nats://127.0.0.1:1", "is 'guardian serve' running?"}},
-		{[]string{"approval", "get", "--server", "nats://bob:s3cret@127.0.0.1:1", "--id", "c1", "--wait", "3s"}, 1, []string{"connect to nats://bob:***@127.0.0.1:1"}},
+		{[]string{"approval", "get", "--server", "nats://127.0.0.1:1", "--id", "c1", "--request-timeout", "3s"}, 1, []string{"connect to nats://127.0.0.1:1", "is 'guardian serve' running?"}},
+		{[]string{"approval", "get", "--server", "nats://bob:s3cret@127.0.0.1:1", "--id", "c1", "--request-timeout", "3s"}, 1, []string{"connect to nats://bob:***@127.0.0.1:1"}},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {

@@ -29,7 +29,8 @@ const usage = `guardian: timeouts, approvals that expire, and a durable audit tr
 Usage:
   guardian serve                 run the service (embedded NATS unless GUARDIAN_NATS_URL is set)
   guardian config                print the effective configuration, secrets redacted
-  guardian approval <command>    request | approve | deny | cancel | extend | get | list
+  guardian approval <command>    request | approve | deny | cancel | extend | get | list | wait
+  guardian exec -- COMMAND...    ask for an approval and run COMMAND only when it is approved
   guardian approvers <command>   get | set: who may decide a tenant's approvals
   guardian audit <command>       tail | stats | verify | export
   guardian policy <command>      get | set
@@ -76,6 +77,8 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		err = policyCmd(ctx, args[1:], stdout, stderr)
 	case "approvers":
 		err = approversCmd(ctx, args[1:], stdout, stderr)
+	case "exec":
+		err = execCmd(ctx, args[1:], stdout, stderr)
 	case "demo":
 		err = demoCmd(ctx, args[1:], stdout, stderr)
 	case "version", "--version":

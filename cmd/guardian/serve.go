@@ -236,7 +236,7 @@ func run(ctx context.Context, cfg *config, log *slog.Logger) error {
 	if cfg.beforeAPI != nil {
 		cfg.beforeAPI()
 	}
-	a := &api{g: g, approvals: w.approvals, log: log, nc: apiNC, sem: make(chan struct{}, cfg.MaxInFlight),
+	a := &api{g: g, approvals: w.approvals, log: log, nc: apiNC, sem: make(chan struct{}, cfg.MaxInFlight), awaitSem: make(chan struct{}, 4*cfg.MaxInFlight),
 		identity: kvapprovals.IdentityMode(cfg.Identity), ownAccount: own}
 	svc, err := micro.AddService(apiNC, micro.Config{
 		Name:         "guardian",

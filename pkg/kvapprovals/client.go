@@ -86,6 +86,58 @@ func (c *Client) Extend(ctx context.Context, tenant string, in ExtendInput) (Rec
 	return r, c.tenantCall(ctx, tenant, "extend", in, &r)
 }
 
+// Await waits until the approval is final (approved, denied, cancelled or
+// expired) and returns it: it asks guardian's approvals.await endpoint,
+// which answers on the decision (driven by the lifecycle events, no
+// polling) or after a wait a little shorter than this client's API_REQUEST
+// budget, and asks again while the approval is pending. Failures that pass
+// (no guardian answering, a 5xx reply, a timeout: a guardian restart or a
+// NATS reconnect while waiting) are retried with backoff, so waiting
+// survives them. It returns ctx's error (wrapped) when ctx ends first, an
+// *APIError matching ErrNotFound or ErrInvalidRequest for an unknown or
+// malformed id, or another *APIError the service replied with.
+func (c *Client) Await(ctx context.Context, tenant, id string) (Record, error) {
+	p := c.g.Policy()
+	wait := max(time.Second, p.Budget(jsguard.APIRequest)-2*time.Second)
+	backoff := 100 * time.Millisecond
+	for {
+		w := wait
+		if dl, ok := ctx.Deadline(); ok {
+			w = max(100*time.Millisecond, min(w, time.Until(dl)-200*time.Millisecond))
+		}
+		var r Record
+		err := c.tenantCall(ctx, tenant, "await", AwaitInput{ID: id, Wait: Duration(w)}, &r)
+		switch {
+		case err == nil && r.Status.Terminal():
+			return r, nil
+		case err == nil:
+			backoff = 100 * time.Millisecond
+			continue
+		case ctx.Err() != nil:
+			return Record{}, fmt.Errorf("await %s.%s: %w", tenant, id, ctx.Err())
+		case errors.Is(err, ErrUnavailable), errors.Is(err, jsguard.ErrTimeout), errors.Is(err, nats.ErrTimeout),
+			errors.Is(err, nats.ErrConnectionClosed), errors.Is(err, nats.ErrConnectionReconnecting), errors.Is(err, nats.ErrDisconnected):
+			select {
+			case <-ctx.Done():
+				return Record{}, fmt.Errorf("await %s.%s: %w", tenant, id, ctx.Err())
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 2*time.Second)
+		default:
+			return Record{}, err
+		}
+	}
+}
+
+// RecordExecution reports the start or end of a command run under an
+// approved approval (see Service.RecordExecution); a refusal is an
+// *APIError matching the same sentinel, no responders or a 5xx reply match
+// ErrUnavailable, a timeout is a *jsguard.TimeoutError.
+func (c *Client) RecordExecution(ctx context.Context, tenant string, in ExecutionInput) (Event, error) {
+	var ev Event
+	return ev, c.tenantCall(ctx, tenant, "execution", in, &ev)
+}
+
 // Get returns an approval; ErrNotFound when there is none.
 func (c *Client) Get(ctx context.Context, tenant, id string) (Record, error) {
 	var r Record

@@ -49,6 +49,8 @@ type Event struct {
 	Time     time.Time `json:"time"`
 	Record   Record    `json:"record"`
 	Failure  *Failure  `json:"failure,omitempty"`
+	// Execution is set on execution_started and execution_finished.
+	Execution *Execution `json:"execution,omitempty"`
 }
 
 // Failure describes a notification that could not be delivered.
@@ -62,8 +64,11 @@ type Failure struct {
 // MsgID returns the event's JetStream message id.
 func (e *Event) MsgID() string {
 	id := e.Tenant + "." + e.ID + "." + strconv.FormatUint(e.Revision, 10)
-	if e.Kind == KindNotificationFailed {
+	switch e.Kind {
+	case KindNotificationFailed:
 		id += ".failed"
+	case KindExecutionStarted, KindExecutionFinished:
+		id += "." + e.Kind
 	}
 	return id
 }

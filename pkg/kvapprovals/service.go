@@ -36,6 +36,7 @@ type Service struct {
 	hooks                       Hooks
 	pending                     pendingCounts
 	stats                       stats
+	waiters                     waiters
 }
 
 // Hooks are called synchronously; they must be fast and safe for concurrent
