@@ -195,7 +195,9 @@ func execCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		rctx, cancel := context.WithTimeout(context.Background(), cf.timeout)
 		defer cancel()
 		ein := any(kvapprovals.ExecutionInput{ID: final.ID, Phase: phase, Argv: argv, Host: host, ExitCode: code, Duration: kvapprovals.Duration(took), TimedOut: timedOut, RunBy: final.RequestedBy})
-		if _, err := withActor(&ein, func() (any, error) { return s.client.RecordExecution(rctx, final.Tenant, ein.(kvapprovals.ExecutionInput)) }); err != nil {
+		if _, err := withActor(&ein, func() (any, error) {
+			return s.client.RecordExecution(rctx, final.Tenant, ein.(kvapprovals.ExecutionInput))
+		}); err != nil {
 			fmt.Fprintf(stderr, "guardian: recording the execution's %s: %v\n", phase, err)
 		}
 	}
