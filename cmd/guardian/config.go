@@ -39,7 +39,7 @@ type config struct {
 	DataDir         string        `split_words:"true" default:"./guardian-data" desc:"directory for the embedded server's store and the audit spool"`
 	Embedded        string        `default:"auto" desc:"auto (embedded when GUARDIAN_NATS_URL is empty), true or false"`
 	EmbeddedListen  string        `split_words:"true" default:"127.0.0.1:4222" desc:"host:port where the embedded server listens for clients"`
-	HTTPAddr        string        `split_words:"true" default:"127.0.0.1:8080" desc:"host:port for /healthz, /readyz and /metrics; empty disables HTTP"`
+	HTTPAddr        string        `split_words:"true" default:"127.0.0.1:8080" desc:"host:port for /healthz, /readyz, /metrics and the console (/ui/); empty disables HTTP"`
 	LogLevel        string        `split_words:"true" default:"info" desc:"debug, info, warn or error"`
 	LogFormat       string        `split_words:"true" default:"auto" desc:"auto (coloured text on a terminal, JSON otherwise), text or json"`
 	InstanceID      string        `split_words:"true" desc:"this process's name in logs and the micro service metadata (default: host name and pid)"`

@@ -25,6 +25,7 @@ type consoleConfig struct {
 	OidcClientSecret string `split_words:"true" desc:"the console's client secret at the OpenID Provider" secret:"true"`
 	OidcRedirectURL  string `split_words:"true" desc:"the console's callback as the provider knows it, e.g. https://guardian.example.com/ui/callback"`
 	SessionKey       string `split_words:"true" desc:"signs console session cookies, at least 32 bytes, the same on every replica (default: random, sessions end with the process)" secret:"true"`
+	Allow            string `desc:"who may log in to the console (oidc), comma-separated approver entries such as group:sre,email:ana@example.com; empty: every account of the provider (which sees the tenants without approver rules)"`
 }
 
 // consoleMode decides the console's mode, or "" when it is off. It returns
@@ -90,6 +91,7 @@ func startConsole(ctx context.Context, cfg *config, mode console.Mode, w *wired,
 		Mode:          mode,
 		OIDC:          console.OIDC{Issuer: cc.OidcIssuer, ClientID: cc.OidcClientID, ClientSecret: cc.OidcClientSecret, RedirectURL: cc.OidcRedirectURL},
 		SessionKey:    []byte(cc.SessionKey),
+		Allow:         splitList(cc.Allow),
 		Approvals:     w.approvals,
 		NC:            nc,
 		JS:            js,
@@ -101,4 +103,15 @@ func startConsole(ctx context.Context, cfg *config, mode console.Mode, w *wired,
 		return nil, err
 	}
 	return c, nil
+}
+
+// splitList splits a comma-separated list, dropping empty entries.
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }

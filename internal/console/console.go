@@ -74,6 +74,11 @@ type Config struct {
 	// behind one address must share it. Empty: a random key, so sessions
 	// end with the process.
 	SessionKey []byte
+	// Allow, when not empty, lists who may log in (ModeOIDC), in the form
+	// of approver rules (email:, group:, sub:); anyone else at the
+	// provider is refused at the callback. Empty: every account of the
+	// provider may log in and sees the tenants without approver rules.
+	Allow []string
 	// Approvals is the approvals service the console reads and decides
 	// through.
 	Approvals *kvapprovals.Service
@@ -124,6 +129,9 @@ func New(ctx context.Context, cfg Config) (*Console, error) {
 		return nil, fmt.Errorf("%w: the session key has %d bytes, want at least 32", ErrConfig, len(cfg.SessionKey))
 	default:
 		c.key = cfg.SessionKey
+	}
+	if err := (&kvapprovals.Rules{Approvers: cfg.Allow}).Validate(); err != nil {
+		return nil, fmt.Errorf("%w: the allow list: %v", ErrConfig, err)
 	}
 	switch cfg.Mode {
 	case ModeLocal:
@@ -392,6 +400,11 @@ func (c *Console) callback(w http.ResponseWriter, r *http.Request) {
 	s := &session{Subject: idt.Subject, Name: claims.Name, Groups: claims.Groups, CSRF: rand.Text(), Expires: time.Now().Add(sessionTTL).Unix()}
 	if claims.EmailVerified {
 		s.Email = claims.Email
+	}
+	if id, _ := c.identity(s); len(c.cfg.Allow) > 0 && !(&kvapprovals.Rules{Approvers: c.cfg.Allow}).Eligible(&id) {
+		c.cfg.Log.Warn("console login refused: not on the allow list", "subject", s.Subject, "email", s.Email)
+		http.Error(w, "you are not allowed to use this console (GUARDIAN_CONSOLE_ALLOW)", http.StatusForbidden)
+		return
 	}
 	c.writeSession(w, s)
 	c.setCookie(w, loginCookie, "", -time.Second)

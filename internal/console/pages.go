@@ -15,8 +15,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jsguardian/guardian/pkg/auditstream"
+	"github.com/jsguardian/guardian/pkg/jsguard"
 	"github.com/jsguardian/guardian/pkg/kvapprovals"
 )
 
@@ -69,7 +71,9 @@ func (c *Console) page(s *session, nav, title string, data any) page {
 		Grace: c.cfg.Approvals.Config().GracePeriod, Data: data, Now: time.Now().UTC()}
 }
 
-func (c *Console) render(w http.ResponseWriter, name string, p page) {
+func (c *Console) render(w http.ResponseWriter, name string, p page) { c.renderStatus(w, http.StatusOK, name, p) }
+
+func (c *Console) renderStatus(w http.ResponseWriter, code int, name string, p page) {
 	var buf bytes.Buffer
 	if err := c.tmpl.ExecuteTemplate(&buf, name, p); err != nil {
 		c.cfg.Log.Error("console: render", "template", name, "err", err)
@@ -78,6 +82,7 @@ func (c *Console) render(w http.ResponseWriter, name string, p page) {
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
 	_, _ = buf.WriteTo(w)
 }
 
@@ -97,7 +102,7 @@ func (c *Console) visibility(s *session) *visibility {
 }
 
 func (v *visibility) sees(ctx context.Context, tenant string) bool {
-	if v.c.cfg.Mode == ModeLocal {
+	if v.c.cfg.Mode == ModeLocal || tenant == "" { // "": guardian's own timeouts, no tenant's
 		return true
 	}
 	v.mu.Lock()
@@ -194,17 +199,17 @@ func (c *Console) detailPage(w http.ResponseWriter, r *http.Request, s *session)
 	p := c.page(s, "history", "Approval "+tenant+"/"+id, nil)
 	if !c.visibility(s).sees(ctx, tenant) {
 		p.Error = "not found"
-		w.WriteHeader(http.StatusNotFound)
-		c.render(w, "detail.html", p)
+		c.renderStatus(w, http.StatusNotFound, "detail.html", p)
 		return
 	}
 	revs, err := c.cfg.Approvals.Revisions(ctx, tenant, id)
 	if err != nil {
 		p.Error = err.Error()
+		code := http.StatusInternalServerError
 		if errors.Is(err, kvapprovals.ErrNotFound) || errors.Is(err, kvapprovals.ErrInvalidRequest) {
-			w.WriteHeader(http.StatusNotFound)
+			code = http.StatusNotFound
 		}
-		c.render(w, "detail.html", p)
+		c.renderStatus(w, code, "detail.html", p)
 		return
 	}
 	p.Data = detailData{Record: revs[len(revs)-1], Revisions: revs}
@@ -244,7 +249,8 @@ func (c *Console) auditPage(w http.ResponseWriter, r *http.Request, s *session) 
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	defer cancel()
-	if evs, err := c.latestAudit(ctx, d.Tenant, d.Code, 50); err != nil {
+	vis := c.visibility(s)
+	if evs, err := c.latestAudit(ctx, vis, d.Tenant, d.Code, 50); err != nil {
 		p.Error = err.Error()
 	} else {
 		d.Events = evs
@@ -253,7 +259,14 @@ func (c *Console) auditPage(w http.ResponseWriter, r *http.Request, s *session) 
 	if err != nil && p.Error == "" {
 		p.Error = err.Error()
 	}
-	for code, n := range counts.ByCode() {
+	byCode := map[string]int{}
+	for _, b := range counts.Buckets {
+		if vis.sees(ctx, b.Tenant) {
+			byCode[b.Code] += b.Count
+			d.Total += b.Count
+		}
+	}
+	for code, n := range byCode {
 		d.Counts = append(d.Counts, codeCount{code, n})
 	}
 	slices.SortFunc(d.Counts, func(a, b codeCount) int {
@@ -262,17 +275,17 @@ func (c *Console) auditPage(w http.ResponseWriter, r *http.Request, s *session) 
 		}
 		return strings.Compare(a.Code, b.Code)
 	})
-	d.Total = counts.Total
 	d.Chart = barChart(d.Counts)
 	d.Seals, d.SealsOK = c.sealState(ctx)
 	p.Data = d
 	c.render(w, "audit.html", p)
 }
 
-// latestAudit returns up to n of the newest audit events matching the
-// filters, newest first. It reads from a little before the end of the
-// stream, further back while it finds too few.
-func (c *Console) latestAudit(ctx context.Context, tenant, code string, n int) ([]auditstream.Entry, error) {
+// latestAudit returns up to n of the newest timeout events matching the
+// filters whose tenant the session may see, newest first. It reads from a
+// little before the end of the stream, further back while it finds too
+// few.
+func (c *Console) latestAudit(ctx context.Context, vis *visibility, tenant, code string, n int) ([]auditstream.Entry, error) {
 	st, err := c.cfg.JS.Stream(ctx, c.cfg.Audit.Stream)
 	if err != nil {
 		return nil, fmt.Errorf("audit stream: %w", err)
@@ -281,6 +294,14 @@ func (c *Console) latestAudit(ctx context.Context, tenant, code string, n int) (
 	if state.Msgs == 0 {
 		return nil, nil
 	}
+	tok, ctok := "*", "*"
+	if tenant != "" {
+		tok = auditstream.TenantToken(tenant)
+	}
+	if code != "" {
+		ctok = code
+	}
+	filter := c.cfg.Audit.SubjectPrefix + "." + tok + "." + ctok
 	var out []auditstream.Entry
 	for back := uint64(4 * n); ; back *= 8 {
 		start := state.FirstSeq
@@ -288,23 +309,20 @@ func (c *Console) latestAudit(ctx context.Context, tenant, code string, n int) (
 			start = state.LastSeq - back
 		}
 		out = out[:0]
-		tctx, cancel := context.WithCancel(ctx)
-		for e, err := range auditstream.Tail(tctx, c.cfg.JS, c.cfg.Audit, auditstream.TailOptions{Tenant: tenant, Code: code, StartSeq: start}) {
-			if err != nil {
-				cancel()
-				return nil, err
+		err := readFrom(ctx, st, filter, start, func(m jetstream.Msg) {
+			var ev jsguard.Event
+			if json.Unmarshal(m.Data(), &ev) != nil || !strings.HasPrefix(ev.Code, "TIMEOUT_") || !vis.sees(ctx, ev.TenantID) {
+				return
 			}
-			if e.Seq > state.LastSeq {
-				break
+			e := auditstream.Entry{Subject: m.Subject(), Event: ev}
+			if md, err := m.Metadata(); err == nil {
+				e.Seq, e.Time = md.Sequence.Stream, md.Timestamp
 			}
-			if strings.HasPrefix(e.Event.Code, "TIMEOUT_") {
-				out = append(out, e)
-			}
-			if e.Seq == state.LastSeq {
-				break
-			}
+			out = append(out, e)
+		})
+		if err != nil {
+			return nil, err
 		}
-		cancel()
 		if len(out) >= n || start == state.FirstSeq {
 			break
 		}
@@ -314,6 +332,40 @@ func (c *Console) latestAudit(ctx context.Context, tenant, code string, n int) (
 		out = out[:n]
 	}
 	return out, nil
+}
+
+// readFrom hands fn every message of st matching filter from sequence
+// start to the end as it was when the read began.
+func readFrom(ctx context.Context, st jetstream.Stream, filter string, start uint64, fn func(jetstream.Msg)) error {
+	cons, err := st.CreateConsumer(ctx, jetstream.ConsumerConfig{
+		FilterSubject: filter, DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: start,
+		AckPolicy: jetstream.AckNonePolicy, MemoryStorage: true, Replicas: 1, InactiveThreshold: 30 * time.Second,
+	})
+	if err != nil {
+		return fmt.Errorf("read %s: %w", filter, err)
+	}
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		defer cancel()
+		_ = st.DeleteConsumer(dctx, cons.CachedInfo().Name)
+	}()
+	want := cons.CachedInfo().NumPending
+	for got := uint64(0); got < want; {
+		batch, err := cons.FetchNoWait(int(min(want-got, 500)))
+		if err != nil {
+			return fmt.Errorf("read %s: %w", filter, err)
+		}
+		k := 0
+		for m := range batch.Messages() {
+			fn(m)
+			k++
+		}
+		if k == 0 {
+			return nil // removed meanwhile
+		}
+		got += uint64(k)
+	}
+	return nil
 }
 
 // sealState verifies the audit stream's seal chain, at most every 30 s.
@@ -372,8 +424,7 @@ func (c *Console) decide(w http.ResponseWriter, r *http.Request, s *session) {
 		}
 		p := c.page(s, "pending", "Pending approvals", []kvapprovals.Record{})
 		p.Error = msg
-		w.WriteHeader(code)
-		c.render(w, "pending.html", p)
+		c.renderStatus(w, code, "pending.html", p)
 	}
 	id, ok := c.identity(s)
 	if !ok {
@@ -407,7 +458,7 @@ func (c *Console) decide(w http.ResponseWriter, r *http.Request, s *session) {
 		}
 		rec, err = c.cfg.Approvals.Extend(ctx, tenant, kvapprovals.ExtendInput{ID: approval, ExtendBy: kvapprovals.Duration(d), Reason: reason})
 	default:
-		httpError(w, http.StatusBadRequest, "action must be approve, deny or extend")
+		httpError(w, http.StatusBadRequest, "choose Approve, Deny or Extend")
 		return
 	}
 	if err != nil {
@@ -499,11 +550,6 @@ func (c *Console) onEvent(m *nats.Msg) {
 // events named "approval": {"key", "kind", "status", "row", "by"}, where
 // row is the pending card (empty once the approval left pending).
 func (c *Console) events(w http.ResponseWriter, r *http.Request, s *session) {
-	fl, ok := w.(http.Flusher)
-	if !ok {
-		http.Error(w, "streaming unsupported", http.StatusInternalServerError)
-		return
-	}
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-store")
@@ -511,17 +557,34 @@ func (c *Console) events(w http.ResponseWriter, r *http.Request, s *session) {
 	ch := c.hub.add()
 	defer c.hub.remove(ch)
 	vis := c.visibility(s)
-	fmt.Fprint(w, "retry: 2000\n: connected\n\n")
-	fl.Flush()
+	rc := http.NewResponseController(w)
+	write := func(format string, args ...any) bool {
+		// A browser that stops reading does not hold this stream forever.
+		_ = rc.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		if _, err := fmt.Fprintf(w, format, args...); err != nil {
+			return false
+		}
+		return rc.Flush() == nil
+	}
+	if !write("retry: 2000\n: connected\n\n") {
+		return
+	}
 	ping := time.NewTicker(20 * time.Second)
 	defer ping.Stop()
+	// The stream ends with the session: the page reconnects, and a
+	// session that ran out gets no more events.
+	expiry := time.NewTimer(time.Until(time.Unix(s.Expires, 0)))
+	defer expiry.Stop()
 	for {
 		select {
 		case <-r.Context().Done():
 			return
+		case <-expiry.C:
+			return
 		case <-ping.C:
-			fmt.Fprint(w, ": ping\n\n")
-			fl.Flush()
+			if !write(": ping\n\n") {
+				return
+			}
 		case ev, ok := <-ch:
 			if !ok {
 				return
@@ -535,8 +598,9 @@ func (c *Console) events(w http.ResponseWriter, r *http.Request, s *session) {
 				out["row"], _ = c.row(s, &rec)
 			}
 			b, _ := json.Marshal(out)
-			fmt.Fprintf(w, "event: approval\nid: %s\ndata: %s\n\n", strconv.FormatUint(ev.Revision, 10), b)
-			fl.Flush()
+			if !write("event: approval\nid: %s\ndata: %s\n\n", strconv.FormatUint(ev.Revision, 10), b) {
+				return
+			}
 		}
 	}
 }

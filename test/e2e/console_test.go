@@ -89,6 +89,7 @@ func TestConsole(t *testing.T) {
 	env["GUARDIAN_CONSOLE_OIDC_CLIENT_SECRET"] = "console-secret"
 	env["GUARDIAN_CONSOLE_OIDC_REDIRECT_URL"] = uiBase + "/ui/callback"
 	env["GUARDIAN_CONSOLE_SESSION_KEY"] = strings.Repeat("k", 32)
+	env["GUARDIAN_CONSOLE_ALLOW"] = "email:test-user@zitadel.ch,group:guardian-operators"
 	sealKey, err := nkeys.CreateAccount()
 	if err != nil {
 		t.Fatal(err)
@@ -213,7 +214,7 @@ func TestConsole(t *testing.T) {
 	if _, err := client.Request(ctx, "acme", kvapprovals.RequestInput{ID: "console-1", SessionID: "sess-9", RequestedBy: "alice", Details: details, Timeout: kvapprovals.Duration(10 * time.Minute)}); err != nil {
 		t.Fatal(err)
 	}
-	do("the approval appears", 5*time.Second, chromedp.WaitVisible(chromedp.ID("a-acme-console-1")))
+	do("the approval appears", 5*time.Second, chromedp.WaitVisible(chromedp.CSS(`.card[data-key="acme.console-1"]`)))
 	appeared := time.Since(requested)
 	t.Logf("requested over NATS, on the page after %s", ms(appeared))
 	if appeared > time.Second {
@@ -225,9 +226,9 @@ func TestConsole(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	do("more approvals", 5*time.Second, chromedp.WaitVisible(chromedp.ID("a-acme-console-3")))
+	do("more approvals", 5*time.Second, chromedp.WaitVisible(chromedp.CSS(`.card[data-key="acme.console-3"]`)))
 	c0, cancel0 := context.WithTimeout(bctx, 5*time.Second)
-	hidden, err := chromedp.Run(c0, chromedp.Evaluate[bool](`document.getElementById("a-initech-hidden-1") !== null`))
+	hidden, err := chromedp.Run(c0, chromedp.Evaluate[bool](`document.querySelector('.card[data-key="initech.hidden-1"]') !== null`))
 	cancel0()
 	if err != nil || hidden {
 		t.Errorf("initech's approval, whose rules do not name the person, is on the page (%v)", err)
@@ -258,9 +259,9 @@ func TestConsole(t *testing.T) {
 	// Approve with a reason (double-clicked): it leaves the pending view,
 	// its event shows, and it is recorded once, by the logged-in person.
 	do("approve", 10*time.Second,
-		chromedp.SendKeys(chromedp.CSS(`#a-acme-console-1 input[name=reason]`), "change board approved CHG-4711"),
-		chromedp.DoubleClick(chromedp.CSS(`#a-acme-console-1 button.approve`)),
-		chromedp.WaitNotPresent(chromedp.ID("a-acme-console-1")),
+		chromedp.SendKeys(chromedp.CSS(`.card[data-key="acme.console-1"] input[name=reason]`), "change board approved CHG-4711"),
+		chromedp.DoubleClick(chromedp.CSS(`.card[data-key="acme.console-1"] button.approve`)),
+		chromedp.WaitNotPresent(chromedp.CSS(`.card[data-key="acme.console-1"]`)),
 		chromedp.WaitVisible(chromedp.CSS(`#recent li[data-key="acme.console-1"]`)),
 	)
 	rec, err := client.Get(ctx, "acme", "console-1")
@@ -273,12 +274,12 @@ func TestConsole(t *testing.T) {
 	}
 	// A refused decision shows the API's error in place.
 	do("refused extend", 10*time.Second,
-		chromedp.SetValue(chromedp.CSS(`#a-acme-console-3 input[name=extend_by]`), "48h"),
-		chromedp.SendKeys(chromedp.CSS(`#a-acme-console-3 input[name=reason]`), "later"),
-		chromedp.Click(chromedp.CSS(`#a-acme-console-3 button.extend`)),
-		chromedp.WaitVisible(chromedp.CSS(`#a-acme-console-3 p.error`)),
+		chromedp.SetValue(chromedp.CSS(`.card[data-key="acme.console-3"] input[name=extend_by]`), "48h"),
+		chromedp.SendKeys(chromedp.CSS(`.card[data-key="acme.console-3"] input[name=reason]`), "later"),
+		chromedp.Click(chromedp.CSS(`.card[data-key="acme.console-3"] button.extend`)),
+		chromedp.WaitVisible(chromedp.CSS(`.card[data-key="acme.console-3"] p.error`)),
 	)
-	if errText := text("error text", `#a-acme-console-3 p.error`); !strings.Contains(errText, "400 invalid_request") || !strings.Contains(errText, "maximum timeout") {
+	if errText := text("error text", `.card[data-key="acme.console-3"] p.error`); !strings.Contains(errText, "400 invalid_request") || !strings.Contains(errText, "maximum timeout") {
 		t.Errorf("refused extension shows %q, want the API's 400 and why", errText)
 	}
 
@@ -287,8 +288,8 @@ func TestConsole(t *testing.T) {
 		t.Fatal(err)
 	}
 	do("expiry shown live", 20*time.Second,
-		chromedp.WaitVisible(chromedp.ID("a-acme-console-4")),
-		chromedp.WaitNotPresent(chromedp.ID("a-acme-console-4")),
+		chromedp.WaitVisible(chromedp.CSS(`.card[data-key="acme.console-4"]`)),
+		chromedp.WaitNotPresent(chromedp.CSS(`.card[data-key="acme.console-4"]`)),
 		chromedp.WaitVisible(chromedp.CSS(`#recent li[data-key="acme.console-4"].status-expired`)),
 	)
 
@@ -323,7 +324,7 @@ func TestConsole(t *testing.T) {
 	do("phone", 20*time.Second,
 		chromedp.EmulateViewport(390, 844, chromedp.EmulateScale(2), chromedp.EmulateMobile),
 		chromedp.Navigate(uiBase+"/ui/pending"),
-		chromedp.WaitVisible(chromedp.ID("a-acme-console-3")),
+		chromedp.WaitVisible(chromedp.CSS(`.card[data-key="acme.console-3"]`)),
 	)
 	c, cancel = context.WithTimeout(bctx, 10*time.Second)
 	overflow, err := chromedp.Run(c, chromedp.Evaluate[bool](`document.documentElement.scrollWidth > document.documentElement.clientWidth`))
@@ -337,6 +338,22 @@ func TestConsole(t *testing.T) {
 	do("sign out", 20*time.Second, chromedp.ResetViewport(), chromedp.Navigate(uiBase+"/ui/pending"),
 		chromedp.Click(chromedp.CSS(`form[action="/ui/logout"] button`)),
 		chromedp.WaitVisible(chromedp.ID("username")))
+	// Another account of the provider, not on GUARDIAN_CONSOLE_ALLOW, is
+	// refused after the provider's login.
+	do("login of someone not allowed", 20*time.Second,
+		chromedp.SendKeys(chromedp.ID("username"), "test-user2"),
+		chromedp.SendKeys(chromedp.ID("password"), "verysecure"),
+		chromedp.Submit(chromedp.ID("password")),
+	)
+	var page string
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline) && !strings.Contains(page, "not allowed"); time.Sleep(100 * time.Millisecond) {
+		c, cancel := context.WithTimeout(bctx, 2*time.Second)
+		page, _ = chromedp.Run(c, chromedp.Text(chromedp.CSS("body")))
+		cancel()
+	}
+	if !strings.Contains(page, "not allowed to use this console") {
+		t.Errorf("a provider account off the allow list sees %q", page)
+	}
 }
 
 // TestConsoleLocal: the embedded quick start on a loopback address serves
@@ -409,19 +426,25 @@ func TestConsoleLocal(t *testing.T) {
 		}
 	}
 	// Without a name, a decision is refused in place.
-	do("nameless approve", chromedp.Navigate(base+"/ui/pending"), chromedp.WaitVisible(chromedp.ID("a-demo-local-1")),
-		chromedp.SendKeys(chromedp.CSS(`#a-demo-local-1 input[name=reason]`), "ok"),
-		chromedp.Click(chromedp.CSS(`#a-demo-local-1 button.approve`)),
-		chromedp.WaitVisible(chromedp.CSS(`#a-demo-local-1 p.error`)))
-	if e := text(`#a-demo-local-1 p.error`); !strings.Contains(e, "say who you are") {
+	do("nameless approve", chromedp.Navigate(base+"/ui/pending"), chromedp.WaitVisible(chromedp.CSS(`.card[data-key="demo.local-1"]`)),
+		chromedp.SendKeys(chromedp.CSS(`.card[data-key="demo.local-1"] input[name=reason]`), "ok"),
+		chromedp.Click(chromedp.CSS(`.card[data-key="demo.local-1"] button.approve`)),
+		chromedp.WaitVisible(chromedp.CSS(`.card[data-key="demo.local-1"] p.error`)))
+	if e := text(`.card[data-key="demo.local-1"] p.error`); !strings.Contains(e, "say who you are") {
 		t.Errorf("nameless decision: %q", e)
 	}
 	// The keyboard alone: name, then the reason and Enter (the form's first
 	// button, Approve).
 	do("name", chromedp.Focus(chromedp.ID("name")), chromedp.KeyEvent("bob\r"),
 		chromedp.WaitVisible(chromedp.CSS(`#name[value="bob"]`)), chromedp.WaitVisible(chromedp.CSS("body.live")))
-	do("keyboard approve", chromedp.Focus(chromedp.CSS(`#a-demo-local-1 input[name=reason]`)), chromedp.KeyEvent(" by keyboard\r"),
-		chromedp.WaitNotPresent(chromedp.ID("a-demo-local-1")))
+	// Enter in the reason field does not approve: it asks for a button.
+	do("enter in the reason", chromedp.Focus(chromedp.CSS(`.card[data-key="demo.local-1"] input[name=reason]`)), chromedp.KeyEvent("by keyboard\r"),
+		chromedp.WaitVisible(chromedp.CSS(`.card[data-key="demo.local-1"] p.error`)))
+	if e := text(`.card[data-key="demo.local-1"] p.error`); !strings.Contains(e, "Choose Approve, Deny or Extend") {
+		t.Errorf("Enter in the reason field: %q", e)
+	}
+	// Tab from the reason past "extend by" to Approve, then Enter.
+	do("keyboard approve", chromedp.KeyEvent("\t\t\r"), chromedp.WaitNotPresent(chromedp.CSS(`.card[data-key="demo.local-1"]`)))
 	rec, err := client.Get(ctx, "demo", "local-1")
 	if err != nil {
 		t.Fatal(err)

@@ -20,13 +20,13 @@
     return tpl.content.firstElementChild;
   }
 
-  function cardID(key) { return "a-" + key.replace(".", "-"); }
+  function card(key) { return document.querySelector('.card[data-key="' + CSS.escape(key) + '"]'); }
 
   function upsert(key, html) {
     var list = document.getElementById("pending");
     if (!list) return;
     var el = fromHTML(html);
-    var old = document.getElementById(cardID(key));
+    var old = card(key);
     if (old) {
       // keep what the person was typing
       var reason = old.querySelector("input[name=reason]");
@@ -42,7 +42,7 @@
   }
 
   function gone(key, status, by, reason) {
-    var old = document.getElementById(cardID(key));
+    var old = card(key);
     if (old) old.remove();
     var list = document.getElementById("pending");
     var empty = document.getElementById("empty");
@@ -64,8 +64,14 @@
     form._bound = true;
     form.addEventListener("submit", function (e) {
       e.preventDefault();
-      var action = e.submitter ? e.submitter.value : "approve";
       var err = form.querySelector(".error");
+      if (!e.submitter || !e.submitter.value) {
+        // Enter in a field: never approve (or deny) by accident
+        err.textContent = "Choose Approve, Deny or Extend (Tab to the button, then Enter).";
+        err.hidden = false;
+        return;
+      }
+      var action = e.submitter.value;
       if (form.dataset.busy) return; // a double click sends once
       form.dataset.busy = "1";
       var buttons = form.querySelectorAll("button");
@@ -132,7 +138,12 @@
       if (d.status === "pending" && d.row) upsert(d.key, d.row);
       else if (d.status !== "pending") gone(d.key, d.status, d.by, d.reason);
     });
-    es.addEventListener("open", function () { document.body.classList.add("live"); });
-    es.addEventListener("error", function () { document.body.classList.remove("live"); });
+    var lost = false;
+    es.addEventListener("open", function () {
+      // After a lost stream, events may have gone by: start over.
+      if (lost) { location.reload(); return; }
+      document.body.classList.add("live");
+    });
+    es.addEventListener("error", function () { lost = true; document.body.classList.remove("live"); });
   }
 })();
