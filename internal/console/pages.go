@@ -71,7 +71,9 @@ func (c *Console) page(s *session, nav, title string, data any) page {
 		Grace: c.cfg.Approvals.Config().GracePeriod, Data: data, Now: time.Now().UTC()}
 }
 
-func (c *Console) render(w http.ResponseWriter, name string, p page) { c.renderStatus(w, http.StatusOK, name, p) }
+func (c *Console) render(w http.ResponseWriter, name string, p page) {
+	c.renderStatus(w, http.StatusOK, name, p)
+}
 
 func (c *Console) renderStatus(w http.ResponseWriter, code int, name string, p page) {
 	var buf bytes.Buffer
