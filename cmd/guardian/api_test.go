@@ -72,6 +72,7 @@ func TestServe(t *testing.T) {
 		t.Run("cli approvals", func(t *testing.T) { t.Parallel(); testCLIApprovals(t, g) })
 		t.Run("cli audit", func(t *testing.T) { t.Parallel(); testCLIAudit(t, g, nc, sealPub) })
 		t.Run("cli policy", func(t *testing.T) { t.Parallel(); testCLIPolicy(t, g, nc) })
+		t.Run("cli exec", func(t *testing.T) { t.Parallel(); testCLIExec(t, g, nc) })
 		t.Run("demo", func(t *testing.T) { t.Parallel(); testDemo(t, g) })
 	})
 	t.Run("http", func(t *testing.T) { testHTTP(t, g) })
