@@ -62,8 +62,11 @@ type Config struct {
 	// SweepInterval is how often one replica sweeps all records, expiring
 	// pending ones past their deadline whose timer is gone (written by a
 	// request that failed halfway, or removed behind guardian's back): such
-	// an approval expires at most SweepInterval plus one sweep after its
-	// deadline (1m; 1s–1h, whole seconds).
+	// an approval expires at most SweepInterval plus 8s (an approval
+	// overdue by less is left to the expirer, whose timer may be on its
+	// way) plus one sweep after its deadline (1m; 1s–1h, whole seconds).
+	// Each sweep reads every retained record, so its cost grows with
+	// Retention and the request rate.
 	SweepInterval time.Duration
 	// EventsDuplicates is the events stream's duplicate window; a lifecycle
 	// event redelivered within it is stored once (20m; 1m–Retention). It

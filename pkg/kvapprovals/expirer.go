@@ -157,7 +157,7 @@ func (e *Expirer) sweeper(ctx context.Context) {
 			return
 		case <-e.sweeps:
 		}
-		overdue, lost, err := e.Sweep(ctx)
+		overdue, lost, err := e.sweep(ctx, periodicSweepSlack)
 		switch {
 		case err != nil && ctx.Err() == nil:
 			s.consumeError(fmt.Errorf("expirer periodic sweep: %w", err))
@@ -365,7 +365,16 @@ func (s *Service) warn(ctx context.Context, key string) error {
 // MaxOutage (lost markers). It runs under the ReplayProcessing budget and
 // returns the jetstream error or *jsguard.TimeoutError with the counts so
 // far. Safe for concurrent use; cost grows with the retained records.
-func (e *Expirer) Sweep(ctx context.Context) (overdue, lost int, err error) {
+func (e *Expirer) Sweep(ctx context.Context) (overdue, lost int, err error) { return e.sweep(ctx, 0) }
+
+// periodicSweepSlack is how overdue an approval must be before the
+// periodic sweep expires it: one just due is the expirer's, whose marker
+// may be on its way (redelivered after a crash within the consumers'
+// AckWait).
+const periodicSweepSlack = 2 * consumerAckWait
+
+// sweep is Sweep, leaving alone approvals overdue by less than minLate.
+func (e *Expirer) sweep(ctx context.Context, minLate time.Duration) (overdue, lost int, err error) {
 	s := e.s
 	err = s.g.Do(ctx, jsguard.ReplayProcessing, "approval sweep "+s.cfg.RecordsBucket, func(ctx context.Context) error {
 		return scanLatest(ctx, s.recordsStream, "$KV."+s.cfg.RecordsBucket+".>", false, func(m jetstream.Msg) error {
@@ -383,6 +392,9 @@ func (e *Expirer) Sweep(ctx context.Context) (overdue, lost int, err error) {
 			now := s.now()
 			deadline := rec.Deadline(s.cfg.GracePeriod)
 			late := now.Sub(deadline)
+			if late > 0 && late < minLate {
+				return nil // the expirer's, for now
+			}
 			if late <= 0 {
 				// Its warn timer fired longer than MaxOutage ago, so the
 				// marker that would have armed the expire timer may be
