@@ -139,7 +139,9 @@ func testCLIExec(t *testing.T, g *guardian, nc *nats.Conn) {
 
 	// Ctrl-C while waiting cancels the approval.
 	run = g.startCLI(t, user, "exec", "--tenant", tenant, "--id", "x-int", "--timeout", "1m", "--", "touch", marker)
-	eventually(t, 10*time.Second, func() (bool, string) { return strings.Contains(run.stderr.String(), "Ctrl-C cancels it"), run.stderr.String() })
+	eventually(t, 10*time.Second, func() (bool, string) {
+		return strings.Contains(run.stderr.String(), "Ctrl-C cancels it"), run.stderr.String()
+	})
 	_ = run.cmd.Process.Signal(syscall.SIGINT)
 	if code := run.wait(t, 20*time.Second); code != exitInterrupted {
 		t.Errorf("interrupted exec: exit %d, want %d\n%s", code, exitInterrupted, run.stderr.String())
