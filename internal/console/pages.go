@@ -118,29 +118,22 @@ func (v *visibility) sees(ctx context.Context, tenant string) bool {
 	return ok
 }
 
-func (v *visibility) filter(ctx context.Context, recs []kvapprovals.Record) []kvapprovals.Record {
-	out := recs[:0:0]
-	for _, r := range recs {
-		if v.sees(ctx, r.Tenant) {
-			out = append(out, r)
-		}
-	}
-	return out
-}
-
 // ---- pending --------------------------------------------------------------
 
 func (c *Console) pendingPage(w http.ResponseWriter, r *http.Request, s *session) {
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	defer cancel()
-	res, err := c.cfg.Approvals.Search(ctx, kvapprovals.SearchInput{Statuses: []kvapprovals.Status{kvapprovals.StatusPending}, Limit: kvapprovals.MaxListLimit})
+	vis := c.visibility(s)
+	res, err := c.cfg.Approvals.Search(ctx, kvapprovals.SearchInput{Statuses: []kvapprovals.Status{kvapprovals.StatusPending},
+		Match: func(r *kvapprovals.Record) bool { return vis.sees(ctx, r.Tenant) }, ByExpiry: true, Limit: kvapprovals.MaxListLimit})
 	p := c.page(s, "pending", "Pending approvals", nil)
 	if err != nil {
 		p.Error = err.Error()
 	}
-	items := c.visibility(s).filter(ctx, res.Items)
-	slices.SortFunc(items, func(a, b kvapprovals.Record) int { return a.ExpiresAt.Compare(b.ExpiresAt) })
-	p.Data = items
+	if res.NextCursor != "" {
+		p.Error = fmt.Sprintf("showing the %d approvals that expire soonest; more are pending", len(res.Items))
+	}
+	p.Data = res.Items
 	c.render(w, "pending.html", p)
 }
 
@@ -172,11 +165,13 @@ func (c *Console) historyPage(w http.ResponseWriter, r *http.Request, s *session
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	defer cancel()
 	if p.Error == "" {
+		vis := c.visibility(s)
+		in.Match = func(r *kvapprovals.Record) bool { return vis.sees(ctx, r.Tenant) }
 		res, err := c.cfg.Approvals.Search(ctx, in)
 		if err != nil {
 			p.Error = err.Error()
 		}
-		d.Items = c.visibility(s).filter(ctx, res.Items)
+		d.Items = res.Items
 		if res.NextCursor != "" {
 			nq := r.URL.Query()
 			nq.Set("cursor", res.NextCursor)

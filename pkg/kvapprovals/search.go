@@ -16,7 +16,7 @@ import (
 
 // SearchInput selects approvals across tenants for people (a console, a
 // report): every filter is optional and they combine. Results come newest
-// request first, Limit at a time (0: DefaultListLimit, at most
+// request first (or soonest deadline first, ByExpiry), Limit at a time (0: DefaultListLimit, at most
 // MaxListLimit); Cursor is a previous result's NextCursor.
 type SearchInput struct {
 	Tenant    string   // one tenant, or all
@@ -25,8 +25,14 @@ type SearchInput struct {
 	Decider   string   // decided_by, exactly
 	Since     time.Time
 	Until     time.Time // requested_at in [Since, Until)
-	Limit     int
-	Cursor    string
+	// Match, when set, keeps only the records it returns true for (before
+	// paging), e.g. the tenants a person may see.
+	Match func(*Record) bool `json:"-"`
+	// ByExpiry orders by expires_at, soonest first, instead of newest
+	// request first.
+	ByExpiry bool
+	Limit    int
+	Cursor   string
 }
 
 // Search returns the approvals matching in, newest request first. It reads
@@ -89,7 +95,11 @@ func (s *Service) Search(ctx context.Context, in SearchInput) (ListResult, error
 		return ListResult{}, fmt.Errorf("search: %w", err)
 	}
 	slices.SortFunc(all, func(a, b Record) int {
-		if c := b.RequestedAt.Compare(a.RequestedAt); c != 0 {
+		c := b.RequestedAt.Compare(a.RequestedAt)
+		if in.ByExpiry {
+			c = a.ExpiresAt.Compare(b.ExpiresAt)
+		}
+		if c != 0 {
 			return c
 		}
 		return strings.Compare(a.Key(), b.Key())
@@ -111,7 +121,8 @@ func (in *SearchInput) match(r *Record) bool {
 		in.Requester != "" && r.RequestedBy != in.Requester,
 		in.Decider != "" && r.DecidedBy != in.Decider,
 		!in.Since.IsZero() && r.RequestedAt.Before(in.Since),
-		!in.Until.IsZero() && !r.RequestedAt.Before(in.Until):
+		!in.Until.IsZero() && !r.RequestedAt.Before(in.Until),
+		in.Match != nil && !in.Match(r):
 		return false
 	}
 	return true
