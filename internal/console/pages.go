@@ -140,14 +140,14 @@ func (c *Console) pendingPage(w http.ResponseWriter, r *http.Request, s *session
 // ---- history --------------------------------------------------------------
 
 type historyData struct {
-	Items                                     []kvapprovals.Record
-	Tenant, Status, Requester, Decider, Since string
-	Next                                      string
+	Items                                            []kvapprovals.Record
+	Tenant, Status, Requester, Decider, Since, Until string
+	Next                                             string
 }
 
 func (c *Console) historyPage(w http.ResponseWriter, r *http.Request, s *session) {
 	q := r.URL.Query()
-	d := historyData{Tenant: q.Get("tenant"), Status: q.Get("status"), Requester: q.Get("requester"), Decider: q.Get("decider"), Since: q.Get("since")}
+	d := historyData{Tenant: q.Get("tenant"), Status: q.Get("status"), Requester: q.Get("requester"), Decider: q.Get("decider"), Since: q.Get("since"), Until: q.Get("until")}
 	in := kvapprovals.SearchInput{Tenant: d.Tenant, Requester: d.Requester, Decider: d.Decider, Limit: 50, Cursor: q.Get("cursor"),
 		Statuses: []kvapprovals.Status{kvapprovals.StatusApproved, kvapprovals.StatusDenied, kvapprovals.StatusCancelled, kvapprovals.StatusExpired}}
 	if d.Status != "" {
@@ -160,6 +160,14 @@ func (c *Console) historyPage(w http.ResponseWriter, r *http.Request, s *session
 			p.Error = fmt.Sprintf("since %q: give a duration such as 24h", d.Since)
 		} else {
 			in.Since = time.Now().Add(-dur)
+		}
+	}
+	if d.Until != "" {
+		until, err := time.Parse(time.RFC3339, d.Until)
+		if err != nil {
+			p.Error = fmt.Sprintf("requested before %q: give an RFC 3339 time such as 2026-12-01T00:00:00Z", d.Until)
+		} else {
+			in.Until = until
 		}
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)

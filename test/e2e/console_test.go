@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -260,6 +261,18 @@ func TestConsole(t *testing.T) {
 	if status != http.StatusForbidden {
 		t.Errorf("decision without the CSRF token: %d, want 403", status)
 	}
+	for _, tc := range []struct{ what, script string }{
+		{"a decision with a wrong CSRF token", `fetch("/ui/decide", {method: "POST", headers: {"Content-Type": "application/x-www-form-urlencoded", "X-CSRF-Token": "guessed"},
+			body: "tenant=acme&id=console-1&action=approve&reason=sneaky"}).then(r => r.status)`},
+		{"a sign-out without the CSRF token", `fetch("/ui/logout", {method: "POST"}).then(r => r.status)`},
+	} {
+		c, cancel := context.WithTimeout(bctx, 10*time.Second)
+		status, err := chromedp.Run(c, chromedp.Evaluate[int](tc.script, chromedp.EvalAwaitPromise))
+		cancel()
+		if err != nil || status != http.StatusForbidden {
+			t.Errorf("%s: %d %v, want 403", tc.what, status, err)
+		}
+	}
 	if r, err := client.Get(ctx, "acme", "console-1"); err != nil || r.Status != kvapprovals.StatusPending {
 		t.Fatalf("after the refused decision: %+v %v", r, err)
 	}
@@ -302,6 +315,12 @@ func TestConsole(t *testing.T) {
 	)
 
 	// History and the detail view: the approval with its events.
+	do("history filtered to before the test", 20*time.Second,
+		chromedp.Navigate(uiBase+"/ui/history?until="+url.QueryEscape(requested.Add(-time.Hour).UTC().Format(time.RFC3339))),
+		chromedp.WaitVisible(chromedp.CSS(`#history`)))
+	if h := text("empty history", "#history tbody"); !strings.Contains(h, "No decided approvals match") {
+		t.Errorf("history before the test: %q", h)
+	}
 	do("history", 20*time.Second,
 		chromedp.Navigate(uiBase+"/ui/history"),
 		chromedp.WaitVisible(chromedp.CSS(`#history tr[data-key="acme.console-1"]`)),
