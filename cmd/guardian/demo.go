@@ -148,7 +148,9 @@ func runDemo(ctx context.Context, s *session, expireAfter time.Duration, w io.Wr
 			return
 		}
 		say("audit  %s %q event_id=%s", ev.Code, ev.Operation, ev.EventID)
-		once2.Do(func() { close(audited) })
+		if ev.Code == jsguard.ApprovalExpired.Code() {
+			once2.Do(func() { close(audited) }) // the expiry's, not a decision's
+		}
 	})
 	if err != nil {
 		return err
