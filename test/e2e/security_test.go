@@ -518,9 +518,11 @@ func TestSecurityShippedPermissions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	depEventually(t, 15*time.Second, "the expiry of sec-a2 in GUARDIAN_AUDIT", func() bool {
+	// Both audit events are in before the auditor's checks: the expiry of
+	// sec-a2 and the decision on sec-g1 (AUDIT_APPROVAL_DECIDED).
+	depEventually(t, 15*time.Second, "the expiry of sec-a2 and the decision on sec-g1 in GUARDIAN_AUDIT", func() bool {
 		info, err := auditStream.Info(ctx)
-		return err == nil && info.State.Msgs > 0
+		return err == nil && info.State.Msgs >= 2
 	})
 
 	t.Run("auditors read the audit stream and cannot change it", func(t *testing.T) {
