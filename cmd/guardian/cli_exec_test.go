@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"os"
@@ -21,7 +20,7 @@ import (
 // cliRun is a guardian CLI command running in the background.
 type cliRun struct {
 	cmd            *exec.Cmd
-	stdout, stderr bytes.Buffer
+	stdout, stderr lockedBuffer // read while the command writes
 	done           chan struct{}
 	code           int
 }

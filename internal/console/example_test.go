@@ -69,6 +69,6 @@ func ExampleNew() {
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	page := string(body)
-	fmt.Println(resp.StatusCode, strings.Contains(page, `id="a-acme-deploy-42"`), strings.Contains(page, "nobody is logged in"))
+	fmt.Println(resp.StatusCode, strings.Contains(page, `data-key="acme.deploy-42"`), strings.Contains(page, "nobody is logged in"))
 	// Output: 200 true true
 }
