@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nkeys"
 
 	"github.com/jsguardian/guardian/internal/console"
+	"github.com/jsguardian/guardian/pkg/jsguard"
 )
 
 // consoleConfig is GUARDIAN_CONSOLE_*.
@@ -77,7 +78,7 @@ func (l *lateHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // startConsole builds the console on the wired services.
-func startConsole(ctx context.Context, cfg *config, mode console.Mode, w *wired, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger) (*console.Console, error) {
+func startConsole(ctx context.Context, cfg *config, mode console.Mode, w *wired, g *jsguard.Guard, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger) (*console.Console, error) {
 	var sealPub string
 	if seed := cfg.Audit.SealSeed; seed != "" {
 		kp, err := nkeys.FromSeed([]byte(strings.TrimSpace(seed)))
@@ -98,6 +99,7 @@ func startConsole(ctx context.Context, cfg *config, mode console.Mode, w *wired,
 		Audit:         cfg.auditStream(),
 		SealPublicKey: sealPub,
 		Log:           log.With("component", "console"),
+		Guard:         g,
 	})
 	if err != nil {
 		return nil, err

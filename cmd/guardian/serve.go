@@ -262,7 +262,7 @@ func run(ctx context.Context, cfg *config, log *slog.Logger) error {
 	}
 	apiUp.set()
 	if ui != nil {
-		c, err := startConsole(ctx, cfg, consoleMode, w, nc, js, log)
+		c, err := startConsole(ctx, cfg, consoleMode, w, g, nc, js, log)
 		if err != nil {
 			return err
 		}

@@ -36,6 +36,7 @@ import (
 	"golang.org/x/oauth2"
 
 	"github.com/jsguardian/guardian/pkg/auditstream"
+	"github.com/jsguardian/guardian/pkg/jsguard"
 	"github.com/jsguardian/guardian/pkg/kvapprovals"
 )
 
@@ -90,6 +91,9 @@ type Config struct {
 	Audit         auditstream.Config
 	SealPublicKey string
 	Log           *slog.Logger
+	// Guard runs the console's NATS calls under their budgets (nil:
+	// jsguard.Default()).
+	Guard *jsguard.Guard
 }
 
 // Console serves the pages. It is safe for concurrent use.
@@ -119,6 +123,9 @@ func New(ctx context.Context, cfg Config) (*Console, error) {
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
+	}
+	if cfg.Guard == nil {
+		cfg.Guard = jsguard.Default()
 	}
 	c := &Console{cfg: cfg, mux: http.NewServeMux(), hub: newHub()}
 	switch {
@@ -157,7 +164,7 @@ func New(ctx context.Context, cfg Config) (*Console, error) {
 	}
 	c.tmpl = t
 	prefix := cfg.Approvals.Config().EventsSubjectPrefix + ".>"
-	c.sub, err = cfg.NC.Subscribe(prefix, c.onEvent)
+	c.sub, err = cfg.Guard.Subscribe(ctx, cfg.NC, prefix, c.onEvent)
 	if err != nil {
 		return nil, fmt.Errorf("console: subscribe %s: %w", prefix, err)
 	}

@@ -260,7 +260,9 @@ func (c *Console) auditPage(w http.ResponseWriter, r *http.Request, s *session) 
 	} else {
 		d.Events = evs
 	}
-	counts, err := auditstream.Stats(ctx, c.cfg.JS, c.cfg.Audit, auditstream.StatsOptions{Window: window, Tenant: d.Tenant, Code: d.Code})
+	counts, err := jsguard.DoValue(ctx, c.cfg.Guard, jsguard.ReplayValidation, "console audit stats "+c.cfg.Audit.Stream, func(ctx context.Context) (auditstream.Counts, error) {
+		return auditstream.Stats(ctx, c.cfg.JS, c.cfg.Audit, auditstream.StatsOptions{Window: window, Tenant: d.Tenant, Code: d.Code})
+	})
 	if err != nil && p.Error == "" {
 		p.Error = err.Error()
 	}
@@ -291,6 +293,16 @@ func (c *Console) auditPage(w http.ResponseWriter, r *http.Request, s *session) 
 // little before the end of the stream, further back while it finds too
 // few.
 func (c *Console) latestAudit(ctx context.Context, vis *visibility, tenant, code string, n int) ([]auditstream.Entry, error) {
+	var out []auditstream.Entry
+	err := c.cfg.Guard.Do(ctx, jsguard.ReplayValidation, "console audit read "+c.cfg.Audit.Stream, func(ctx context.Context) error {
+		var err error
+		out, err = c.readLatest(ctx, vis, tenant, code, n)
+		return err
+	})
+	return out, err
+}
+
+func (c *Console) readLatest(ctx context.Context, vis *visibility, tenant, code string, n int) ([]auditstream.Entry, error) {
 	st, err := c.cfg.JS.Stream(ctx, c.cfg.Audit.Stream)
 	if err != nil {
 		return nil, fmt.Errorf("audit stream: %w", err)
@@ -382,7 +394,9 @@ func (c *Console) sealState(ctx context.Context) (string, bool) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.report == nil && v.err == nil || time.Since(v.at) > 30*time.Second {
-		rep, err := auditstream.Verify(ctx, c.cfg.JS, c.cfg.Audit, c.cfg.SealPublicKey)
+		rep, err := jsguard.DoValue(ctx, c.cfg.Guard, jsguard.ReplayValidation, "console audit verify "+c.cfg.Audit.Stream, func(ctx context.Context) (auditstream.Report, error) {
+			return auditstream.Verify(ctx, c.cfg.JS, c.cfg.Audit, c.cfg.SealPublicKey)
+		})
 		v.at, v.report, v.err = time.Now(), &rep, err
 	}
 	switch {

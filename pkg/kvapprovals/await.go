@@ -37,11 +37,11 @@ type waiters struct {
 	byKey map[string]map[chan struct{}]struct{}
 }
 
-func (w *waiters) add(s *Service, key string) (chan struct{}, error) {
+func (w *waiters) add(ctx context.Context, s *Service, key string) (chan struct{}, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.sub == nil {
-		sub, err := s.js.Conn().Subscribe(s.cfg.EventsSubjectPrefix+".>", w.onEvent)
+		sub, err := s.g.Subscribe(ctx, s.js.Conn(), s.cfg.EventsSubjectPrefix+".>", w.onEvent)
 		if err != nil {
 			return nil, fmt.Errorf("await: subscribe to the events: %w", err)
 		}
@@ -115,7 +115,7 @@ func (s *Service) Await(ctx context.Context, tenant, id string, wait time.Durati
 	}
 	ctx = withTenant(ctx, tenant)
 	key := tenant + "." + id
-	ch, err := s.waiters.add(s, key)
+	ch, err := s.waiters.add(ctx, s, key)
 	if err != nil {
 		return Record{}, err
 	}
