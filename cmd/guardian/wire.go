@@ -57,6 +57,10 @@ func (c *config) approvalsConfig() kvapprovals.Config {
 	k.WarningBefore = a.WarningBefore
 	k.MaxPending = a.MaxPending
 	k.Retention = a.Retention
+	// The events' duplicate window is kept within a short retention (its
+	// floor, MaxTimeout + grace + 10m, still exceeds the notifier's
+	// redelivery horizon).
+	k.EventsDuplicates = min(k.EventsDuplicates, a.Retention)
 	k.MaxOutage = a.MaxOutage
 	k.SweepInterval = a.SweepInterval
 	k.RequireReason = a.RequireReason

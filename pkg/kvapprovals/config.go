@@ -52,21 +52,26 @@ type Config struct {
 	MaxDetailsBytes int
 	// Retention is how long a record lives after its last change: the
 	// records bucket's MaxAge (7 days; at least MaxTimeout + GracePeriod +
-	// 1h, so no record disappears before it is finished).
+	// 10m, so no record disappears before it is finished). What exceeds
+	// MaxTimeout + GracePeriod is also the longest outage of every expirer
+	// that a pending approval's record survives.
 	Retention time.Duration
 	// MaxOutage is how long a fired timer's marker stays in the timers
 	// bucket (its LimitMarkerTTL), so the longest time the expirer may be
 	// down without missing a timer (24h; at least 1s). The expirer's start
 	// sweep covers longer outages.
 	MaxOutage time.Duration
-	// SweepInterval is how often one replica sweeps all records, expiring
-	// pending ones past their deadline whose timer is gone (written by a
-	// request that failed halfway, or removed behind guardian's back): such
-	// an approval expires at most SweepInterval plus 8s (an approval
-	// overdue by less is left to the expirer, whose timer may be on its
-	// way) plus one sweep after its deadline (1m; 1s–1h, whole seconds).
-	// Each sweep reads every retained record, so its cost grows with
-	// Retention and the request rate.
+	// SweepInterval is how often one replica runs the periodic sweep
+	// (1m; 1s–1h, whole seconds). Each sweep reads the records' changes
+	// since the previous one, each once, 8s after it was made, and arms
+	// the timer of every approval still pending that has none (written by
+	// a request that failed halfway, or removed behind guardian's back
+	// before the check). Such an approval then expires at its deadline, or
+	// about a second after the check when that is later: at most
+	// SweepInterval plus 8s plus one sweep after the change. Its cost
+	// follows the rate of changes, not Retention. A timer removed by hand
+	// after its record was checked is found by Expirer.Sweep, which runs
+	// when an expirer starts.
 	SweepInterval time.Duration
 	// EventsDuplicates is the events stream's duplicate window; a lifecycle
 	// event redelivered within it is stored once (20m; 1m–Retention). It
@@ -123,7 +128,7 @@ const (
 	maxGracePeriod     = 60 * time.Second
 	maxDetailsLimit    = 512 << 10
 	maxReplicas        = 5
-	retentionHeadroom  = time.Hour
+	retentionHeadroom  = 10 * time.Minute
 	minEventsDuplicate = time.Minute
 )
 
@@ -154,7 +159,7 @@ func (c *Config) Validate() error {
 	case c.MaxDetailsBytes < 1 || c.MaxDetailsBytes > maxDetailsLimit:
 		return bad("MaxDetailsBytes", c.MaxDetailsBytes, fmt.Sprintf("must be >= 1 and <= %d", maxDetailsLimit))
 	case c.Retention < c.MaxTimeout+c.GracePeriod+retentionHeadroom:
-		return bad("Retention", c.Retention, fmt.Sprintf("must be >= MaxTimeout + GracePeriod + 1h (%s)", c.MaxTimeout+c.GracePeriod+retentionHeadroom))
+		return bad("Retention", c.Retention, fmt.Sprintf("must be >= MaxTimeout + GracePeriod + 10m (%s)", c.MaxTimeout+c.GracePeriod+retentionHeadroom))
 	case c.MaxOutage < time.Second:
 		return bad("MaxOutage", c.MaxOutage, "must be >= 1s")
 	case c.SweepInterval < time.Second || c.SweepInterval > time.Hour || c.SweepInterval%time.Second != 0:

@@ -148,7 +148,8 @@ func (e *Expirer) tick(ctx context.Context, msg jetstream.Msg) {
 	}
 }
 
-// sweeper runs a sweep whenever a tick asks, one at a time, until ctx ends.
+// sweeper runs a periodic sweep (see checkChanges) whenever a tick asks,
+// one at a time, until ctx ends.
 func (e *Expirer) sweeper(ctx context.Context) {
 	s := e.s
 	for {
@@ -157,15 +158,122 @@ func (e *Expirer) sweeper(ctx context.Context) {
 			return
 		case <-e.sweeps:
 		}
-		overdue, lost, err := e.sweep(ctx, periodicSweepSlack)
+		rearmed, err := e.checkChanges(ctx)
 		switch {
 		case err != nil && ctx.Err() == nil:
 			s.consumeError(fmt.Errorf("expirer periodic sweep: %w", err))
-		case overdue > 0:
-			s.log.Warn("kvapprovals: the periodic sweep expired approvals whose timer was gone", "expired", overdue, "lost", lost)
+		case rearmed > 0:
+			s.log.Warn("kvapprovals: the periodic sweep re-armed the timers of pending approvals that had none", "rearmed", rearmed)
 		}
 		s.stats.sweeps.Add(1)
 	}
+}
+
+// sweepCursorKey holds, in the timers bucket, the time up to which the
+// periodic sweeps have checked the records' changes (RFC 3339). Two
+// tokens: never a timer.
+const sweepCursorKey = "guardian.swept"
+
+// periodicSweepSlack is how old a change must be before the periodic
+// sweep checks it: the request, extension or warning that made it writes
+// its timer at the same time, and a consumer redelivers a marker within
+// its AckWait after a crash.
+const periodicSweepSlack = 2 * consumerAckWait
+
+// sweepOverlap is how far before its cursor a periodic sweep starts, so
+// that a change stamped a little out of order (a new stream leader's
+// clock) is still checked. Checking a change twice is harmless.
+const sweepOverlap = 2 * time.Second
+
+// checkChanges is the periodic sweep. It reads the records' changes once
+// each, from its cursor up to periodicSweepSlack ago (by then the request,
+// extension or warning that made a change has written its timer), and
+// makes sure that every approval still pending has a timer (see
+// ensureTimer). Its cost is the number of changes since the last sweep,
+// not the number of retained records; it keeps no state but the cursor.
+// Without a cursor (the first sweep) it reads all retained records once.
+// It returns how many timers it armed, and the read or write error; a
+// sweep cut short moves the cursor to the last change it checked.
+func (e *Expirer) checkChanges(ctx context.Context) (rearmed int, err error) {
+	s := e.s
+	until := time.Now().Add(-periodicSweepSlack).UTC()
+	var since time.Time
+	cur, err := s.timers.Get(ctx, sweepCursorKey)
+	switch {
+	case err == nil:
+		t, perr := time.Parse(time.RFC3339Nano, string(cur.Value()))
+		if perr == nil {
+			since = t.Add(-sweepOverlap)
+		}
+	case !errors.Is(err, jetstream.ErrKeyNotFound):
+		return 0, fmt.Errorf("read the sweep cursor: %w", err)
+	}
+	if !since.IsZero() && !since.Before(until) {
+		return 0, nil
+	}
+	var checked time.Time
+	err = s.g.Do(ctx, jsguard.ReplayProcessing, "approval sweep "+s.cfg.RecordsBucket, func(ctx context.Context) error {
+		return scanSince(ctx, s.recordsStream, "$KV."+s.cfg.RecordsBucket+".>", since, func(m jetstream.Msg) error {
+			md, err := m.Metadata()
+			if err != nil {
+				return err
+			}
+			if !md.Timestamp.Before(until) {
+				return errStopScan
+			}
+			s.stats.sweepChecked.Add(1)
+			if isEntry(m) {
+				if rec, derr := decodeRecord(m.Data(), md.Sequence.Stream); derr == nil && rec.Status == StatusPending {
+					armed, err := s.ensureTimer(withTenant(ctx, rec.Tenant), rec.Key())
+					if err != nil {
+						return fmt.Errorf("check the timer of %s: %w", rec.Key(), err)
+					}
+					if armed {
+						rearmed++
+						s.stats.repaired.Add(1)
+					}
+				}
+			}
+			checked = md.Timestamp
+			return nil
+		})
+	})
+	if err == nil {
+		checked = until
+	}
+	if !checked.IsZero() {
+		if _, perr := s.timers.Put(ctx, sweepCursorKey, []byte(checked.UTC().Format(time.RFC3339Nano))); perr != nil && err == nil {
+			err = fmt.Errorf("store the sweep cursor: %w", perr)
+		}
+	}
+	return rearmed, err
+}
+
+// ensureTimer makes sure that the approval at key, when pending, has a
+// timer: a live one, or a fired one's marker the expirer has yet to
+// handle. When it has neither, it arms the approval's next timer (one that
+// fires within a second when its time has passed, so the expirer expires
+// it through the usual path) and reports true. It returns the read or
+// write error.
+func (s *Service) ensureTimer(ctx context.Context, key string) (bool, error) {
+	last, err := jsguard.DoValue(ctx, s.g, jsguard.ApprovalCheck, "approval timer "+s.cfg.TimersBucket+"/"+key,
+		func(ctx context.Context) (*jetstream.RawStreamMsg, error) {
+			return s.timersStream.GetLastMsgForSubject(ctx, "$KV."+s.cfg.TimersBucket+"."+key+".*")
+		})
+	switch {
+	case err == nil && last.Header.Get("KV-Operation") == "":
+		return false, nil // a live timer, or a marker on its way
+	case err != nil && !errors.Is(err, jetstream.ErrMsgNotFound):
+		return false, err
+	}
+	rec, err := s.get(ctx, key)
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	if err != nil || rec.Status != StatusPending {
+		return false, err
+	}
+	return s.armNext(ctx, &rec, s.now().UTC())
 }
 
 // lastActivity fills LastActive and Down from the consumer's state before
@@ -221,6 +329,10 @@ func (e *Expirer) handle(ctx context.Context, msg jetstream.Msg) {
 		e.tick(ctx, msg)
 		return
 	}
+	if ok && rest == sweepCursorKey {
+		_ = msg.Ack()
+		return
+	}
 	parts := strings.Split(rest, ".")
 	if !ok || len(parts) != 3 {
 		_ = msg.Term() // not a guardian timer
@@ -232,15 +344,35 @@ func (e *Expirer) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	key := parts[0] + "." + parts[1]
 	ctx = withTenant(ctx, parts[0])
+	var err error
 	switch parts[2] {
 	case timerExpire:
-		_, err := s.expire(ctx, key, nil)
-		s.settle(msg, err)
+		_, err = s.expire(ctx, key, nil)
 	case timerWarn:
-		s.settle(msg, s.warn(ctx, key))
+		err = s.warn(ctx, key)
 	default:
 		_ = msg.Term()
+		return
 	}
+	s.settle(msg, err)
+	if err == nil {
+		s.dropMarker(ctx, rest, msg)
+	}
+}
+
+// dropMarker removes a handled timer's marker, best effort: left alone it
+// would stay for MaxOutage, and the server's memory and every listing of
+// the timers grow with such subjects. The purge applies only while the
+// marker is the key's last message, so a timer armed on the key since
+// then (an extension, the warning's successor) is kept; its tombstone
+// expires after purgeTTL. A marker left behind by a failed purge expires
+// by itself.
+func (s *Service) dropMarker(ctx context.Context, key string, msg jetstream.Msg) {
+	md, err := msg.Metadata()
+	if err != nil {
+		return
+	}
+	_ = s.timers.Purge(ctx, key, jetstream.LastRevision(md.Sequence.Stream), jetstream.PurgeTTL(purgeTTL))
 }
 
 // expire moves the record at key to expired if it is pending and past its
@@ -365,16 +497,7 @@ func (s *Service) warn(ctx context.Context, key string) error {
 // MaxOutage (lost markers). It runs under the ReplayProcessing budget and
 // returns the jetstream error or *jsguard.TimeoutError with the counts so
 // far. Safe for concurrent use; cost grows with the retained records.
-func (e *Expirer) Sweep(ctx context.Context) (overdue, lost int, err error) { return e.sweep(ctx, 0) }
-
-// periodicSweepSlack is how overdue an approval must be before the
-// periodic sweep expires it: one just due is the expirer's, whose marker
-// may be on its way (redelivered after a crash within the consumers'
-// AckWait).
-const periodicSweepSlack = 2 * consumerAckWait
-
-// sweep is Sweep, leaving alone approvals overdue by less than minLate.
-func (e *Expirer) sweep(ctx context.Context, minLate time.Duration) (overdue, lost int, err error) {
+func (e *Expirer) Sweep(ctx context.Context) (overdue, lost int, err error) {
 	s := e.s
 	err = s.g.Do(ctx, jsguard.ReplayProcessing, "approval sweep "+s.cfg.RecordsBucket, func(ctx context.Context) error {
 		return scanLatest(ctx, s.recordsStream, "$KV."+s.cfg.RecordsBucket+".>", false, func(m jetstream.Msg) error {
@@ -392,9 +515,6 @@ func (e *Expirer) sweep(ctx context.Context, minLate time.Duration) (overdue, lo
 			now := s.now()
 			deadline := rec.Deadline(s.cfg.GracePeriod)
 			late := now.Sub(deadline)
-			if late > 0 && late < minLate {
-				return nil // the expirer's, for now
-			}
 			if late <= 0 {
 				// Its warn timer fired longer than MaxOutage ago, so the
 				// marker that would have armed the expire timer may be

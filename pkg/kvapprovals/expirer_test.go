@@ -3,6 +3,7 @@ package kvapprovals
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -378,8 +379,11 @@ func TestEarlyMarker(t *testing.T) {
 }
 
 // TestPeriodicSweepExpiresLostTimer: an approval whose timer was removed
-// behind guardian's back still expires, exactly once, within
-// SweepInterval plus one sweep of its deadline, with two replicas running.
+// behind guardian's back (as a request that died between its two writes
+// leaves it) still expires, exactly once, with two replicas running: the
+// periodic sweep checks the record's change periodicSweepSlack after it
+// was made, within SweepInterval, and arms the timer again. One whose
+// deadline has passed by then expires about a second after the check.
 func TestPeriodicSweepExpiresLostTimer(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, func(c *Config) {
@@ -396,19 +400,120 @@ func TestPeriodicSweepExpiresLostTimer(t *testing.T) {
 	if err := e.svc.timers.Purge(t.Context(), r.Key()+"."+timerExpire); err != nil {
 		t.Fatal(err)
 	}
-	deadline := r.Deadline(0)
 	waitFor(t, 25*time.Second, "the sweep to expire it", func() bool { return e.get("acme", "lost").Status == StatusExpired })
 	got := e.get("acme", "lost")
-	if late := got.DecidedAt.Sub(deadline); late < periodicSweepSlack || late > 2*time.Second+periodicSweepSlack+2*time.Second {
-		t.Errorf("expired %s after its deadline, want after the slack %s and within SweepInterval plus the slack plus a sweep", late, periodicSweepSlack)
+	// Checked at most slack + SweepInterval + a sweep after the request,
+	// then the re-armed timer's second and its marker's lateness.
+	if late := got.DecidedAt.Sub(r.RequestedAt); late < periodicSweepSlack || late > periodicSweepSlack+2*time.Second+4*time.Second {
+		t.Errorf("expired %s after the request, want after the slack %s and within it plus SweepInterval plus 4s", late, periodicSweepSlack)
 	}
 	waitFor(t, 10*time.Second, "the expired event", func() bool { return e.countEvents("guardian.v1.events.acme.expired") >= 1 })
 	time.Sleep(2500 * time.Millisecond) // another sweep passes
 	if n := e.countEvents("guardian.v1.events.acme.expired"); n != 1 {
 		t.Errorf("%d expired events, want 1", n)
 	}
-	if s1, s2 := e.svc.Stats().Sweeps, second.Stats().Sweeps; s1+s2 < 2 {
-		t.Errorf("sweeps %d and %d, want periodic sweeps", s1, s2)
+	if s1, s2 := e.svc.Stats(), second.Stats(); s1.Sweeps+s2.Sweeps < 2 || s1.TimersRepaired+s2.TimersRepaired != 1 {
+		t.Errorf("sweeps %d and %d, timers repaired %d and %d: want periodic sweeps and one repair",
+			s1.Sweeps, s2.Sweeps, s1.TimersRepaired, s2.TimersRepaired)
+	}
+}
+
+// TestPeriodicSweepRearmsBeforeDeadline: a lost timer found before the
+// approval's deadline is armed again for that deadline, so the approval
+// expires on time, not a sweep late.
+func TestPeriodicSweepRearmsBeforeDeadline(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, func(c *Config) {
+		c.GracePeriod = 0
+		c.SendTimeoutWarnings = false
+		c.SweepInterval = time.Second
+	})
+	run(t, e.svc.Expirer().Run)
+	r := e.request("acme", RequestInput{ID: "far", SessionID: "s", RequestedBy: "alice", Timeout: Duration(periodicSweepSlack + 6*time.Second)})
+	if err := e.svc.timers.Purge(t.Context(), r.Key()+"."+timerExpire); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, periodicSweepSlack+5*time.Second, "the timer to be armed again", func() bool {
+		return slices.Contains(e.timerKeys(), r.Key()+"."+timerExpire)
+	})
+	waitFor(t, 20*time.Second, "expiry", func() bool { return e.get("acme", "far").Status == StatusExpired })
+	if late := e.get("acme", "far").DecidedAt.Sub(r.Deadline(0)); late < 0 || late > 2*time.Second {
+		t.Errorf("expired %s after its deadline, want within 2s", late)
+	}
+}
+
+// TestPeriodicSweepReadsChangesOnce: a periodic sweep reads only the
+// records' changes since the last one, not every retained record, so its
+// cost does not grow with Retention.
+func TestPeriodicSweepReadsChangesOnce(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, func(c *Config) { c.DefaultTimeout = time.Hour })
+	for i := range 20 {
+		e.request("acme", RequestInput{ID: fmt.Sprint("c", i), SessionID: "s", RequestedBy: "alice"})
+	}
+	ex := e.svc.Expirer()
+	// The first sweep has no cursor and reads every record; its cursor
+	// stops periodicSweepSlack ago, so it finds nothing yet.
+	if n, err := ex.checkChanges(t.Context()); err != nil || n != 0 {
+		t.Fatalf("first sweep: rearmed %d, %v", n, err)
+	}
+	// A sweep starts sweepOverlap before its cursor: let the cursor pass
+	// the requests by more than that.
+	time.Sleep(periodicSweepSlack + sweepOverlap + 500*time.Millisecond)
+	var checked int
+	countChecked := func() int {
+		t.Helper()
+		before := e.svc.Stats().SweepChecked
+		if _, err := ex.checkChanges(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		return int(e.svc.Stats().SweepChecked - before)
+	}
+	if checked = countChecked(); checked != 20 {
+		t.Errorf("the sweep after the slack checked %d changes, want the 20 requests", checked)
+	}
+	if checked = countChecked(); checked > 0 {
+		t.Errorf("the next sweep checked %d changes, want none: nothing changed", checked)
+	}
+	e.request("acme", RequestInput{ID: "late", SessionID: "s", RequestedBy: "alice"})
+	time.Sleep(periodicSweepSlack + sweepOverlap + 500*time.Millisecond)
+	if checked = countChecked(); checked != 1 {
+		t.Errorf("after one more request the sweep checked %d changes, want 1", checked)
+	}
+}
+
+// TestHandledMarkersRemoved: once the expirer has handled a fired timer,
+// its marker leaves the timers bucket at once rather than after MaxOutage,
+// so the bucket holds only live timers; a timer re-armed on the same key
+// (the warning's successor) stays.
+func TestHandledMarkersRemoved(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, func(c *Config) {
+		c.GracePeriod = time.Second
+		c.WarningBefore = 2 * time.Second
+	})
+	run(t, e.svc.Expirer().Run)
+	for i := range 10 {
+		e.request("acme", RequestInput{ID: fmt.Sprint("m", i), SessionID: "s", RequestedBy: "alice", Timeout: Duration(3 * time.Second)})
+	}
+	waitFor(t, 20*time.Second, "expiries", func() bool { return e.get("acme", "m9").Status == StatusExpired })
+	str, err := e.js.Stream(t.Context(), "KV_"+e.cfg.TimersBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Tombstones of the purges expire after purgeTTL; markers would stay
+	// for MaxOutage (24h).
+	waitFor(t, 5*time.Second, "the timers bucket to empty", func() bool {
+		n, err := timerMsgs(t, str, e.cfg.TimersBucket)
+		return err == nil && n == 0
+	})
+	for i := range 10 {
+		if r := e.get("acme", fmt.Sprint("m", i)); r.Status != StatusExpired || r.WarnedAt == nil {
+			t.Errorf("m%d: %s, warned %v; want warned and expired", i, r.Status, r.WarnedAt)
+		}
+	}
+	if n, err := e.svc.Pending(t.Context(), "acme"); err != nil || n != 0 {
+		t.Errorf("pending = %d, %v", n, err)
 	}
 }
 

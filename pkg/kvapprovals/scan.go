@@ -20,15 +20,40 @@ import (
 // while other processes keep writing to the bucket or timers keep firing.
 // The caller runs it under a jsguard budget.
 func scanLatest(ctx context.Context, str jetstream.Stream, filter string, headersOnly bool, fn func(jetstream.Msg) error) error {
-	cons, err := str.CreateConsumer(ctx, jetstream.ConsumerConfig{
-		DeliverPolicy:     jetstream.DeliverLastPerSubjectPolicy,
-		FilterSubject:     filter,
-		AckPolicy:         jetstream.AckNonePolicy,
-		HeadersOnly:       headersOnly,
-		MemoryStorage:     true,
-		Replicas:          1,
-		InactiveThreshold: 30 * time.Second, // cleans up after a scan that died
-	})
+	return scan(ctx, str, jetstream.ConsumerConfig{
+		DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy,
+		FilterSubject: filter,
+		HeadersOnly:   headersOnly,
+	}, fn)
+}
+
+// errStopScan, returned by a scan's fn, ends the scan without an error.
+var errStopScan = errors.New("stop the scan")
+
+// scanSince hands fn every message of str matching filter stored at or
+// after since (all of them when since is zero), in stream order, until fn
+// returns errStopScan; otherwise like scanLatest.
+func scanSince(ctx context.Context, str jetstream.Stream, filter string, since time.Time, fn func(jetstream.Msg) error) error {
+	cfg := jetstream.ConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy, FilterSubject: filter}
+	if !since.IsZero() {
+		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &since
+	}
+	err := scan(ctx, str, cfg, fn)
+	if errors.Is(err, errStopScan) {
+		return nil
+	}
+	return err
+}
+
+// scan runs an ephemeral, unacknowledged, in-memory consumer of str with
+// cfg's delivery policy, filter and HeadersOnly, handing fn each message
+// up to the number pending when it was created (see scanLatest).
+func scan(ctx context.Context, str jetstream.Stream, cfg jetstream.ConsumerConfig, fn func(jetstream.Msg) error) error {
+	cfg.AckPolicy = jetstream.AckNonePolicy
+	cfg.MemoryStorage = true
+	cfg.Replicas = 1
+	cfg.InactiveThreshold = 30 * time.Second // cleans up after a scan that died
+	cons, err := str.CreateConsumer(ctx, cfg)
 	if err != nil {
 		return err
 	}

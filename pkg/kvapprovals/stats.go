@@ -12,7 +12,9 @@ type Stats struct {
 	Cancelled uint64
 	Expired   uint64 // expired by this process's expirer or sweep
 	Warned    uint64 // warning stamps written by the expirer
-	// TimersRepaired counts timers re-created by a retried request.
+	// TimersRepaired counts timers re-created: by a retried request, the
+	// start sweep, or a periodic sweep that found a pending approval
+	// without one.
 	TimersRepaired uint64
 	// EventsPublished counts lifecycle events the notifier published
 	// (a redelivered event that JetStream dropped as a duplicate included).
@@ -33,6 +35,9 @@ type Stats struct {
 	// Sweeps counts periodic sweeps this process ran (see
 	// Config.SweepInterval).
 	Sweeps uint64
+	// SweepChecked counts the records' changes the periodic sweeps read
+	// (each change once, see Config.SweepInterval).
+	SweepChecked uint64
 	// Extended counts extensions written; Votes counts approvals and
 	// denials recorded without deciding (N-of-M).
 	Extended uint64
@@ -42,7 +47,7 @@ type Stats struct {
 type stats struct {
 	requested, approved, denied, cancelled, expired, warned, repaired  atomic.Uint64
 	published, audit, webhookOK, webhookFailed, consumeErrors, outages atomic.Uint64
-	sweeps, extended, votes                                            atomic.Uint64
+	sweeps, sweepChecked, extended, votes                              atomic.Uint64
 }
 
 func (s *stats) byStatus(st Status) *atomic.Uint64 {
@@ -68,6 +73,6 @@ func (s *Service) Stats() Stats {
 		TimersRepaired: t.repaired.Load(), EventsPublished: t.published.Load(), AuditEvents: t.audit.Load(),
 		WebhookDelivered: t.webhookOK.Load(), WebhookFailed: t.webhookFailed.Load(),
 		ConsumeErrors: t.consumeErrors.Load(), Outages: t.outages.Load(), Sweeps: t.sweeps.Load(),
-		Extended: t.extended.Load(), Votes: t.votes.Load(),
+		SweepChecked: t.sweepChecked.Load(), Extended: t.extended.Load(), Votes: t.votes.Load(),
 	}
 }
