@@ -13,7 +13,20 @@
 // returns ctx.Err() and is not audited.
 //
 // DoFallback and Cache return degraded content instead of the error when
-// the policy's strategy is graceful. PolicyStore keeps the policy in a KV
+// the policy's strategy is graceful.
+//
+// The T1–T5 hierarchy has one function per level, each degrading in its
+// own way when its budget runs out: Cached (T1, 100ms) skips the cache and
+// goes on to the source, File (T2, 500ms) returns the caller's fallback
+// content, Layer (T3, 2s) returns the parts that loaded flagged partial,
+// Full (T4, 5s) returns the core flagged core-only, and Complex (T5, 10s)
+// aborts and returns a summary of what was done. They nest: a child's
+// deadline is clamped to its parent's remaining time, every result lists
+// the Degradations beneath it, and each timeout is one audit event, from
+// the outermost hierarchy call its deadline bounds, with its level and
+// fallback_used. Under strict nothing degrades; under none the levels run
+// without their budgets, bounded by the caller's deadline alone. The
+// policy keeps the levels' budgets in order, T1 < T2 < T3 < T4 < T5. PolicyStore keeps the policy in a KV
 // bucket and applies changes made there in every process while it runs.
 //
 // The NATS wrappers (Guard.Connect, Publish, Subscribe, Request,

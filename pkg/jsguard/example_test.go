@@ -216,3 +216,99 @@ func ExamplePolicyStore_Update() {
 	// KV get budget: 3s
 	// invalid: true
 }
+
+// fastLevels returns a guard whose T1–T5 budgets are a tenth of the
+// defaults, so that the examples below run quickly.
+func fastLevels() *jsguard.Guard {
+	p := jsguard.DefaultPolicy()
+	for l := jsguard.T1; l <= jsguard.T5; l++ {
+		p.Budgets[l.Category()] /= 10
+	}
+	g, err := jsguard.New(jsguard.WithPolicy(p), jsguard.WithSink(printSink))
+	if err != nil {
+		panic(err)
+	}
+	return g
+}
+
+// slowly returns a loader that takes d, or gives up when its context ends.
+func slowly(v string, d time.Duration) func(context.Context) (string, error) {
+	return func(ctx context.Context) (string, error) {
+		select {
+		case <-time.After(d):
+			return v, nil
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+	}
+}
+
+func ExampleCached() {
+	g := fastLevels() // T1 10ms
+	stuckCache := func(ctx context.Context) (string, bool, error) { <-ctx.Done(); return "", false, ctx.Err() }
+	r, err := jsguard.Cached(context.Background(), g, "cache get readme", stuckCache, slowly("from the source", 0))
+	fmt.Println(r.Value, "degraded:", r.Degraded, "err:", err)
+	// Output:
+	// audit: TIMEOUT_T1_CACHE "cache get readme" budget=0.01s fallback_used=true
+	// from the source degraded: true err: <nil>
+}
+
+func ExampleFile() {
+	g := fastLevels() // T2 50ms
+	r, err := jsguard.File(context.Background(), g, "read intro.md", slowly("# Intro", time.Second),
+		func(context.Context, *jsguard.TimeoutError) (string, error) { return "(intro unavailable)", nil })
+	fmt.Println(r.Value, "degraded:", r.Degraded, "err:", err)
+	// Output:
+	// audit: TIMEOUT_T2_FILE "read intro.md" budget=0.05s fallback_used=true
+	// (intro unavailable) degraded: true err: <nil>
+}
+
+func ExampleLayer() {
+	g := fastLevels() // T3 200ms
+	r, err := jsguard.Layer(context.Background(), g, "layer guides", []jsguard.Part[string]{
+		{Name: "install.md", Load: slowly("install", 0)},
+		{Name: "tuning.md", Load: slowly("tuning", time.Second)},
+	})
+	fmt.Println(len(r.Parts), "loaded, partial:", r.Partial, "missing:", r.Missing, "err:", err)
+	// Output:
+	// audit: TIMEOUT_T3_LAYER "layer guides" budget=0.2s fallback_used=true
+	// 1 loaded, partial: true missing: [tuning.md] err: <nil>
+}
+
+func ExampleFull() {
+	g := fastLevels() // T4 500ms, T3 200ms
+	layer := func(name string, d time.Duration) jsguard.Part[jsguard.Partial[string]] {
+		return jsguard.Part[jsguard.Partial[string]]{Name: name, Load: func(ctx context.Context) (jsguard.Partial[string], error) {
+			return jsguard.Layer(ctx, g, "layer "+name, []jsguard.Part[string]{{Name: name + ".md", Load: slowly(name, d)}})
+		}}
+	}
+	w, err := jsguard.Full(context.Background(), g, "load kb", slowly("core", 0), []jsguard.Part[jsguard.Partial[string]]{
+		layer("api", 0),
+		layer("history", time.Second), // its layer gives up at 200ms
+	})
+	fmt.Println(w.Core, "core only:", w.CoreOnly, "layers:", len(w.Layers), "err:", err)
+	for _, d := range w.Degraded {
+		fmt.Println("degraded:", d)
+	}
+	// Output:
+	// audit: TIMEOUT_T3_LAYER "layer history" budget=0.2s fallback_used=true
+	// core core only: false layers: 2 err: <nil>
+	// degraded: T3 layer history: partial result, missing [history.md]
+}
+
+func ExampleComplex() {
+	g := fastLevels() // T5 1s
+	s, err := jsguard.Complex(context.Background(), g, "verify archive", func(ctx context.Context, progress func(int)) (int, error) {
+		for n := 0; ; n++ {
+			if n == 3 {
+				<-ctx.Done() // the fourth item hangs
+				return n, ctx.Err()
+			}
+			progress(n + 1) // items checked so far
+		}
+	})
+	fmt.Println("checked:", s.Value, "aborted:", s.Aborted, "err:", err)
+	// Output:
+	// audit: TIMEOUT_T5_COMPLEX "verify archive" budget=1s fallback_used=true
+	// checked: 3 aborted: true err: <nil>
+}

@@ -41,6 +41,9 @@ type TimeoutError struct {
 
 	source  string
 	started time.Time
+	// delegated: an enclosing hierarchy call reports this deadline and
+	// degrades for it, so this call does not.
+	delegated bool
 }
 
 // Error returns e.g. "TIMEOUT_KV_GET: kv get b/k timed out after 5.001s (budget 5s)".
@@ -252,6 +255,12 @@ type callOpts struct {
 	details  map[string]string
 	strategy Strategy
 	inline   bool
+	// level marks a T1–T5 hierarchy call (see hierarchy.go): the
+	// outermost one among the calls a deadline bounds reports it.
+	level bool
+	// noBudget runs the call under its parent's deadline only (the
+	// hierarchy's strategy none).
+	noBudget bool
 }
 
 // applyOpts returns the options opts set. The options work on a copy on the
@@ -434,6 +443,9 @@ func run[T any, F caller[T]](ctx context.Context, g *Guard, c Category, op strin
 	if o.budget > 0 && o.budget < budget {
 		budget, source = o.budget, SourceOverride
 	}
+	if o.noBudget {
+		budget, source = noBudget, SourceParent
+	}
 	start := time.Now()
 	deadline := start.Add(budget)
 	parentBound := false
@@ -453,6 +465,14 @@ func run[T any, F caller[T]](ctx context.Context, g *Guard, c Category, op strin
 		}
 	}
 	f.own.deadline = deadline
+	if o.noBudget {
+		budget = deadline.Sub(start)
+	}
+	if o.level {
+		id := EventID(c.Code(), op, Tenant(ctx), CorrelationID(ctx), TraceID(ctx), start)
+		f.sc.adopt(f.depth, id)
+		defer f.sc.disown(f.depth, id)
+	}
 	// Like the cancel of context.WithDeadline: the function's context is
 	// done once the call returns.
 	defer f.cancel(context.Canceled)
@@ -512,9 +532,18 @@ func run[T any, F caller[T]](ctx context.Context, g *Guard, c Category, op strin
 	if abandoned {
 		outc = Abandoned
 	}
-	// Let nested calls sharing this deadline decide first, so that the
-	// innermost one reports the timeout; they decide within the grace.
-	f.sc.waitDeeper(f.depth, g.abandonGrace)
+	if depth, id, ok := f.sc.owner(); ok && depth != f.depth {
+		// A hierarchy call this deadline bounds reports it, for the
+		// level whose budget ran out.
+		te.EventID, te.delegated = id, true
+		g.record(st, c, op, budget, elapsed, outc)
+		return runResult[T]{err: te, te: te}
+	} else if !ok {
+		// Let nested calls sharing this deadline decide first, so that
+		// the innermost one reports the timeout; they decide within the
+		// grace.
+		f.sc.waitDeeper(f.depth, g.abandonGrace)
+	}
 	id := EventID(te.Code, op, Tenant(ctx), CorrelationID(ctx), TraceID(ctx), start)
 	won, winner, emitted := f.sc.claim(id)
 	te.EventID = winner

@@ -20,7 +20,11 @@ const (
 	// fallback is never called.
 	Strict Strategy = "strict"
 	// None turns fallbacks off altogether: neither fallbacks nor stale
-	// cached values are consulted, and the timeout error returns.
+	// cached values are consulted, and the timeout error returns. The
+	// T1–T5 hierarchy calls (Cached, File, Layer, Full, Complex) also
+	// run without their level's budget under it, bounded by the caller's
+	// deadline alone, and are audited when that deadline fires. Other
+	// categories keep their budgets.
 	None Strategy = "none"
 )
 
@@ -93,7 +97,8 @@ func checkBudget(name string, d time.Duration) error {
 // Validate checks every entry. The error wraps ErrInvalidPolicy and names the
 // first bad entry and its allowed range: each budget and Default > 0 and
 // <= 1h, MaxStaleAge >= 0 and <= 1h, Strategy graceful, strict or none, every
-// category code ^TIMEOUT_[A-Z0-9_]+$.
+// category code ^TIMEOUT_[A-Z0-9_]+$, and the hierarchy's budgets in order,
+// T1 < T2 < T3 < T4 < T5 (the error names the two entries out of order).
 func (p *Policy) Validate() error {
 	cats := make([]Category, 0, len(p.Budgets))
 	for c := range p.Budgets {
@@ -110,6 +115,13 @@ func (p *Policy) Validate() error {
 	}
 	if err := checkBudget("default", p.Default); err != nil {
 		return err
+	}
+	for l := T1; l < T5; l++ {
+		lo, hi := l.Category(), (l + 1).Category()
+		if p.Budget(lo) >= p.Budget(hi) {
+			return fmt.Errorf("%w: hierarchy budgets out of order: %s %s must be below %s %s (T1 < T2 < T3 < T4 < T5)",
+				ErrInvalidPolicy, lo.Code(), p.Budget(lo), hi.Code(), p.Budget(hi))
+		}
 	}
 	switch p.Strategy {
 	case Graceful, Strict, None:

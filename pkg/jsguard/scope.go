@@ -20,6 +20,42 @@ type scope struct {
 	emitted chan struct{} // closed by the claimant once its event is out
 	live    []int         // live[d]: nested calls at depth d still running
 	wake    chan struct{} // closed when live changes, if someone waits
+
+	// The outermost T1–T5 hierarchy call among the scope's calls, which
+	// reports the deadline instead of the innermost call: its depth and
+	// event id.
+	owned      bool
+	ownerDepth int
+	ownerID    string
+}
+
+// adopt makes the hierarchy call at depth d, whose event id is id, the
+// scope's reporter unless one further out is already.
+func (s *scope) adopt(d int, id string) {
+	s.mu.Lock()
+	if !s.owned || d < s.ownerDepth {
+		s.owned, s.ownerDepth, s.ownerID = true, d, id
+	}
+	s.mu.Unlock()
+}
+
+// disown ends the reporting role of the hierarchy call at depth d with
+// event id id, which returned: a deadline firing after that is reported
+// as if it had never run.
+func (s *scope) disown(d int, id string) {
+	s.mu.Lock()
+	if s.owned && s.ownerDepth == d && s.ownerID == id {
+		s.owned = false
+	}
+	s.mu.Unlock()
+}
+
+// owner returns the depth and event id of the scope's reporting hierarchy
+// call, if it has one.
+func (s *scope) owner() (int, string, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ownerDepth, s.ownerID, s.owned
 }
 
 // enter registers a nested call at depth d.
