@@ -735,6 +735,20 @@ func testCLIAudit(t *testing.T, g *guardian, nc *nats.Conn, sealPub string) {
 		return code == 0 && strings.Contains(stdout, "OK") && !strings.Contains(stdout, "sealed ranges verified: 0 of") &&
 			!strings.Contains(stdout, "unsealed tail"), fmt.Sprintf("exit %d\n%s%s", code, stdout, stderr)
 	})
+	// Verifying and counting are T5 work: out of time, they print what
+	// they did, say so, and exit 3; the timeout's event goes to stderr.
+	for _, args := range [][]string{
+		{"audit", "verify", "--public-key", sealPub, "--max-time", "1ms"},
+		{"audit", "stats", "--window", "10m", "--max-time", "1ms"},
+	} {
+		stdout, stderr, code := g.cli(t, args...)
+		if code != 3 || !strings.Contains(stdout, "ABORTED") || !strings.Contains(stderr, "TIMEOUT_T5_COMPLEX") {
+			t.Errorf("%v: exit %d, want 3\n%s%s", args, code, stdout, stderr)
+		}
+	}
+	if _, stderr, code := g.cli(t, "audit", "stats", "--max-time", "0s"); code != 2 || !strings.Contains(stderr, "--max-time 0s is out of range") {
+		t.Errorf("audit stats --max-time 0s: exit %d: %s", code, stderr)
+	}
 	// An export verifies offline; a tampered one does not.
 	file := filepath.Join(t.TempDir(), "audit.jsonl")
 	if _, stderr, code := g.cli(t, "audit", "export", "--out", file); code != 0 {

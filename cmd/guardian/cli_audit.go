@@ -37,7 +37,9 @@ Example:
   guardian audit tail --since 1h --follow=false --code TIMEOUT_KV_GET`,
 	"stats": `audit stats [flags]
 
-Counts the events stored in the last --window per minute, tenant and code.`,
+Counts the events stored in the last --window per minute, tenant and code.
+Counting is T5 work: when --max-time runs out it prints the counts so far,
+says up to when they go, and exits with status 3.`,
 	"verify": `audit verify --public-key KEY [flags]
 
 Checks the seals (signed hashes over ranges of events) of the live stream, or
@@ -49,7 +51,9 @@ shortened. KEY is the sealer's public key, logged by 'guardian serve' at
 start when GUARDIAN_AUDIT_SEAL_SEED is set.
 
 It reads the trail once, in bounded memory, and shows its progress on a
-terminal. --json prints the report as JSON.
+terminal. --json prints the report as JSON. Verifying the live stream is T5
+work: when --max-time runs out it prints what it verified so far (problems
+found in it included) and exits with status 3, or 1 when it found a problem.
 
 Examples:
   guardian audit verify --public-key U...
@@ -72,7 +76,7 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&acfg.Stream, "stream", acfg.Stream, "audit stream name")
 	var (
 		tenant, code, file, key, out, head *string
-		since, window, retention           *time.Duration
+		since, window, retention, maxTime  *time.Duration
 		progress                           *bool
 		seq                                *uint64
 		follow                             *bool
@@ -88,12 +92,14 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		tenant = fs.String("tenant", "", "only this tenant")
 		code = fs.String("code", "", "only this code")
 		window = fs.Duration("window", time.Hour, "how far back to count")
+		maxTime = fs.Duration("max-time", time.Minute, "give up after this long and print the counts so far (a T5 budget)")
 	case "verify":
 		file = fs.String("file", "", "verify this export (from 'guardian audit export') instead of the live stream")
 		key = fs.String("public-key", os.Getenv("GUARDIAN_AUDIT_SEAL_PUBLIC_KEY"), "the sealer's public key (logged by 'guardian serve' at start; GUARDIAN_AUDIT_SEAL_PUBLIC_KEY)")
 		retention = fs.Duration("retention", 0, "the retention the trail must keep at least, e.g. 2160h; a shorter MaxAge is reported (default: not checked)")
 		head = fs.String("chain-head", "", "SEQ:HASH printed by 'guardian audit export': the trail must contain this seal")
 		progress = fs.Bool("progress", isTerminal(stderr), "show progress on standard error (default: when it is a terminal)")
+		maxTime = fs.Duration("max-time", 10*time.Minute, "give up on the live stream after this long and print what was verified (a T5 budget)")
 	case "export":
 		out = fs.String("out", "-", "file to write, - for standard output")
 	}
@@ -103,6 +109,14 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "guardian: unexpected argument %q; see 'guardian audit %s --help'\n", fs.Arg(0), op)
 		return exitError{2}
+	}
+	var lg *jsguard.Guard
+	if maxTime != nil {
+		if *maxTime < time.Millisecond || *maxTime > jsguard.MaxBudget {
+			fmt.Fprintf(stderr, "guardian: --max-time %s is out of range: must be >= 1ms and <= %s\n", *maxTime, jsguard.MaxBudget)
+			return exitError{2}
+		}
+		lg = levelGuard(*maxTime, stderr)
 	}
 	if op == "verify" && *key == "" {
 		fmt.Fprintln(stderr, "guardian: --public-key is required (the sealer's public key, printed by 'guardian serve' at start)")
@@ -118,6 +132,7 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			}
 			vopts = append(vopts, auditstream.WithChainHead(h))
 		}
+		vopts = append(vopts, auditstream.WithGuard(lg))
 		if *retention < 0 {
 			fmt.Fprintln(stderr, "guardian: --retention must not be negative")
 			return exitError{2}
@@ -161,14 +176,18 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		return tail(ctx, s, acfg, opts, *follow, cf.json, stdout, stderr)
 	case "stats":
-		cctx, cancel := context.WithTimeout(ctx, cf.timeout)
-		defer cancel()
-		c, err := auditstream.Stats(cctx, s.js, acfg, auditstream.StatsOptions{Window: *window, Tenant: *tenant, Code: *code})
+		c, err := auditstream.Stats(ctx, s.js, acfg, auditstream.StatsOptions{Window: *window, Tenant: *tenant, Code: *code, Guard: lg})
 		if err != nil {
 			return err
 		}
 		if cf.json {
-			return printJSON(stdout, c)
+			if err := printJSON(stdout, c); err != nil {
+				return err
+			}
+			if c.Aborted {
+				return exitError{3}
+			}
+			return nil
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "MINUTE\tTENANT\tCODE\tCOUNT")
@@ -177,6 +196,10 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		tw.Flush()
 		fmt.Fprintf(stdout, "total %d events from %s to %s\n", c.Total, c.From.Format(time.RFC3339), c.To.Format(time.RFC3339))
+		if c.Aborted {
+			fmt.Fprintf(stdout, "ABORTED after --max-time %s: the counts go up to %s only\n", *maxTime, c.To.Format(time.RFC3339Nano))
+			return exitError{3}
+		}
 		return nil
 	case "verify":
 		rep, err := auditstream.Verify(ctx, s.js, acfg, *key, vopts...)
@@ -296,12 +319,43 @@ func printReport(w io.Writer, rep *auditstream.Report, asJSON bool) error {
 			fmt.Fprintf(w, "... and %d more problems\n", rep.Omitted)
 		}
 	}
-	if !rep.OK() {
+	switch {
+	case len(rep.Problems) > 0 || rep.Omitted > 0:
 		fmt.Fprintln(w, "FAILED: the audit trail does not verify")
 		return exitError{1}
+	case rep.Aborted:
+		if !asJSON {
+			fmt.Fprintf(w, "ABORTED: the time ran out after seq %d; no problem up to there, the rest is not verified\n", rep.LastSeq)
+		}
+		return exitError{3}
 	}
 	fmt.Fprintln(w, "OK")
 	return nil
+}
+
+// levelGuard returns the guard for a CLI command's T5 work: T5 is maxTime,
+// the levels below it keep their defaults or halve, so that they stay in
+// order. Its one audit event (when the time runs out) is printed on
+// stderr; the CLI does not write to the audit stream.
+func levelGuard(maxTime time.Duration, stderr io.Writer) *jsguard.Guard {
+	p := jsguard.DefaultPolicy()
+	d := maxTime
+	for l := jsguard.T5; l >= jsguard.T1; l-- {
+		d = min(d, p.Budgets[l.Category()])
+		if l == jsguard.T5 {
+			d = maxTime
+		}
+		p.Budgets[l.Category()] = d
+		d /= 2
+	}
+	g, err := jsguard.New(jsguard.WithPolicy(p), jsguard.WithSink(jsguard.SinkFunc(func(_ context.Context, e jsguard.Event) error {
+		fmt.Fprintf(stderr, "guardian: %s %s after %s\n", e.Code, e.Operation, secs(e.ElapsedSeconds))
+		return nil
+	})))
+	if err != nil {
+		panic(err) // the budgets are in order by construction
+	}
+	return g
 }
 
 const policyUsage = `policy <command> [flags]

@@ -51,6 +51,10 @@ var (
 	// ErrTampered is wrapped by Report.Err when verification found a
 	// problem.
 	ErrTampered = errors.New("auditstream: audit trail failed verification")
+	// ErrIncomplete is wrapped by Report.Err when a verification ran out
+	// of time before it covered the whole trail and found no problem in
+	// what it covered.
+	ErrIncomplete = errors.New("auditstream: verification aborted before the end of the trail")
 )
 
 // NoTenant is the subject token that stands for "no tenant": an event whose

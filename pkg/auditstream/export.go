@@ -102,9 +102,16 @@ func passesFor(n uint64, batch int) int {
 // events; a longer stream gets one more pass over the message ids (headers
 // only) per 2,000,000 events.
 //
+// Verify is a T5 (complex) call of its guard (WithGuard; default
+// jsguard.Default()): when the guard's T5 budget (10s by default) runs out
+// under the graceful strategy, it stops and returns what it verified so
+// far, with Report.Aborted set and a nil error, and the timeout is audited
+// once (TIMEOUT_T5_COMPLEX, fallback_used). Under strict or none the
+// timeout returns as the error.
+//
 // It returns an error wrapping ErrInvalidKey for a bad key, ErrInvalidConfig
 // for a bad cfg, or the jetstream error or *jsguard.TimeoutError of a read
-// (reads run under jsguard.Default()). Safe for concurrent use.
+// (reads run under the same guard). Safe for concurrent use.
 func Verify(ctx context.Context, js jetstream.JetStream, cfg Config, publicKey string, opts ...VerifyOption) (Report, error) {
 	if err := cfg.Validate(); err != nil {
 		return Report{}, err
@@ -113,9 +120,32 @@ func Verify(ctx context.Context, js jetstream.JetStream, cfg Config, publicKey s
 	if err != nil {
 		return Report{}, err
 	}
-	st, err := lookupStream(ctx, nil, js, cfg.Stream)
+	sum, err := jsguard.Complex(ctx, v.o.g, "audit verify "+cfg.Stream, func(ctx context.Context, _ func(struct{})) (struct{}, error) {
+		return struct{}{}, v.live(ctx, js, &cfg)
+	})
+	switch {
+	case err != nil:
+		return Report{}, err
+	case sum.Aborted && sum.Cause.Abandoned:
+		return Report{}, fmt.Errorf("verify: %w", sum.Cause)
+	case sum.Aborted:
+		r := v.report()
+		r.Aborted, r.Cause = true, sum.Cause
+		if r.Ranges == nil {
+			r.Ranges = []Range{}
+		}
+		return r, nil
+	}
+	return v.report(), nil
+}
+
+// live reads the stream for Verify: the messages once, then more passes
+// over the ids when the trail holds more than one batch of them.
+func (v *verifier) live(ctx context.Context, js jetstream.JetStream, cfg *Config) error {
+	g := v.o.g
+	st, err := lookupStream(ctx, g, js, cfg.Stream)
 	if err != nil {
-		return Report{}, fmt.Errorf("verify: %w", err)
+		return fmt.Errorf("verify: %w", err)
 	}
 	info := st.CachedInfo()
 	b := bounds{first: max(info.State.FirstSeq, 1), last: info.State.LastSeq, now: time.Now(), retention: info.Config.MaxAge,
@@ -126,7 +156,7 @@ func Verify(ctx context.Context, js jetstream.JetStream, cfg Config, publicKey s
 	passes := passesFor(info.State.Msgs, v.o.idBatch)
 	v.begin(b, passes)
 	firstRec := true
-	err = scan(ctx, nil, js, cfg.Stream, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy},
+	err = scan(ctx, g, js, cfg.Stream, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy},
 		func(m jetstream.Msg) error {
 			rec, err := recordOf(m)
 			if err != nil {
@@ -137,7 +167,7 @@ func Verify(ctx context.Context, js jetstream.JetStream, cfg Config, publicKey s
 			}
 			if firstRec && rec.Seq > v.b.first {
 				// MaxAge may have removed messages since the info was read.
-				if st, err := lookupStream(ctx, nil, js, cfg.Stream); err == nil {
+				if st, err := lookupStream(ctx, g, js, cfg.Stream); err == nil {
 					v.b.first = max(v.b.first, min(st.CachedInfo().State.FirstSeq, rec.Seq))
 				}
 			}
@@ -146,12 +176,12 @@ func Verify(ctx context.Context, js jetstream.JetStream, cfg Config, publicKey s
 			return nil
 		})
 	if err != nil {
-		return Report{}, fmt.Errorf("verify: %w", err)
+		return fmt.Errorf("verify: %w", err)
 	}
 	v.ids.check(v)
 	for pass := 1; pass < passes; pass++ {
 		v.ids.pass = pass
-		err := scan(ctx, nil, js, cfg.Stream, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy, HeadersOnly: true},
+		err := scan(ctx, g, js, cfg.Stream, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy, HeadersOnly: true},
 			func(m jetstream.Msg) error {
 				md, err := m.Metadata()
 				if err != nil {
@@ -166,12 +196,12 @@ func Verify(ctx context.Context, js jetstream.JetStream, cfg Config, publicKey s
 				return nil
 			})
 		if err != nil {
-			return Report{}, fmt.Errorf("verify: duplicate check pass %d: %w", pass+1, err)
+			return fmt.Errorf("verify: duplicate check pass %d: %w", pass+1, err)
 		}
 		v.ids.check(v)
 	}
 	v.finish()
-	return v.report(), nil
+	return nil
 }
 
 func recordOf(m jetstream.Msg) (record, error) {

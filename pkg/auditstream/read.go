@@ -261,6 +261,9 @@ type StatsOptions struct {
 	Tenant string
 	// Code selects one audit code; empty selects all.
 	Code string
+	// Guard runs the reads, and Stats itself as a T5 call (nil:
+	// jsguard.Default()).
+	Guard *jsguard.Guard
 }
 
 // Counts is what Stats returns: event counts per minute, tenant and code.
@@ -272,6 +275,11 @@ type Counts struct {
 	// Buckets holds one entry per minute, tenant and code with events,
 	// sorted by minute, tenant and code.
 	Buckets []Bucket
+	// Aborted is true when Stats ran out of its T5 budget: the counts then
+	// cover [From, To) with To moved back to just after the last event
+	// counted. Cause is that timeout.
+	Aborted bool                  `json:",omitempty"`
+	Cause   *jsguard.TimeoutError `json:"-"`
 }
 
 // Bucket counts the events of one tenant and code in one minute.
@@ -297,9 +305,14 @@ func (c *Counts) ByCode() map[string]int {
 // Stats counts the events stored in the window [End-Window, End), per
 // minute, tenant and code, by the time the stream stored them (an event
 // drained from a spool counts when it was drained). Seals are not counted.
+//
+// Stats is a T5 (complex) call of opts.Guard: when its T5 budget (10s by
+// default) runs out under the graceful strategy, it returns the counts so
+// far with Aborted set and a nil error, and the timeout is audited once.
+//
 // It returns an error wrapping ErrInvalidFilter for bad options, or the
-// jetstream error or *jsguard.TimeoutError of a read. Safe for concurrent
-// use.
+// jetstream error or *jsguard.TimeoutError of a read (or of the T5 budget
+// under strict or none). Safe for concurrent use.
 func Stats(ctx context.Context, js jetstream.JetStream, cfg Config, opts StatsOptions) (Counts, error) {
 	if opts.Window <= 0 {
 		return Counts{}, fmt.Errorf("%w: Window %s must be above 0", ErrInvalidFilter, opts.Window)
@@ -319,28 +332,41 @@ func Stats(ctx context.Context, js jetstream.JetStream, cfg Config, opts StatsOp
 		tenant, code string
 	}
 	counts := map[key]int{}
-	err = scan(ctx, nil, js, cfg.Stream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{filter},
-		DeliverPolicy:  jetstream.DeliverByStartTimePolicy,
-		OptStartTime:   &from,
-	}, func(msg jetstream.Msg) error {
-		md, err := msg.Metadata()
-		if err != nil {
-			return err
-		}
-		if !md.Timestamp.Before(out.To) {
-			return errStopScan
-		}
-		tenant, code, ok := splitSubject(&cfg, msg.Subject())
-		if !ok {
+	var last time.Time // the last event counted
+	sum, err := jsguard.Complex(ctx, opts.Guard, "audit stats "+cfg.Stream, func(ctx context.Context, _ func(struct{})) (struct{}, error) {
+		return struct{}{}, scan(ctx, opts.Guard, js, cfg.Stream, jetstream.OrderedConsumerConfig{
+			FilterSubjects: []string{filter},
+			DeliverPolicy:  jetstream.DeliverByStartTimePolicy,
+			OptStartTime:   &from,
+		}, func(msg jetstream.Msg) error {
+			md, err := msg.Metadata()
+			if err != nil {
+				return err
+			}
+			if !md.Timestamp.Before(out.To) {
+				return errStopScan
+			}
+			tenant, code, ok := splitSubject(&cfg, msg.Subject())
+			if !ok {
+				return nil
+			}
+			counts[key{md.Timestamp.UTC().Truncate(time.Minute), TenantFromToken(tenant), code}]++
+			out.Total++
+			last = md.Timestamp
 			return nil
-		}
-		counts[key{md.Timestamp.UTC().Truncate(time.Minute), TenantFromToken(tenant), code}]++
-		out.Total++
-		return nil
+		})
 	})
-	if err != nil {
+	switch {
+	case err != nil:
 		return Counts{}, fmt.Errorf("stats: %w", err)
+	case sum.Aborted && sum.Cause.Abandoned:
+		return Counts{}, fmt.Errorf("stats: %w", sum.Cause)
+	case sum.Aborted:
+		out.Aborted, out.Cause = true, sum.Cause
+		out.To = out.From
+		if !last.IsZero() {
+			out.To = last.UTC().Add(time.Nanosecond)
+		}
 	}
 	for _, k := range slices.SortedFunc(maps.Keys(counts), func(a, b key) int {
 		return cmp.Or(a.minute.Compare(b.minute), cmp.Compare(a.tenant, b.tenant), cmp.Compare(a.code, b.code))

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -298,5 +299,87 @@ func TestSealerSkipsForgedSeal(t *testing.T) {
 				t.Errorf("audit events %+v, want one %s for seq %d", audits, ForgedSealCode, forgedSeq)
 			}
 		})
+	}
+}
+
+// levelGuard returns a guard whose T5 budget is t5 (the other levels below
+// it, in order) and whose OnCall hook holds the first read of the stream
+// for hold, so that the T5 deadline passes while a scan is under way (as
+// a slow server would; the abandon grace lets the held read return). Its
+// audit events are recorded.
+func levelGuard(t *testing.T, t5, hold time.Duration) (*jsguard.Guard, *[]jsguard.Event) {
+	t.Helper()
+	p := jsguard.DefaultPolicy()
+	for l, d := jsguard.T5, t5; l >= jsguard.T1; l, d = l-1, d/2 {
+		p.Budgets[l.Category()] = d
+	}
+	var (
+		mu   sync.Mutex
+		evs  []jsguard.Event
+		once sync.Once
+	)
+	g, err := jsguard.New(jsguard.WithPolicy(p), jsguard.WithAbandonGrace(2*hold),
+		jsguard.WithSink(jsguard.SinkFunc(func(_ context.Context, e jsguard.Event) error {
+			mu.Lock()
+			evs = append(evs, e)
+			mu.Unlock()
+			return nil
+		})),
+		jsguard.WithHooks(jsguard.Hooks{OnCall: func(ci jsguard.CallInfo) {
+			if strings.HasPrefix(ci.Operation, "read stream") {
+				once.Do(func() { time.Sleep(hold) })
+			}
+		}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g, &evs
+}
+
+// TestVerifyAborted: a verification that runs out of its T5 budget
+// returns what it verified so far, flagged Aborted, with no error; the
+// report's Err names it as incomplete, and the timeout is one
+// TIMEOUT_T5_COMPLEX event with fallback_used.
+func TestVerifyAborted(t *testing.T) {
+	js, _, cfg, _, pub := liveTrail(t, 1000)
+	g, evs := levelGuard(t, 200*time.Millisecond, 300*time.Millisecond)
+	r, err := Verify(t.Context(), js, cfg, pub, WithGuard(g))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.Aborted || r.OK() || !errors.Is(r.Err(), ErrIncomplete) || len(r.Problems) != 0 {
+		t.Errorf("report aborted %v, ok %v, err %v, problems %v", r.Aborted, r.OK(), r.Err(), r.Problems)
+	}
+	if r.Events == 0 || r.Events >= 1000 || r.LastSeq == 0 {
+		t.Errorf("verified %d events up to seq %d: want the first batch only", r.Events, r.LastSeq)
+	}
+	if len(*evs) != 1 || (*evs)[0].Code != "TIMEOUT_T5_COMPLEX" || !(*evs)[0].FallbackUsed || (*evs)[0].Level != "T5" {
+		t.Errorf("events %+v, want one T5 timeout with fallback_used", *evs)
+	}
+	// The same trail with time to spare verifies whole.
+	r, err = Verify(t.Context(), js, cfg, pub)
+	if err != nil || !r.OK() || r.Aborted || r.Events != 1000 {
+		t.Errorf("full verify: %+v, %v", r, err)
+	}
+}
+
+// TestStatsAborted: counting that runs out of its T5 budget returns the
+// counts so far, flagged Aborted, with To after the last event counted.
+func TestStatsAborted(t *testing.T) {
+	js, _, cfg, _, _ := liveTrail(t, 1000)
+	g, evs := levelGuard(t, 200*time.Millisecond, 300*time.Millisecond)
+	c, err := Stats(t.Context(), js, cfg, StatsOptions{Window: time.Hour, Guard: g})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Aborted || c.Total == 0 || c.Total >= 1000 || !c.To.After(c.From) {
+		t.Errorf("counts aborted %v total %d from %s to %s: want a partial count", c.Aborted, c.Total, c.From, c.To)
+	}
+	if len(*evs) != 1 || (*evs)[0].Code != "TIMEOUT_T5_COMPLEX" || !(*evs)[0].FallbackUsed {
+		t.Errorf("events %+v", *evs)
+	}
+	full, err := Stats(t.Context(), js, cfg, StatsOptions{Window: time.Hour})
+	if err != nil || full.Aborted || full.Total != 1000 {
+		t.Errorf("full stats: total %d aborted %v, %v", full.Total, full.Aborted, err)
 	}
 }

@@ -13,6 +13,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
+
+	"github.com/jsguardian/guardian/pkg/jsguard"
 )
 
 // ProblemKind classifies what verification found.
@@ -172,17 +174,27 @@ type Report struct {
 	Problems []Problem `json:"problems"`
 	// Omitted counts findings beyond those listed.
 	Omitted int `json:"omitted"`
+	// Aborted is true when Verify ran out of its T5 budget (a T5_COMPLEX
+	// timeout, audited): the report then covers the sequences up to
+	// LastSeq only, lists the problems found in them, and judges neither
+	// the unsealed tail nor the head. Cause is that timeout.
+	Aborted bool                  `json:"aborted,omitempty"`
+	Cause   *jsguard.TimeoutError `json:"-"`
 }
 
-// OK reports whether verification found no problem. An unsealed tail is
-// not a problem.
-func (r *Report) OK() bool { return len(r.Problems) == 0 && r.Omitted == 0 }
+// OK reports whether verification found no problem and was not aborted.
+// An unsealed tail is not a problem.
+func (r *Report) OK() bool { return len(r.Problems) == 0 && r.Omitted == 0 && !r.Aborted }
 
-// Err returns nil when r is OK, else an error wrapping ErrTampered that
-// names the first problem and the number of others.
+// Err returns nil when r is OK; an error wrapping ErrTampered that names
+// the first problem and the number of others; or, when r was aborted
+// without a problem in what it covered, one wrapping ErrIncomplete.
 func (r *Report) Err() error {
 	if r.OK() {
 		return nil
+	}
+	if len(r.Problems) == 0 && r.Omitted == 0 {
+		return fmt.Errorf("%w: verified %d events and %d seals up to seq %d before %v", ErrIncomplete, r.Events, r.Seals, r.LastSeq, r.Cause)
 	}
 	n := len(r.Problems) + r.Omitted
 	if n == 1 {
@@ -202,11 +214,19 @@ type Progress struct {
 type VerifyOption func(*verifyOptions)
 
 type verifyOptions struct {
+	g         *jsguard.Guard
 	now       time.Time
 	progress  func(Progress)
 	retention time.Duration
 	head      *ChainHead
 	idBatch   int
+}
+
+// WithGuard runs Verify's reads, and Verify itself as a T5 call, under g
+// instead of jsguard.Default(): g's policy sets the T5 budget and g's sink
+// receives the timeout's audit event.
+func WithGuard(g *jsguard.Guard) VerifyOption {
+	return func(o *verifyOptions) { o.g = g }
 }
 
 // WithVerifyTime sets the time the head and tail are judged at (default:
