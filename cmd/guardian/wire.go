@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -127,29 +129,17 @@ func wire(ctx context.Context, cfg *config, g *jsguard.Guard, js jetstream.JetSt
 	if err != nil {
 		return nil, fmt.Errorf("policy bucket: %w", err)
 	}
-	store := jsguard.NewPolicyStore(g, pkv)
-	// Retried like provisioning: right after a replicated bucket is
-	// created, its reads can find no responder for a moment.
-	var stored *jsguard.Policy
-	err = provision(ctx, log, "policy load", func(ctx context.Context) error {
-		p, err := store.Load(ctx)
-		if err == nil {
-			stored = &p
-		}
-		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			return nil
-		}
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("load policy: %w", err)
-	}
-	if stored != nil {
-		if err := g.SetPolicy(*stored); err != nil {
-			log.Error("policy in the bucket is invalid; keeping the environment's", "bucket", pkv.Bucket(), "err", err)
+	cache := policyCache{path: filepath.Join(cfg.DataDir, "policy-cache.json"), log: log}
+	store := jsguard.NewPolicyStore(g, pkv, jsguard.WithOnApply(cache.store))
+	p, from := loadPolicy(ctx, g, store, cache)
+	if p != nil {
+		if err := g.SetPolicy(*p); err != nil {
+			log.Error("stored policy is invalid; keeping the environment's", "from", from, "err", err)
 		} else {
-			log.Info("policy loaded from bucket", "bucket", pkv.Bucket())
+			log.Info("policy loaded", "from", from)
 		}
+	} else {
+		log.Info("policy from the environment", "because", from)
 	}
 	w.parts = append(w.parts, part{"policy-watch", store.Run})
 
@@ -225,6 +215,89 @@ func registerPublisherMetrics(reg *prometheus.Registry, pub *auditstream.Publish
 // provisionLimit bounds how long start-up keeps retrying the creation of a
 // stream or bucket while the cluster is not ready.
 const provisionLimit = 2 * time.Minute
+
+// loadPolicy finds the policy to start with, along the T1–T5 hierarchy:
+// the local cache (T1: the policy last applied, a file), else the one
+// stored in the bucket (T2), else none (the environment's, which the guard
+// holds already). It never waits longer than T2's budget: the policy
+// watch applies the stored policy as soon as the bucket answers. It
+// returns the policy (nil: keep the environment's) and where it came from.
+func loadPolicy(ctx context.Context, g *jsguard.Guard, store *jsguard.PolicyStore, cache policyCache) (*jsguard.Policy, string) {
+	type found struct {
+		p    *jsguard.Policy
+		from string
+	}
+	r, err := jsguard.File(ctx, g, "policy load", func(ctx context.Context) (found, error) {
+		c, err := jsguard.Cached(ctx, g, "policy cache "+cache.path,
+			func(context.Context) (found, bool, error) {
+				p, ok := cache.load()
+				return found{p, "cache " + cache.path}, ok, nil
+			},
+			func(ctx context.Context) (found, error) {
+				p, err := store.Load(ctx)
+				switch {
+				case errors.Is(err, jetstream.ErrKeyNotFound):
+					return found{nil, "no policy is stored in the bucket"}, nil
+				case err != nil:
+					return found{}, err
+				}
+				cache.store(&p)
+				return found{&p, "bucket"}, nil
+			})
+		return c.Value, err
+	}, func(_ context.Context, te *jsguard.TimeoutError) (found, error) {
+		return found{nil, "the bucket did not answer within " + te.Budget.String() + "; the policy watch applies the stored policy once it does"}, nil
+	})
+	if err != nil {
+		return nil, "the bucket could not be read: " + err.Error()
+	}
+	return r.Value.p, r.Value.from
+}
+
+// policyCache is the local copy of the last policy applied from the
+// bucket, the T1 level of the policy load at start.
+type policyCache struct {
+	path string
+	log  *slog.Logger
+}
+
+// load returns the cached policy when there is a valid one.
+func (c policyCache) load() (*jsguard.Policy, bool) {
+	b, err := os.ReadFile(c.path)
+	if err != nil {
+		return nil, false
+	}
+	var p jsguard.Policy
+	if err := json.Unmarshal(b, &p); err != nil || p.Validate() != nil {
+		return nil, false
+	}
+	return &p, true
+}
+
+// store writes p as the cached policy, or removes the cache when p is nil
+// (the stored policy was deleted: the next start takes the environment's).
+// Failures are logged: the cache only speeds up a start.
+func (c policyCache) store(p *jsguard.Policy) {
+	if p == nil {
+		if err := os.Remove(c.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			c.log.Warn("policy cache", "path", c.path, "err", err)
+		}
+		return
+	}
+	b, err := json.Marshal(p)
+	if err == nil {
+		err = os.MkdirAll(filepath.Dir(c.path), 0o750)
+	}
+	if err == nil {
+		tmp := c.path + ".tmp"
+		if err = os.WriteFile(tmp, b, 0o600); err == nil {
+			err = os.Rename(tmp, c.path)
+		}
+	}
+	if err != nil {
+		c.log.Warn("policy cache", "path", c.path, "err", err)
+	}
+}
 
 // provision runs ensure, retrying with backoff while it fails for a reason
 // that passes once the cluster is ready: a timeout (a replicated stream

@@ -52,6 +52,14 @@ type PolicyStore struct {
 	minBackoff time.Duration
 	maxBackoff time.Duration
 	resync     time.Duration
+	onApply    func(*Policy)
+}
+
+// WithOnApply calls fn, from Run, with each stored policy it applied, and
+// with nil when the key was deleted or purged (the policy in force stays).
+// fn must not block for long.
+func WithOnApply(fn func(*Policy)) PolicyStoreOption {
+	return func(s *PolicyStore) { s.onApply = fn }
 }
 
 // PolicyStoreOption configures a PolicyStore.
@@ -297,11 +305,17 @@ func (s *PolicyStore) apply(e jetstream.KeyValueEntry) {
 	if op := e.Operation(); op != jetstream.KeyValuePut {
 		s.g.log.Info("jsguard: policy key removed, keeping the policy in force",
 			"bucket", s.kv.Bucket(), "key", s.key, "revision", e.Revision(), "operation", op.String())
+		if s.onApply != nil {
+			s.onApply(nil)
+		}
 		return
 	}
 	p, err := decodePolicy(e.Value())
 	if err == nil {
 		err = s.g.SetPolicy(p)
+	}
+	if err == nil && s.onApply != nil {
+		s.onApply(&p)
 	}
 	if err != nil {
 		err = fmt.Errorf("policy %s/%s revision %d rejected: %w", s.kv.Bucket(), s.key, e.Revision(), err)
