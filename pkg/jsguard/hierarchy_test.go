@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -168,12 +169,17 @@ func TestHierarchyStrategies(t *testing.T) {
 func TestHierarchyNesting(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		g, sink := newGuard(t)
-		var clampedTo []time.Duration // remaining time each file read saw
+		var (
+			mu        sync.Mutex
+			clampedTo []time.Duration // remaining time each file read saw
+		)
 		file := func(name string, cache, read time.Duration) jsguard.Part[string] {
 			return jsguard.Part[string]{Name: name, Load: func(ctx context.Context) (string, error) {
 				r, err := jsguard.File(ctx, g, "read "+name, func(ctx context.Context) (string, error) {
 					d, _ := ctx.Deadline()
+					mu.Lock()
 					clampedTo = append(clampedTo, time.Until(d))
+					mu.Unlock()
 					c, err := jsguard.Cached(ctx, g, "cache "+name,
 						func(ctx context.Context) (string, bool, error) {
 							_, err := sleepFor(cache, "")(ctx)
@@ -291,14 +297,18 @@ func TestHierarchyChildIgnoresContext(t *testing.T) {
 func TestHierarchyChildrenShareEvent(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		g, sink := newGuard(t)
-		var childErrs []error
+		var (
+			mu        sync.Mutex
+			childErrs []error
+		)
+		note := func(err error) { mu.Lock(); childErrs = append(childErrs, err); mu.Unlock() }
 		part := func(ctx context.Context) (string, error) {
 			_, err := jsguard.File(ctx, g, "read slow", func(ctx context.Context) (string, error) {
 				err := g.Do(ctx, jsguard.KVGet, "kv get slow", honour)
-				childErrs = append(childErrs, err)
+				note(err)
 				return "", err
 			}, func(context.Context, *jsguard.TimeoutError) (string, error) { return "fallback", nil })
-			childErrs = append(childErrs, err)
+			note(err)
 			return "", err
 		}
 		// A plain parent deadline, shorter than T2's 500ms: every call
@@ -314,6 +324,8 @@ func TestHierarchyChildrenShareEvent(t *testing.T) {
 			t.Errorf("event level %q fallback_used %v source %q, want T3, true, parent", ev.Level, ev.FallbackUsed, ev.BudgetSource)
 		}
 		synctest.Wait()
+		mu.Lock()
+		defer mu.Unlock()
 		if len(childErrs) != 2 {
 			t.Fatalf("child errors %v", childErrs)
 		}

@@ -40,11 +40,12 @@ func (s *scope) adopt(d int, id string) {
 }
 
 // disown ends the reporting role of the hierarchy call at depth d with
-// event id id, which returned: a deadline firing after that is reported
-// as if it had never run.
+// event id id, which returned before the deadline: a deadline firing after
+// that is reported as if it had never run. Once the deadline has fired
+// (the scope is claimed) the role stays, for the children still deciding.
 func (s *scope) disown(d int, id string) {
 	s.mu.Lock()
-	if s.owned && s.ownerDepth == d && s.ownerID == id {
+	if s.owned && !s.claimed && s.ownerDepth == d && s.ownerID == id {
 		s.owned = false
 	}
 	s.mu.Unlock()
