@@ -834,6 +834,11 @@ func testCLIPolicy(t *testing.T, g *guardian, nc *nats.Conn) {
 		t.Fatal(err)
 	}
 
+	// Level budgets out of order are refused, naming both entries.
+	if _, stderr, code := g.cli(t, "policy", "set", "TIMEOUT_T3_LAYER=400ms"); code == 0 ||
+		!strings.Contains(stderr, "TIMEOUT_T2_FILE 500ms must be below TIMEOUT_T3_LAYER 400ms") {
+		t.Errorf("policy set TIMEOUT_T3_LAYER=400ms: exit %d: %s", code, stderr)
+	}
 	stdout, stderr, code := g.cli(t, "policy", "set", "TIMEOUT_T1_CACHE=250ms", "max_stale_age=2m")
 	if code != 0 || !strings.Contains(stderr, "policy stored in GUARDIAN_POLICY") {
 		t.Fatalf("policy set: exit %d\n%s%s", code, stdout, stderr)
