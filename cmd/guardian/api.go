@@ -172,7 +172,10 @@ func (a *api) serve(name string, tenantToken int, h handlerFunc, req micro.Reque
 		corr = nuid.Next()
 	}
 	reply := nats.Header{correlationHeader: []string{corr}}
-	ctx := jsguard.WithCorrelationID(context.Background(), corr)
+	// Work no longer than the caller waits (its Guardian-Timeout-Ms).
+	ctx, cancel := jsguard.WithRequestTimeout(context.Background(), hdr)
+	defer cancel()
+	ctx = jsguard.WithCorrelationID(ctx, corr)
 	if id := traceID(hdr.Get(traceparentHeader)); id != "" {
 		ctx = jsguard.WithTraceID(ctx, id)
 	}

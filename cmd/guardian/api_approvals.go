@@ -4,7 +4,6 @@ import (
 	"time"
 
 	"context"
-	"github.com/jsguardian/guardian/pkg/jsguard"
 
 	"github.com/jsguardian/guardian/pkg/kvapprovals"
 )
@@ -50,8 +49,10 @@ func (a *api) extend(ctx context.Context, tenant string, data []byte) (any, erro
 }
 
 // await answers when the approval is final, or after the wait the body
-// asks (25s when none), at most a second short of this guardian's
-// API_REQUEST budget so that the answer always beats it.
+// asks (25s when none), shortened so that the answer beats the request's
+// deadline: this guardian's API_REQUEST budget, or the caller's
+// Guardian-Timeout-Ms when that comes first (a second short of it, or a
+// fifth of it when that is less).
 func (a *api) await(ctx context.Context, tenant string, data []byte) (any, error) {
 	in, err := kvapprovals.DecodeAwait(data)
 	if err != nil {
@@ -64,9 +65,11 @@ func (a *api) await(ctx context.Context, tenant string, data []byte) (any, error
 	if wait == 0 {
 		wait = 25 * time.Second
 	}
-	p := a.g.Policy()
-	wait = min(wait, p.Budget(jsguard.APIRequest)-time.Second)
-	return a.approvals.Await(ctx, tenant, in.ID, max(wait, 100*time.Millisecond))
+	if d, ok := ctx.Deadline(); ok {
+		left := time.Until(d)
+		wait = min(wait, left-min(time.Second, left/5))
+	}
+	return a.approvals.Await(ctx, tenant, in.ID, max(wait, 10*time.Millisecond))
 }
 
 func (a *api) execution(ctx context.Context, tenant string, data []byte) (any, error) {

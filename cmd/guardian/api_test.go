@@ -58,6 +58,7 @@ func TestServe(t *testing.T) {
 	t.Run("expiry", func(t *testing.T) { testExpiry(t, nc) })
 	t.Run("correlation and trace", func(t *testing.T) { testCorrelation(t, nc) })
 	t.Run("audit report", func(t *testing.T) { testAuditReport(t, nc) })
+	t.Run("caller deadline", func(t *testing.T) { testCallerDeadline(t, nc) })
 	t.Run("policy get", func(t *testing.T) {
 		var p jsguard.Policy
 		request(t, nc, "guardian.v1.policy.get", "", nil).ok(t, &p)
@@ -839,7 +840,10 @@ func testCLIPolicy(t *testing.T, g *guardian, nc *nats.Conn) {
 		!strings.Contains(stderr, "TIMEOUT_T2_FILE 500ms must be below TIMEOUT_T3_LAYER 400ms") {
 		t.Errorf("policy set TIMEOUT_T3_LAYER=400ms: exit %d: %s", code, stderr)
 	}
-	stdout, stderr, code := g.cli(t, "policy", "set", "TIMEOUT_T1_CACHE=250ms", "max_stale_age=2m")
+	if _, stderr, code := g.cli(t, "policy", "set", "breaker.TIMEOUT_KV_GET=window:0s"); code != 2 || !strings.Contains(stderr, "breaker window 0s is out of range") {
+		t.Errorf("policy set breaker window 0s: exit %d: %s", code, stderr)
+	}
+	stdout, stderr, code := g.cli(t, "policy", "set", "TIMEOUT_T1_CACHE=250ms", "max_stale_age=2m", "breaker.TIMEOUT_KV_PUT=timeout_rate:0.25,cooldown:15s")
 	if code != 0 || !strings.Contains(stderr, "policy stored in GUARDIAN_POLICY") {
 		t.Fatalf("policy set: exit %d\n%s%s", code, stdout, stderr)
 	}
@@ -849,10 +853,13 @@ func testCLIPolicy(t *testing.T, g *guardian, nc *nats.Conn) {
 		if err := json.Unmarshal([]byte(stdout), &p); err != nil {
 			return false, stdout
 		}
-		return p.Budget(jsguard.T1Cache) == 250*time.Millisecond && p.MaxStaleAge == 2*time.Minute, stdout
+		b := p.Breakers[jsguard.KVPut]
+		return p.Budget(jsguard.T1Cache) == 250*time.Millisecond && p.MaxStaleAge == 2*time.Minute &&
+			b.TimeoutRate == 0.25 && b.Cooldown == 15*time.Second && b.Window == jsguard.DefaultBreaker().Window, stdout
 	})
 	stdout, _, code = g.cli(t, "policy", "get")
-	if code != 0 || !tableHas(stdout, nil, []string{"TIMEOUT_T1_CACHE", "250ms"}) || !tableHas(stdout, nil, []string{"strategy", "graceful"}) {
+	if code != 0 || !tableHas(stdout, nil, []string{"TIMEOUT_T1_CACHE", "250ms"}) || !tableHas(stdout, nil, []string{"strategy", "graceful"}) ||
+		!tableHas(stdout, nil, []string{"breaker.TIMEOUT_KV_PUT", "window:30s,min_calls:20,timeout_rate:0.25,slow_call:0s,slow_rate:0,cooldown:15s,probes:3"}) {
 		t.Fatalf("policy get table: exit %d\n%s", code, stdout)
 	}
 	kv, err := js.KeyValue(t.Context(), jsguard.PolicyBucket)
@@ -979,5 +986,19 @@ func TestReportEventDocumentedShape(t *testing.T) {
 				t.Fatalf("err %v (%T), want a 400 naming %s", err, err, tt.field)
 			}
 		})
+	}
+}
+
+// testCallerDeadline: guardian works no longer than its caller waits. An
+// await asked to wait 10s by a caller that sends Guardian-Timeout-Ms: 800
+// answers (still pending) before the 800ms are up.
+func testCallerDeadline(t *testing.T, nc *nats.Conn) {
+	request(t, nc, subj("deadline", "request"), map[string]any{"id": "d1", "session_id": "s", "requested_by": "alice", "timeout": "1m"}, nil).ok(t, nil)
+	start := time.Now()
+	var rec kvapprovals.Record
+	request(t, nc, subj("deadline", "await"), map[string]any{"id": "d1", "wait": "10s"},
+		map[string]string{jsguard.TimeoutHeader: "800"}).ok(t, &rec)
+	if took := time.Since(start); took >= 800*time.Millisecond || rec.Status != kvapprovals.StatusPending {
+		t.Errorf("await with 800ms left answered %s after %s, want pending within 800ms", rec.Status, took)
 	}
 }

@@ -5,7 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"slices"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -364,8 +368,11 @@ Commands:
   get                      print the timeout policy in force (asks the running service)
   set NAME=VALUE ...       change entries and store the policy in the GUARDIAN_POLICY bucket;
                            every guardian applies it at once. NAME is an audit code
-                           (TIMEOUT_KV_GET=3s), default, strategy (graceful|strict|none)
-                           or max_stale_age.
+                           (TIMEOUT_KV_GET=3s), default, strategy (graceful|strict|none),
+                           max_stale_age, or breaker.CODE for a category's circuit
+                           breaker: FIELD:VALUE pairs (window, min_calls, timeout_rate,
+                           slow_call, slow_rate, cooldown, probes) or off, e.g.
+                           breaker.TIMEOUT_KV_GET=timeout_rate:0.5,cooldown:10s
 
 Every command also takes --server, --request-timeout and --json.`
 
@@ -459,6 +466,11 @@ func policyCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	for _, c := range jsguard.Categories() {
 		fmt.Fprintf(tw, "%s\t%s\n", c.Code(), p.Budget(c))
 	}
+	for _, c := range slices.Sorted(maps.Keys(p.Breakers)) {
+		b := p.Breakers[c]
+		fmt.Fprintf(tw, "breaker.%s\twindow:%s,min_calls:%d,timeout_rate:%g,slow_call:%s,slow_rate:%g,cooldown:%s,probes:%d\n",
+			c.Code(), b.Window, b.MinCalls, b.TimeoutRate, b.SlowCall, b.SlowRate, b.Cooldown, b.Probes)
+	}
 	return tw.Flush()
 }
 
@@ -480,9 +492,14 @@ func openPolicyBucket(ctx context.Context, g *jsguard.Guard, js jetstream.JetStr
 // applyPolicyChanges sets NAME=VALUE entries on p.
 func applyPolicyChanges(p *jsguard.Policy, changes map[string]string) error {
 	for k, v := range changes {
-		switch k {
-		case "strategy":
+		switch {
+		case k == "strategy":
 			p.Strategy = jsguard.Strategy(v)
+			continue
+		case strings.HasPrefix(k, "breaker."):
+			if err := applyBreaker(p, strings.TrimPrefix(k, "breaker."), v); err != nil {
+				return fmt.Errorf("%s=%s: %w", k, v, err)
+			}
 			continue
 		}
 		d, err := time.ParseDuration(v)
@@ -497,10 +514,75 @@ func applyPolicyChanges(p *jsguard.Policy, changes map[string]string) error {
 		default:
 			c, err := jsguard.ParseCode(k)
 			if err != nil {
-				return fmt.Errorf("%s: not an audit code like TIMEOUT_KV_GET, nor default, strategy or max_stale_age", k)
+				return fmt.Errorf("%s: not an audit code like TIMEOUT_KV_GET, nor default, strategy, max_stale_age or breaker.CODE", k)
 			}
 			p.Budgets[c] = d
 		}
 	}
+	return nil
+}
+
+// applyBreaker sets the circuit breaker of the category with code from v:
+// "off" removes it; otherwise comma-separated FIELD:VALUE pairs change the
+// breaker in force (or DefaultBreaker's values), e.g.
+// "timeout_rate:0.5,window:30s,cooldown:10s".
+func applyBreaker(p *jsguard.Policy, code, v string) error {
+	c, err := jsguard.ParseCode(code)
+	if err != nil {
+		return err
+	}
+	if v == "off" {
+		delete(p.Breakers, c)
+		return nil
+	}
+	b, ok := p.Breakers[c]
+	if !ok {
+		b = jsguard.DefaultBreaker()
+	}
+	for _, pair := range strings.Split(v, ",") {
+		field, val, ok := strings.Cut(strings.TrimSpace(pair), ":")
+		if !ok {
+			return fmt.Errorf("%q is not FIELD:VALUE (fields: window, min_calls, timeout_rate, slow_call, slow_rate, cooldown, probes; or off)", pair)
+		}
+		var perr error
+		switch field {
+		case "window", "slow_call", "cooldown":
+			var d time.Duration
+			d, perr = time.ParseDuration(val)
+			switch field {
+			case "window":
+				b.Window = d
+			case "slow_call":
+				b.SlowCall = d
+			default:
+				b.Cooldown = d
+			}
+		case "min_calls", "probes":
+			var n int
+			n, perr = strconv.Atoi(val)
+			if field == "min_calls" {
+				b.MinCalls = n
+			} else {
+				b.Probes = n
+			}
+		case "timeout_rate", "slow_rate":
+			var f float64
+			f, perr = strconv.ParseFloat(val, 64)
+			if field == "timeout_rate" {
+				b.TimeoutRate = f
+			} else {
+				b.SlowRate = f
+			}
+		default:
+			return fmt.Errorf("unknown breaker field %q (fields: window, min_calls, timeout_rate, slow_call, slow_rate, cooldown, probes)", field)
+		}
+		if perr != nil {
+			return fmt.Errorf("%s: %q does not parse", field, val)
+		}
+	}
+	if p.Breakers == nil {
+		p.Breakers = map[jsguard.Category]jsguard.BreakerConfig{}
+	}
+	p.Breakers[c] = b
 	return nil
 }

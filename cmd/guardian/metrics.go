@@ -17,12 +17,14 @@ type metrics struct {
 	policyRejections prometheus.Counter
 	transitions      *prometheus.CounterVec
 	lateness         prometheus.Histogram
+	circuit          *prometheus.GaugeVec
+	circuitChanges   *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "guardian_guarded_calls_total", Help: "Guarded calls by category and outcome (ok, error, timeout, abandoned, canceled).",
+			Name: "guardian_guarded_calls_total", Help: "Guarded calls by category and outcome (ok, error, timeout, abandoned, canceled, rejected: failed fast, circuit open).",
 		}, []string{"category", "outcome"}),
 		durations: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "guardian_guarded_call_duration_seconds", Help: "Duration of guarded calls by category.",
@@ -47,8 +49,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "guardian_approval_expiry_lateness_seconds", Help: "Time from expires_at + grace until an approval was marked expired.",
 			Buckets: []float64{.05, .1, .2, .3, .4, .5, .75, 1, 2, 5, 10, 60},
 		}),
+		circuit: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "guardian_circuit_state", Help: "State of a category's circuit breaker: 0 closed, 1 open, 2 half-open (only categories with a breaker).",
+		}, []string{"category"}),
+		circuitChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "guardian_circuit_changes_total", Help: "Circuit breaker state changes by category and the state reached.",
+		}, []string{"category", "state"}),
 	}
-	reg.MustRegister(m.calls, m.durations, m.timeouts, m.abandoned, m.sinkErrors, m.policyRejections, m.transitions, m.lateness)
+	reg.MustRegister(m.calls, m.durations, m.timeouts, m.abandoned, m.sinkErrors, m.policyRejections, m.transitions, m.lateness,
+		m.circuit, m.circuitChanges)
 	// Every known label value starts at 0, so that the series exist (and
 	// rates and alerts work) before the first event.
 	for _, c := range jsguard.Categories() {
@@ -69,7 +78,9 @@ func (m *metrics) hooks() jsguard.Hooks {
 		OnCall: func(ci jsguard.CallInfo) {
 			cat := string(ci.Category)
 			m.calls.WithLabelValues(cat, ci.Outcome.String()).Inc()
-			m.durations.WithLabelValues(cat).Observe(ci.Duration.Seconds())
+			if ci.Outcome != jsguard.Rejected { // it did not run
+				m.durations.WithLabelValues(cat).Observe(ci.Duration.Seconds())
+			}
 			if ci.Outcome == jsguard.Abandoned {
 				m.abandoned.WithLabelValues(cat).Inc()
 			}
@@ -77,5 +88,9 @@ func (m *metrics) hooks() jsguard.Hooks {
 		OnTimeout:        func(e jsguard.Event) { m.timeouts.WithLabelValues(e.Code).Inc() },
 		OnSinkError:      func(jsguard.Event, error) { m.sinkErrors.Inc() },
 		OnPolicyRejected: func(error) { m.policyRejections.Inc() },
+		OnCircuit: func(c jsguard.Category, s jsguard.CircuitState) {
+			m.circuit.WithLabelValues(string(c)).Set(float64(s))
+			m.circuitChanges.WithLabelValues(string(c), s.String()).Inc()
+		},
 	}
 }

@@ -492,3 +492,40 @@ func TestSpoolTornLine(t *testing.T) {
 	}
 	assertEventsOnce(t, js, cfg, 2)
 }
+
+// TestCircuitEventsStored: a circuit breaker's state changes reach the
+// audit stream as AUDIT_CIRCUIT_* events, one per change, without a
+// tenant; the calls that failed fast add none.
+func TestCircuitEventsStored(t *testing.T) {
+	_, _, js, cfg := startStream(t)
+	pol := jsguard.DefaultPolicy()
+	pol.Budgets[jsguard.KVGet] = 20 * time.Millisecond
+	pol.Breakers = map[jsguard.Category]jsguard.BreakerConfig{jsguard.KVGet: {
+		Window: time.Minute, MinCalls: 2, TimeoutRate: 1, Cooldown: time.Hour, Probes: 1,
+	}}
+	g, err := jsguard.New(jsguard.WithPolicy(pol))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := NewPublisher(g, js, cfg, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	g.SetSink(p)
+	ctx := jsguard.WithTenant(t.Context(), "acme")
+	for range 5 {
+		_ = g.Do(ctx, jsguard.KVGet, "kv get B/k", func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() })
+	}
+	if err := p.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	var subjects []string
+	for _, r := range readStream(t, js, cfg) {
+		subjects = append(subjects, r.Subject)
+	}
+	want := []string{"guardian.v1.audit.acme.TIMEOUT_KV_GET", "guardian.v1.audit.acme.TIMEOUT_KV_GET", "guardian.v1.audit._none.AUDIT_CIRCUIT_OPEN"}
+	if !slices.Equal(subjects, want) {
+		t.Errorf("stored %v, want %v", subjects, want)
+	}
+}

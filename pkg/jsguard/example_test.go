@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jsguardian/guardian/internal/natstest"
@@ -311,4 +312,42 @@ func ExampleComplex() {
 	// Output:
 	// audit: TIMEOUT_T5_COMPLEX "verify archive" budget=1s fallback_used=true
 	// checked: 3 aborted: true err: <nil>
+}
+
+func ExampleBreakerConfig() {
+	p := jsguard.DefaultPolicy()
+	p.Budgets[jsguard.KVGet] = 10 * time.Millisecond
+	b := jsguard.DefaultBreaker()
+	b.MinCalls, b.TimeoutRate, b.Cooldown = 2, 1, time.Minute // open when 2 of 2 time out
+	p.Breakers = map[jsguard.Category]jsguard.BreakerConfig{jsguard.KVGet: b}
+	g, err := jsguard.New(jsguard.WithPolicy(p), jsguard.WithSink(printSink))
+	if err != nil {
+		panic(err)
+	}
+	stuck := func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() }
+	for range 2 {
+		_ = g.Do(context.Background(), jsguard.KVGet, "kv get b/k", stuck)
+	}
+	fmt.Println("circuit:", g.Circuit(jsguard.KVGet))
+	err = g.Do(context.Background(), jsguard.KVGet, "kv get b/k", stuck) // not run
+	fmt.Println("fail fast:", errors.Is(err, jsguard.ErrCircuitOpen))
+	// Output:
+	// audit: TIMEOUT_KV_GET "kv get b/k" budget=0.01s fallback_used=false
+	// audit: TIMEOUT_KV_GET "kv get b/k" budget=0.01s fallback_used=false
+	// audit: AUDIT_CIRCUIT_OPEN "circuit TIMEOUT_KV_GET open" budget=0s fallback_used=false
+	// circuit: open
+	// fail fast: true
+}
+
+func ExampleWithRequestTimeout() {
+	// A request whose caller has 250ms left (set by Guard.Request, or by a
+	// client in any language).
+	h := nats.Header{}
+	h.Set(jsguard.TimeoutHeader, "250")
+	ctx, cancel := jsguard.WithRequestTimeout(context.Background(), h)
+	defer cancel()
+	d, _ := ctx.Deadline()
+	fmt.Println("work at most:", time.Until(d).Round(50*time.Millisecond))
+	// Output:
+	// work at most: 250ms
 }

@@ -71,11 +71,12 @@ const (
 	TimedOut                 // the deadline fired and fn returned
 	Abandoned                // the deadline fired and fn was left running
 	Canceled                 // the parent was cancelled (not a deadline)
+	Rejected                 // the category's circuit was open: fn did not run
 )
 
-var outcomeNames = [...]string{"ok", "error", "timeout", "abandoned", "canceled"}
+var outcomeNames = [...]string{"ok", "error", "timeout", "abandoned", "canceled", "rejected"}
 
-// String returns ok, error, timeout, abandoned or canceled.
+// String returns ok, error, timeout, abandoned, canceled or rejected.
 func (o Outcome) String() string {
 	if o < 0 || int(o) >= len(outcomeNames) {
 		return fmt.Sprintf("Outcome(%d)", int(o))
@@ -106,6 +107,9 @@ type Hooks struct {
 	// OnPolicyRejected is called when a PolicyStore receives a policy that
 	// does not decode or validate; the old policy stays in force.
 	OnPolicyRejected func(error)
+	// OnCircuit is called when a category's circuit breaker changes state
+	// (before its audit event is emitted).
+	OnCircuit func(Category, CircuitState)
 }
 
 // Option configures a Guard.
@@ -169,6 +173,9 @@ type Guard struct {
 	log          *slog.Logger
 	initial      *Policy
 
+	breakers   atomic.Pointer[map[Category]*breaker] // copy on write, by setBreakers
+	breakersMu sync.Mutex
+
 	statsMu    sync.Mutex                             // serialises adding a category to stats
 	stats      atomic.Pointer[map[Category]*catStats] // copy on write
 	sinkErrors atomic.Uint64
@@ -191,6 +198,7 @@ func New(opts ...Option) (*Guard, error) {
 		return nil, err
 	}
 	g.policy.Store(&p)
+	g.setBreakers(p.Breakers)
 	return g, nil
 }
 
@@ -235,6 +243,7 @@ func (g *Guard) SetPolicy(p Policy) error {
 	}
 	pp := p.Clone()
 	g.policy.Store(&pp)
+	g.setBreakers(pp.Breakers)
 	return nil
 }
 
@@ -434,6 +443,26 @@ func run[T any, F caller[T]](ctx context.Context, g *Guard, c Category, op strin
 	}
 	p := g.policy.Load()
 	st := g.stat(c)
+	ended := Canceled // what the call's record says; see rec
+	rec := func(budget, d time.Duration, o Outcome) {
+		ended = o
+		g.record(st, c, op, budget, d, o)
+	}
+	if br := g.breaker(c); br != nil {
+		probe, tr, err := br.admit(c, op, time.Now())
+		if tr != nil {
+			g.report(c, br, tr)
+		}
+		if err != nil {
+			g.record(st, c, op, 0, 0, Rejected)
+			return runResult[T]{err: err}
+		}
+		defer func(start time.Time) {
+			if tr := br.done(probe, ended, time.Since(start), time.Now()); tr != nil {
+				g.report(c, br, tr)
+			}
+		}(time.Now())
+	}
 	budget := p.Budget(c)
 	level := c.Level()
 	source := SourceCategory
@@ -490,7 +519,7 @@ func run[T any, F caller[T]](ctx context.Context, g *Guard, c Category, op strin
 				go releaseLate(cl, release)
 			}
 			if ctx.Err() == context.Canceled {
-				g.record(st, c, op, budget, time.Since(start), Canceled)
+				rec(budget, time.Since(start), Canceled)
 				return runResult[T]{err: ctx.Err()}
 			}
 		}
@@ -498,7 +527,7 @@ func run[T any, F caller[T]](ctx context.Context, g *Guard, c Category, op strin
 	elapsed := time.Since(start)
 	if !abandoned {
 		if res.err == nil {
-			g.record(st, c, op, budget, elapsed, OK)
+			rec(budget, elapsed, OK)
 			return runResult[T]{v: res.v}
 		}
 		// The deadline counts as fired when the clock has passed it, even if
@@ -508,10 +537,10 @@ func run[T any, F caller[T]](ctx context.Context, g *Guard, c Category, op strin
 		fired := f.Err() == context.DeadlineExceeded || (ctx.Err() == nil && !time.Now().Before(deadline))
 		if !fired {
 			if ctx.Err() == context.Canceled && errors.Is(res.err, context.Canceled) {
-				g.record(st, c, op, budget, elapsed, Canceled)
+				rec(budget, elapsed, Canceled)
 				return runResult[T]{err: ctx.Err()}
 			}
-			g.record(st, c, op, budget, elapsed, Failed)
+			rec(budget, elapsed, Failed)
 			return runResult[T]{err: res.err}
 		}
 	}
@@ -536,7 +565,7 @@ func run[T any, F caller[T]](ctx context.Context, g *Guard, c Category, op strin
 		// A hierarchy call this deadline bounds reports it, for the
 		// level whose budget ran out.
 		te.EventID, te.delegated = id, true
-		g.record(st, c, op, budget, elapsed, outc)
+		rec(budget, elapsed, outc)
 		return runResult[T]{err: te, te: te}
 	} else if !ok {
 		// Let nested calls sharing this deadline decide first, so that
@@ -547,7 +576,7 @@ func run[T any, F caller[T]](ctx context.Context, g *Guard, c Category, op strin
 	id := EventID(te.Code, op, Tenant(ctx), CorrelationID(ctx), TraceID(ctx), start)
 	won, winner, emitted := f.sc.claim(id)
 	te.EventID = winner
-	g.record(st, c, op, budget, elapsed, outc)
+	rec(budget, elapsed, outc)
 	if won {
 		g.emit(ctx, te, o, fallbackUsed != nil && fallbackUsed())
 		close(emitted)

@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
 )
 
 // Connect dials NATS under NATSConnect, with nats.Timeout set to the time
@@ -116,11 +118,71 @@ func (g *Guard) Subscribe(ctx context.Context, nc *nats.Conn, subject string, cb
 func unsubscribe(s *nats.Subscription) { _ = s.Unsubscribe() }
 
 // Request sends a core NATS request under APIRequest and returns the reply.
-// It returns nats.ErrNoResponders when nobody listens, another nats error,
-// ctx.Err(), or a *TimeoutError with code TIMEOUT_API_REQUEST.
+// The request carries the time the call has left in its TimeoutHeader
+// (msg itself is not changed), so that a responder that honours it (see
+// WithRequestTimeout) never works longer than the caller waits. It returns
+// nats.ErrNoResponders when nobody listens, another nats error, ctx.Err(),
+// or a *TimeoutError with code TIMEOUT_API_REQUEST.
 func (g *Guard) Request(ctx context.Context, nc *nats.Conn, msg *nats.Msg) (*nats.Msg, error) {
 	return DoValue(ctx, g, APIRequest, "request "+msg.Subject, func(ctx context.Context) (*nats.Msg, error) {
-		return nc.RequestMsgWithContext(ctx, msg)
+		out := *msg
+		out.Header = make(nats.Header, len(msg.Header)+1)
+		for k, v := range msg.Header {
+			out.Header[k] = v
+		}
+		if d, ok := ctx.Deadline(); ok {
+			out.Header.Set(TimeoutHeader, strconv.FormatInt(max(1, time.Until(d).Milliseconds()), 10))
+		}
+		return nc.RequestMsgWithContext(ctx, &out)
+	})
+}
+
+// TimeoutHeader is the NATS header in which a request carries how long its
+// caller still waits for the reply: whole milliseconds, a positive decimal
+// integer, measured when the request was sent (relative, so that the
+// clocks of caller and responder need not agree). Guard.Request sets it; a
+// client in another language sets it to the time left on its own
+// deadline. guardian's API, and any handler that uses WithRequestTimeout,
+// stop working on a request once that time has passed.
+const TimeoutHeader = "Guardian-Timeout-Ms"
+
+// RequestTimeout returns the time a request's caller still waits, from
+// its TimeoutHeader, and whether the header holds a valid value (a
+// positive integer of milliseconds, at most MaxBudget).
+func RequestTimeout(h nats.Header) (time.Duration, bool) {
+	v := h.Get(TimeoutHeader)
+	if v == "" {
+		return 0, false
+	}
+	ms, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || ms <= 0 || ms > MaxBudget.Milliseconds() {
+		return 0, false
+	}
+	return time.Duration(ms) * time.Millisecond, true
+}
+
+// WithRequestTimeout returns ctx bounded by the time a request's caller
+// still waits (its TimeoutHeader), counted from now, and its cancel
+// function; without a valid header, ctx with a no-op cancel. Guarded calls
+// under the returned context are clamped to it, and the one its deadline
+// cuts short is audited with budget_source "parent".
+func WithRequestTimeout(ctx context.Context, h nats.Header) (context.Context, context.CancelFunc) {
+	d, ok := RequestTimeout(h)
+	if !ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, d)
+}
+
+// MicroHandler adapts h to a nats.go micro handler whose context is
+// bounded by the caller's TimeoutHeader (see WithRequestTimeout), so that
+// a micro service honours its callers' deadlines: h's guarded calls never
+// outlive the caller. h must respond to req.
+func MicroHandler(h func(ctx context.Context, req micro.Request)) micro.Handler {
+	return micro.HandlerFunc(func(req micro.Request) {
+		ctx, cancel := WithRequestTimeout(context.Background(), nats.Header(req.Headers()))
+		defer cancel()
+		h(ctx, req)
 	})
 }
 

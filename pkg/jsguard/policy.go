@@ -47,6 +47,10 @@ type Policy struct {
 	// MaxStaleAge bounds how old a cached value may be when Cache serves it
 	// because its loader timed out (60s in DefaultPolicy).
 	MaxStaleAge time.Duration
+	// Breakers configures a circuit breaker per category (none in
+	// DefaultPolicy): see BreakerConfig. A policy change keeps the state
+	// of breakers whose configuration did not change.
+	Breakers map[Category]BreakerConfig
 }
 
 // DefaultPolicy returns the seed matrix: every registered category at its
@@ -84,6 +88,13 @@ func (p Policy) Clone() Policy {
 		b[c] = d
 	}
 	p.Budgets = b
+	if p.Breakers != nil {
+		br := make(map[Category]BreakerConfig, len(p.Breakers))
+		for c, cfg := range p.Breakers {
+			br[c] = cfg
+		}
+		p.Breakers = br
+	}
 	return p
 }
 
@@ -131,14 +142,40 @@ func (p *Policy) Validate() error {
 	if p.MaxStaleAge < 0 || p.MaxStaleAge > MaxBudget {
 		return fmt.Errorf("%w: max_stale_age %s is out of range: must be >= 0 and <= %s", ErrInvalidPolicy, p.MaxStaleAge, MaxBudget)
 	}
+	cats = cats[:0]
+	for c := range p.Breakers {
+		cats = append(cats, c)
+	}
+	sort.Slice(cats, func(i, j int) bool { return cats[i] < cats[j] })
+	for _, c := range cats {
+		if !codePattern.MatchString(c.Code()) {
+			return fmt.Errorf("%w: breakers: category code %q must match %s", ErrInvalidPolicy, c.Code(), codePattern)
+		}
+		if err := p.Breakers[c].Validate(); err != nil {
+			return fmt.Errorf("breakers.%s: %w", c.Code(), err)
+		}
+	}
 	return nil
 }
 
 type policyJSON struct {
-	Budgets     map[string]string `json:"budgets"`
-	Default     string            `json:"default"`
-	Strategy    Strategy          `json:"strategy"`
-	MaxStaleAge string            `json:"max_stale_age"`
+	Budgets     map[string]string      `json:"budgets"`
+	Default     string                 `json:"default"`
+	Strategy    Strategy               `json:"strategy"`
+	MaxStaleAge string                 `json:"max_stale_age"`
+	Breakers    map[string]breakerJSON `json:"breakers,omitempty"`
+}
+
+// breakerJSON is a BreakerConfig in a policy document: durations as Go
+// duration strings, missing fields from DefaultBreaker.
+type breakerJSON struct {
+	Window      string   `json:"window,omitempty"`
+	MinCalls    *int     `json:"min_calls,omitempty"`
+	TimeoutRate *float64 `json:"timeout_rate,omitempty"`
+	SlowCall    string   `json:"slow_call,omitempty"`
+	SlowRate    *float64 `json:"slow_rate,omitempty"`
+	Cooldown    string   `json:"cooldown,omitempty"`
+	Probes      *int     `json:"probes,omitempty"`
 }
 
 // MarshalJSON encodes p with budgets keyed by audit code and durations as Go
@@ -153,6 +190,17 @@ func (p Policy) MarshalJSON() ([]byte, error) {
 	}
 	for c, d := range p.Budgets {
 		j.Budgets[c.Code()] = d.String()
+	}
+	if len(p.Breakers) > 0 {
+		j.Breakers = make(map[string]breakerJSON, len(p.Breakers))
+		for c, b := range p.Breakers {
+			bj := breakerJSON{Window: b.Window.String(), MinCalls: &b.MinCalls, TimeoutRate: &b.TimeoutRate,
+				SlowRate: &b.SlowRate, Cooldown: b.Cooldown.String(), Probes: &b.Probes}
+			if b.SlowCall > 0 {
+				bj.SlowCall = b.SlowCall.String()
+			}
+			j.Breakers[c.Code()] = bj
+		}
 	}
 	return json.Marshal(j)
 }
@@ -194,6 +242,43 @@ func (p *Policy) UnmarshalJSON(b []byte) error {
 	}
 	if j.Strategy != "" {
 		out.Strategy = j.Strategy
+	}
+	for code, bj := range j.Breakers {
+		c, err := ParseCode(code)
+		if err != nil {
+			return fmt.Errorf("%w: breakers: %w", ErrInvalidPolicy, err)
+		}
+		b := DefaultBreaker()
+		for _, f := range []struct {
+			name string
+			s    string
+			dst  *time.Duration
+		}{{"window", bj.Window, &b.Window}, {"slow_call", bj.SlowCall, &b.SlowCall}, {"cooldown", bj.Cooldown, &b.Cooldown}} {
+			if f.s == "" {
+				continue
+			}
+			d, err := time.ParseDuration(f.s)
+			if err != nil {
+				return fmt.Errorf("%w: breakers.%s.%s: %q is not a duration like \"30s\"", ErrInvalidPolicy, code, f.name, f.s)
+			}
+			*f.dst = d
+		}
+		if bj.MinCalls != nil {
+			b.MinCalls = *bj.MinCalls
+		}
+		if bj.TimeoutRate != nil {
+			b.TimeoutRate = *bj.TimeoutRate
+		}
+		if bj.SlowRate != nil {
+			b.SlowRate = *bj.SlowRate
+		}
+		if bj.Probes != nil {
+			b.Probes = *bj.Probes
+		}
+		if out.Breakers == nil {
+			out.Breakers = map[Category]BreakerConfig{}
+		}
+		out.Breakers[c] = b
 	}
 	*p = out
 	return nil

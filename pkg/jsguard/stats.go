@@ -22,6 +22,7 @@ type catStats struct {
 	// yielding once instead of parking on a timer (see call.await).
 	quick                                                atomic.Bool
 	calls, failed, timeouts, abandoned, canceled, events atomic.Uint64
+	rejected                                             atomic.Uint64
 	sumNanos                                             atomic.Int64
 	buckets                                              [16]atomic.Uint64 // len(DurationBuckets)+1
 }
@@ -35,6 +36,9 @@ type CategoryStats struct {
 	// Abandoned counts timeouts whose function ignored its context.
 	Abandoned uint64
 	Canceled  uint64 // parent cancelled
+	// Rejected counts calls that failed fast because the category's
+	// circuit was open (not counted in Calls, Buckets or Sum).
+	Rejected uint64
 	// Events counts audit events emitted for this category.
 	Events uint64
 	// Buckets[i] counts calls with duration <= DurationBuckets[i] and above
@@ -60,6 +64,7 @@ func (g *Guard) Stats() []CategoryStats {
 			Timeouts:  s.timeouts.Load(),
 			Abandoned: s.abandoned.Load(),
 			Canceled:  s.canceled.Load(),
+			Rejected:  s.rejected.Load(),
 			Events:    s.events.Load(),
 			Sum:       time.Duration(s.sumNanos.Load()),
 			Buckets:   make([]uint64, len(s.buckets)),
@@ -117,6 +122,13 @@ func lenOf(m *map[Category]*catStats) int {
 const quickCall = 2 * time.Microsecond
 
 func (g *Guard) record(s *catStats, c Category, op string, budget, d time.Duration, o Outcome) {
+	if o == Rejected {
+		s.rejected.Add(1)
+		if g.hooks.OnCall != nil {
+			g.hooks.OnCall(CallInfo{Category: c, Operation: op, Budget: budget, Duration: d, Outcome: o})
+		}
+		return
+	}
 	if o == OK || o == Failed {
 		if q := d < quickCall; s.quick.Load() != q {
 			s.quick.Store(q)
