@@ -134,7 +134,7 @@ type breaker struct {
 	probing int       // half-open: probes admitted and not finished
 	passed  int       // half-open: probes that finished well
 	buckets [breakerBuckets]struct {
-		start                time.Time
+		start                 time.Time
 		calls, timeouts, slow int
 	}
 }
