@@ -373,6 +373,9 @@ Commands:
                            breaker: FIELD:VALUE pairs (window, min_calls, timeout_rate,
                            slow_call, slow_rate, cooldown, probes) or off, e.g.
                            breaker.TIMEOUT_KV_GET=timeout_rate:0.5,cooldown:10s
+  suggest [--window 24h] [--percentile 99.9] [--margin 1.5] [--apply]
+                           propose budgets from the latencies every guardian measured
+                           (GUARDIAN_LATENCY), old and new side by side; --apply stores them
 
 Every command also takes --server, --request-timeout and --json.`
 
@@ -392,6 +395,27 @@ max_stale_age. Budgets are > 0 and <= 1h. Flags go before the assignments.
 
 Example:
   guardian policy set TIMEOUT_KV_GET=3s strategy=strict`,
+	"suggest": `policy suggest [flags]
+
+Proposes a budget per category from what the guardians measured: every
+guardian publishes its calls' latency histograms to the GUARDIAN_LATENCY
+stream (GUARDIAN_LATENCY_INTERVAL, 1m), and suggest sums those of the last
+--window over all of them. The proposal is the --percentile of the calls'
+durations times --margin, rounded up to two significant digits, within
+1ms-1h, and never below the longest call that returned in time unless
+--below-max. Categories with fewer than --min-calls calls are left out, and
+proposals that would break T1 < T2 < T3 < T4 < T5 keep the old budget.
+
+It prints old and new budgets side by side with the share of calls that
+timed out under the old one and would have under the new one (estimated
+from the histograms; the calls that timed out count as timeouts under any
+budget). --apply stores the new budgets through the revision-checked
+policy update, as 'policy set' does; every guardian audits the change
+(AUDIT_POLICY_CHANGED).
+
+Example:
+  guardian policy suggest --window 24h --percentile 99.9 --margin 1.5
+  guardian policy suggest --apply`,
 }
 
 func policyCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -399,8 +423,15 @@ func policyCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	var so suggestFlags
+	if op == "suggest" {
+		so.define(fs)
+	}
 	if err := parseFlags(fs, args[1:]); err != nil {
 		return err
+	}
+	if op == "suggest" {
+		return suggestCmd(ctx, fs, cf, &so, stdout, stderr)
 	}
 	if op == "get" && fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "guardian: unexpected argument %q; to change the policy use 'guardian policy set'\n", fs.Arg(0))

@@ -45,6 +45,7 @@ type config struct {
 	InstanceID      string        `split_words:"true" desc:"this process's name in logs and the micro service metadata (default: host name and pid)"`
 	Replicas        int           `default:"1" desc:"replicas of every stream and bucket: 1 on one server, 3 in a cluster (1-5)"`
 	ShutdownTimeout time.Duration `split_words:"true" default:"10s" desc:"how long a shutdown waits for requests in flight (1s-5m)"`
+	LatencyInterval time.Duration `split_words:"true" default:"1m" desc:"how often this guardian publishes its calls' latency histograms to GUARDIAN_LATENCY, for 'guardian policy suggest' (100ms-1h; 0 turns it off)"`
 	MaxInFlight     int           `split_words:"true" default:"256" desc:"requests handled at once; more wait in NATS (1-65536)"`
 	JsAPIPrefix     string        `split_words:"true" desc:"for the CLI of a user outside guardian's account: the prefix under which that account imports guardian's JetStream API, e.g. $JS.GUARDIAN.API (guardian serve refuses it)"`
 	Identity        string        `default:"asserted" desc:"who decides: asserted (the body's requested_by/decided_by, for one account) or required (the server-stamped Nats-Request-Info of a service import with share: true; requests without it are refused)"`
@@ -232,6 +233,9 @@ func (c *config) validate() error {
 	}
 	if c.Replicas < 1 || c.Replicas > 5 {
 		return bad("REPLICAS", c.Replicas, "must be between 1 and 5")
+	}
+	if c.LatencyInterval != 0 && (c.LatencyInterval < 100*time.Millisecond || c.LatencyInterval > time.Hour) {
+		return bad("LATENCY_INTERVAL", c.LatencyInterval, "must be 0 (off) or between 100ms and 1h")
 	}
 	if c.ShutdownTimeout < time.Second || c.ShutdownTimeout > 5*time.Minute {
 		return bad("SHUTDOWN_TIMEOUT", c.ShutdownTimeout, "must be between 1s and 5m")

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -130,7 +131,13 @@ func wire(ctx context.Context, cfg *config, g *jsguard.Guard, js jetstream.JetSt
 		return nil, fmt.Errorf("policy bucket: %w", err)
 	}
 	cache := policyCache{path: filepath.Join(cfg.DataDir, "policy-cache.json"), log: log}
-	store := jsguard.NewPolicyStore(g, pkv, jsguard.WithOnApply(cache.store))
+	started := time.Now()
+	store := jsguard.NewPolicyStore(g, pkv, jsguard.WithOnApply(func(p *jsguard.Policy, e jetstream.KeyValueEntry) {
+		cache.store(p)
+		if e.Created().After(started.Add(-policyAuditSlack)) {
+			g.Emit(ctx, policyChangedEvent(pkv.Bucket(), p, e))
+		}
+	}))
 	p, from := loadPolicy(ctx, g, store, cache)
 	if p != nil {
 		if err := g.SetPolicy(*p); err != nil {
@@ -142,6 +149,17 @@ func wire(ctx context.Context, cfg *config, g *jsguard.Guard, js jetstream.JetSt
 		log.Info("policy from the environment", "because", from)
 	}
 	w.parts = append(w.parts, part{"policy-watch", store.Run})
+
+	// Latency histograms for 'guardian policy suggest'.
+	if cfg.LatencyInterval > 0 {
+		if err := provision(ctx, log, "latency stream", func(ctx context.Context) error {
+			_, err := g.EnsureStream(ctx, js, latencyStreamConfig(cfg.Replicas))
+			return err
+		}); err != nil {
+			return nil, fmt.Errorf("latency stream: %w", err)
+		}
+		w.parts = append(w.parts, part{"latency", latencyPublisher(g, js, cfg.InstanceID, cfg.LatencyInterval, log)})
+	}
 
 	// Approvals: buckets, events stream, expirer, notifier.
 	acfgApprovals := cfg.approvalsConfig()
@@ -215,6 +233,37 @@ func registerPublisherMetrics(reg *prometheus.Registry, pub *auditstream.Publish
 // provisionLimit bounds how long start-up keeps retrying the creation of a
 // stream or bucket while the cluster is not ready.
 const provisionLimit = 2 * time.Minute
+
+// PolicyChangedCode is the audit code of a change of the stored policy.
+const PolicyChangedCode = "AUDIT_POLICY_CHANGED"
+
+// policyAuditSlack: a policy revision stored this long before this process
+// started is audited by it too (it may have been written while it
+// started); older ones were audited by the guardians running then.
+const policyAuditSlack = 10 * time.Second
+
+// policyChangedEvent is the audit event of a stored policy revision that
+// a guardian applied (p nil: the key was deleted). Its id depends on the
+// revision and its time only, so that every replica emits the same event
+// and the audit stream stores it once.
+func policyChangedEvent(bucket string, p *jsguard.Policy, e jetstream.KeyValueEntry) jsguard.Event {
+	details := map[string]string{"bucket": bucket, "key": e.Key(), "revision": strconv.FormatUint(e.Revision(), 10)}
+	if p != nil {
+		if b, err := json.Marshal(p); err == nil {
+			details["policy"] = string(b)
+		}
+	} else {
+		details["removed"] = "true"
+	}
+	at := e.Created().UTC()
+	return jsguard.Event{
+		Code:              PolicyChangedCode,
+		Operation:         fmt.Sprintf("policy %s/%s revision %d", bucket, e.Key(), e.Revision()),
+		AdditionalContext: details,
+		StartedAt:         at,
+		Timestamp:         at,
+	}
+}
 
 // loadPolicy finds the policy to start with, along the T1–T5 hierarchy:
 // the local cache (T1: the policy last applied, a file), else the one

@@ -52,13 +52,13 @@ type PolicyStore struct {
 	minBackoff time.Duration
 	maxBackoff time.Duration
 	resync     time.Duration
-	onApply    func(*Policy)
+	onApply    func(*Policy, jetstream.KeyValueEntry)
 }
 
-// WithOnApply calls fn, from Run, with each stored policy it applied, and
-// with nil when the key was deleted or purged (the policy in force stays).
-// fn must not block for long.
-func WithOnApply(fn func(*Policy)) PolicyStoreOption {
+// WithOnApply calls fn, from Run, with each stored policy it applied and
+// its entry, and with nil and the entry when the key was deleted or purged
+// (the policy in force stays). fn must not block for long.
+func WithOnApply(fn func(*Policy, jetstream.KeyValueEntry)) PolicyStoreOption {
 	return func(s *PolicyStore) { s.onApply = fn }
 }
 
@@ -306,7 +306,7 @@ func (s *PolicyStore) apply(e jetstream.KeyValueEntry) {
 		s.g.log.Info("jsguard: policy key removed, keeping the policy in force",
 			"bucket", s.kv.Bucket(), "key", s.key, "revision", e.Revision(), "operation", op.String())
 		if s.onApply != nil {
-			s.onApply(nil)
+			s.onApply(nil, e)
 		}
 		return
 	}
@@ -315,7 +315,7 @@ func (s *PolicyStore) apply(e jetstream.KeyValueEntry) {
 		err = s.g.SetPolicy(p)
 	}
 	if err == nil && s.onApply != nil {
-		s.onApply(&p)
+		s.onApply(&p, e)
 	}
 	if err != nil {
 		err = fmt.Errorf("policy %s/%s revision %d rejected: %w", s.kv.Bucket(), s.key, e.Revision(), err)

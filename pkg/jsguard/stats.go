@@ -1,6 +1,8 @@
 package jsguard
 
 import (
+	"math"
+	"math/bits"
 	"sort"
 	"sync/atomic"
 	"time"
@@ -25,6 +27,10 @@ type catStats struct {
 	rejected                                             atomic.Uint64
 	sumNanos                                             atomic.Int64
 	buckets                                              [16]atomic.Uint64 // len(DurationBuckets)+1
+	// fine is the latency histogram of the calls that returned before
+	// their deadline (see LatencyBucket); maxOK the longest of them.
+	fine  [LatencyBuckets]atomic.Uint64
+	maxOK atomic.Int64
 }
 
 // CategoryStats is a snapshot of one category's calls.
@@ -147,9 +153,110 @@ func (g *Guard) record(s *catStats, c Category, op string, budget, d time.Durati
 		s.canceled.Add(1)
 	}
 	s.sumNanos.Add(int64(d))
+	if o == OK || o == Failed {
+		s.fine[LatencyBucket(d)].Add(1)
+		for m := s.maxOK.Load(); int64(d) > m && !s.maxOK.CompareAndSwap(m, int64(d)); m = s.maxOK.Load() {
+		}
+	}
 	i := sort.Search(len(DurationBuckets), func(i int) bool { return d <= DurationBuckets[i] })
 	s.buckets[min(i, len(s.buckets)-1)].Add(1)
 	if g.hooks.OnCall != nil {
 		g.hooks.OnCall(CallInfo{Category: c, Operation: op, Budget: budget, Duration: d, Outcome: o})
 	}
+}
+
+// LatencyBuckets is the number of buckets of the latency histograms that
+// Guard.Latency returns: quarter octaves (each bound about 19% above the
+// one before) from 100µs up, the last one open-ended (past about 47 min).
+const LatencyBuckets = 100
+
+// latencyBase is the upper bound of bucket 0.
+const latencyBase = 100 * time.Microsecond
+
+// LatencyBucket returns the latency bucket of a call that took d: bucket 0
+// holds d <= 100µs, bucket i > 0 holds LatencyBound(i-1) < d <=
+// LatencyBound(i).
+func LatencyBucket(d time.Duration) int {
+	if d <= latencyBase {
+		return 0
+	}
+	// The smallest i with d <= LatencyBound(i).
+	n := uint64((d - 1) / latencyBase) // d in (n, n+1] * base
+	e := bits.Len64(n) - 1             // octave of n: 2^e <= n < 2^(e+1)
+	q := 0
+	if e >= 2 {
+		q = int(n>>(e-2)) & 3
+	} else if e >= 0 {
+		q = int(n<<(2-e)) & 3
+	}
+	i := min(4*e+q+1, LatencyBuckets-1)
+	for i > 1 && d <= LatencyBound(i-1) {
+		i--
+	}
+	for i < LatencyBuckets-1 && d > LatencyBound(i) {
+		i++
+	}
+	return i
+}
+
+// LatencyBound returns the upper bound of latency bucket i: 100µs ×
+// 2^(i/4).
+func LatencyBound(i int) time.Duration { return latencyBounds[i] }
+
+var latencyBounds = func() (b [LatencyBuckets]time.Duration) {
+	for i := range b {
+		b[i] = time.Duration(float64(latencyBase) * math.Exp2(float64(i)/4))
+	}
+	return b
+}()
+
+// Latency is one category's latency histogram since the guard was made:
+// the calls that returned before their deadline by LatencyBucket, how many
+// timed out instead, and the longest that returned in time.
+type Latency struct {
+	Category Category
+	Counts   [LatencyBuckets]uint64
+	Timeouts uint64
+	MaxOK    time.Duration
+}
+
+// Latency returns a histogram per category that has seen a call, sorted by
+// category; the counts only grow, so two snapshots give the calls between
+// them (see Latency.Sub).
+func (g *Guard) Latency() []Latency {
+	m := g.stats.Load()
+	if m == nil {
+		return nil
+	}
+	out := make([]Latency, 0, len(*m))
+	for c, s := range *m {
+		l := Latency{Category: c, Timeouts: s.timeouts.Load(), MaxOK: time.Duration(s.maxOK.Load())}
+		for i := range s.fine {
+			l.Counts[i] = s.fine[i].Load()
+		}
+		out = append(out, l)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Category < out[j].Category })
+	return out
+}
+
+// Sub returns the calls in l that are not in an earlier snapshot prev of
+// the same category (MaxOK stays l's: the longest since the guard was
+// made).
+func (l Latency) Sub(prev Latency) Latency {
+	out := l
+	for i := range out.Counts {
+		out.Counts[i] -= min(prev.Counts[i], out.Counts[i])
+	}
+	out.Timeouts -= min(prev.Timeouts, out.Timeouts)
+	return out
+}
+
+// Calls returns how many calls l counts that returned in time.
+func (l *Latency) Calls() uint64 {
+	var n uint64
+	for _, c := range l.Counts {
+		n += c
+	}
+	return n
 }
