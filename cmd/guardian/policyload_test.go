@@ -76,3 +76,46 @@ func TestLoadPolicy(t *testing.T) {
 		t.Errorf("events %+v, want one T2 timeout with fallback_used", events)
 	}
 }
+
+// TestPolicyChangedEventID: guardians that apply the same policy revision
+// emit the same audit event id, so the audit stream stores the change
+// once; another revision is another event.
+func TestPolicyChangedEventID(t *testing.T) {
+	srv := natstest.Run(t)
+	_, js := natstest.Connect(t, srv)
+	g, err := jsguard.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := jsguard.EnsurePolicyBucket(t.Context(), g, js, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := jsguard.NewPolicyStore(g, kv)
+	p := jsguard.DefaultPolicy()
+	ids := map[string]bool{}
+	for i := range 2 {
+		p.Budgets[jsguard.KVGet] = time.Duration(i+1) * time.Second
+		if err := store.Save(t.Context(), p); err != nil {
+			t.Fatal(err)
+		}
+		e, err := kv.Get(t.Context(), jsguard.PolicyKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Two replicas, each with its own decoded copy.
+		var id string
+		for range 2 {
+			ev := policyChangedEvent(kv.Bucket(), &p, e)
+			ev.EventID = jsguard.EventID(ev.Code, ev.Operation, ev.TenantID, ev.CorrelationID, ev.TraceID, ev.StartedAt)
+			if id != "" && ev.EventID != id {
+				t.Fatalf("revision %d: ids %s and %s", e.Revision(), id, ev.EventID)
+			}
+			id = ev.EventID
+		}
+		ids[id] = true
+	}
+	if len(ids) != 2 {
+		t.Errorf("two revisions gave %d ids", len(ids))
+	}
+}
