@@ -211,7 +211,13 @@ func (e *Expirer) checkChanges(ctx context.Context) (rearmed int, err error) {
 	if !since.IsZero() && !since.Before(until) {
 		return 0, nil
 	}
-	var checked time.Time
+	// The scan hands its progress over under mu: an abandoned scan may
+	// still run after Do returned.
+	var (
+		mu      sync.Mutex
+		checked time.Time
+		armed   int
+	)
 	err = s.g.Do(ctx, jsguard.ReplayProcessing, "approval sweep "+s.cfg.RecordsBucket, func(ctx context.Context) error {
 		return scanSince(ctx, s.recordsStream, "$KV."+s.cfg.RecordsBucket+".>", since, func(m jetstream.Msg) error {
 			md, err := m.Metadata()
@@ -224,20 +230,27 @@ func (e *Expirer) checkChanges(ctx context.Context) (rearmed int, err error) {
 			s.stats.sweepChecked.Add(1)
 			if isEntry(m) {
 				if rec, derr := decodeRecord(m.Data(), md.Sequence.Stream); derr == nil && rec.Status == StatusPending {
-					armed, err := s.ensureTimer(withTenant(ctx, rec.Tenant), rec.Key())
+					created, err := s.ensureTimer(withTenant(ctx, rec.Tenant), rec.Key())
 					if err != nil {
 						return fmt.Errorf("check the timer of %s: %w", rec.Key(), err)
 					}
-					if armed {
-						rearmed++
+					if created {
+						mu.Lock()
+						armed++
+						mu.Unlock()
 						s.stats.repaired.Add(1)
 					}
 				}
 			}
+			mu.Lock()
 			checked = md.Timestamp
+			mu.Unlock()
 			return nil
 		})
 	})
+	mu.Lock()
+	defer mu.Unlock()
+	rearmed = armed
 	if err == nil {
 		checked = until
 	}
@@ -528,6 +541,16 @@ func (e *Expirer) Sweep(ctx context.Context) (overdue, lost int, err error) {
 					if created {
 						s.stats.repaired.Add(1)
 					}
+					return nil
+				}
+				// Any other pending approval without a timer (one removed
+				// after the periodic sweep checked its record) gets one.
+				created, err := s.ensureTimer(withTenant(ctx, rec.Tenant), rec.Key())
+				if err != nil {
+					return fmt.Errorf("check the timer of %s: %w", rec.Key(), err)
+				}
+				if created {
+					s.stats.repaired.Add(1)
 				}
 				return nil
 			}

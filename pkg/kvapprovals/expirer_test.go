@@ -442,6 +442,28 @@ func TestPeriodicSweepRearmsBeforeDeadline(t *testing.T) {
 	}
 }
 
+// TestStartSweepRearmsMissingTimer: a timer removed after the periodic
+// sweep checked its record is armed again by the full sweep an expirer
+// runs when it starts.
+func TestStartSweepRearmsMissingTimer(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, func(c *Config) { c.SendTimeoutWarnings = false })
+	r := e.request("acme", RequestInput{ID: "later", SessionID: "s", RequestedBy: "alice", Timeout: Duration(time.Hour)})
+	if err := e.svc.timers.Purge(t.Context(), r.Key()+"."+timerExpire); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := e.svc.Expirer().Sweep(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(e.timerKeys(), r.Key()+"."+timerExpire) || e.svc.Stats().TimersRepaired != 1 {
+		t.Errorf("timers %v, repaired %d: want the expire timer armed again", e.timerKeys(), e.svc.Stats().TimersRepaired)
+	}
+	// A second sweep finds the timer and arms nothing.
+	if _, _, err := e.svc.Expirer().Sweep(t.Context()); err != nil || e.svc.Stats().TimersRepaired != 1 {
+		t.Errorf("second sweep: %v, repaired %d", err, e.svc.Stats().TimersRepaired)
+	}
+}
+
 // TestPeriodicSweepReadsChangesOnce: a periodic sweep reads only the
 // records' changes since the last one, not every retained record, so its
 // cost does not grow with Retention.

@@ -219,7 +219,7 @@ func (e *env) timerKeys() []string {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	return slices.DeleteFunc(keys, func(k string) bool { return k == sweepKey }) // the sweep tick is no approval's timer
+	return slices.DeleteFunc(keys, func(k string) bool { return k == sweepKey || k == sweepCursorKey }) // the sweep tick and cursor are no approval's timers
 }
 
 // recordKeys returns the keys of the records bucket.

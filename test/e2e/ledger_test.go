@@ -7,6 +7,7 @@ import (
 	"math"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -55,44 +56,164 @@ type ledger struct {
 
 func readLedger(t testing.TB, js jetstream.JetStream) *ledger {
 	t.Helper()
-	l := &ledger{
+	l := newLedger()
+	must := func(add func(jetstream.Msg) error) func(jetstream.Msg) {
+		return func(m jetstream.Msg) {
+			if err := add(m); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	readStream(t, js, recordsStream, "$KV."+recordsBucket+".>", must(l.addRecord))
+	readStream(t, js, eventsStream, eventsPrefix+">", must(l.addEvent))
+	readStream(t, js, auditStream, auditPrefix+"*."+expiredCode, must(l.addAudit))
+	return l
+}
+
+func newLedger() *ledger {
+	return &ledger{
 		revs: map[string][]kvapprovals.Record{}, events: map[string][]kvapprovals.Event{}, eventIDs: map[string]int{},
 		audit: map[string][]jsguard.Event{}, auditIDs: map[string]int{},
 	}
-	readStream(t, js, recordsStream, "$KV."+recordsBucket+".>", func(m jetstream.Msg) {
-		if m.Headers().Get(kvOpHeader) != "" || m.Headers().Get(jetstream.MarkerReasonHeader) != "" {
-			return
+}
+
+// addRecord adds a record revision; deletes, purges and markers are not.
+func (l *ledger) addRecord(m jetstream.Msg) error {
+	if m.Headers().Get(kvOpHeader) != "" || m.Headers().Get(jetstream.MarkerReasonHeader) != "" {
+		return nil
+	}
+	md, err := m.Metadata()
+	if err != nil {
+		return fmt.Errorf("record metadata: %w", err)
+	}
+	var r kvapprovals.Record
+	if err := json.Unmarshal(m.Data(), &r); err != nil {
+		return fmt.Errorf("record %s: %w", m.Subject(), err)
+	}
+	r.Revision = md.Sequence.Stream
+	l.revs[r.Key()] = append(l.revs[r.Key()], r)
+	return nil
+}
+
+// addEvent adds a lifecycle event.
+func (l *ledger) addEvent(m jetstream.Msg) error {
+	var ev kvapprovals.Event
+	if err := json.Unmarshal(m.Data(), &ev); err != nil {
+		return fmt.Errorf("event %s: %w", m.Subject(), err)
+	}
+	l.eventIDs[m.Headers().Get(msgIDHeader)]++
+	key := ev.Tenant + "." + ev.ID
+	l.events[key] = append(l.events[key], ev)
+	return nil
+}
+
+// addAudit adds a TIMEOUT_APPROVAL_EXPIRED audit event.
+func (l *ledger) addAudit(m jetstream.Msg) error {
+	var ev jsguard.Event
+	if err := json.Unmarshal(m.Data(), &ev); err != nil {
+		return fmt.Errorf("audit event %s: %w", m.Subject(), err)
+	}
+	l.auditIDs[ev.EventID]++
+	key := ev.TenantID + "." + ev.AdditionalContext["approval_id"]
+	l.audit[key] = append(l.audit[key], ev)
+	return nil
+}
+
+// liveLedger collects the records' revisions and the lifecycle events as
+// they are stored, for runs longer than guardian keeps them (the soak
+// keeps records and events 11 minutes); the audit trail, kept 90 days, is
+// read at the end.
+type liveLedger struct {
+	mu                sync.Mutex
+	l                 *ledger
+	terminal, expired int
+	errs              []error
+	ccs               []jetstream.ConsumeContext
+}
+
+// collectLedger starts collecting from the beginning of the streams.
+func collectLedger(t testing.TB, js jetstream.JetStream) *liveLedger {
+	t.Helper()
+	c := &liveLedger{l: newLedger()}
+	countEvent := func(m jetstream.Msg) error {
+		if err := c.l.addEvent(m); err != nil {
+			return err
 		}
-		md, err := m.Metadata()
+		kind := m.Subject()[strings.LastIndexByte(m.Subject(), '.')+1:]
+		if terminalKind(kind) {
+			c.terminal++
+		}
+		if kind == kvapprovals.KindExpired {
+			c.expired++
+		}
+		return nil
+	}
+	for _, s := range []struct {
+		stream, filter string
+		add            func(jetstream.Msg) error
+	}{{recordsStream, "$KV." + recordsBucket + ".>", c.l.addRecord}, {eventsStream, eventsPrefix + ">", countEvent}} {
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+		cons, err := js.OrderedConsumer(ctx, s.stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{s.filter}})
+		cancel()
 		if err != nil {
-			t.Fatalf("record metadata: %v", err)
+			t.Fatalf("collect %s: %v", s.stream, err)
 		}
-		var r kvapprovals.Record
-		if err := json.Unmarshal(m.Data(), &r); err != nil {
-			t.Fatalf("record %s: %v", m.Subject(), err)
+		cc, err := cons.Consume(func(m jetstream.Msg) {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			if err := s.add(m); err != nil {
+				c.errs = append(c.errs, err)
+			}
+		})
+		if err != nil {
+			t.Fatalf("collect %s: %v", s.stream, err)
 		}
-		r.Revision = md.Sequence.Stream
-		l.revs[r.Key()] = append(l.revs[r.Key()], r)
+		c.ccs = append(c.ccs, cc)
+	}
+	t.Cleanup(c.stop)
+	return c
+}
+
+func (c *liveLedger) stop() {
+	for _, cc := range c.ccs {
+		cc.Stop()
+	}
+}
+
+// waitSettled is waitSettled for what was collected.
+func (c *liveLedger) waitSettled(js jetstream.JetStream, n int, d time.Duration) bool {
+	return poll(d, 250*time.Millisecond, func() bool {
+		c.mu.Lock()
+		terminal, expired := c.terminal, c.expired
+		c.mu.Unlock()
+		if terminal < n {
+			return false
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		audits, err := subjectCounts(ctx, js, auditStream, auditPrefix+"*."+expiredCode)
+		if err != nil || sum(audits) < expired {
+			return false
+		}
+		return consumerIdle(ctx, js, recordsStream, notifierName)
 	})
-	readStream(t, js, eventsStream, eventsPrefix+">", func(m jetstream.Msg) {
-		var ev kvapprovals.Event
-		if err := json.Unmarshal(m.Data(), &ev); err != nil {
-			t.Fatalf("event %s: %v", m.Subject(), err)
-		}
-		l.eventIDs[m.Headers().Get(msgIDHeader)]++
-		key := ev.Tenant + "." + ev.ID
-		l.events[key] = append(l.events[key], ev)
-	})
+}
+
+// ledger stops collecting, reads the audit trail and returns the ledger.
+func (c *liveLedger) ledger(t testing.TB, js jetstream.JetStream) *ledger {
+	t.Helper()
+	c.stop()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, err := range c.errs {
+		t.Error(err)
+	}
 	readStream(t, js, auditStream, auditPrefix+"*."+expiredCode, func(m jetstream.Msg) {
-		var ev jsguard.Event
-		if err := json.Unmarshal(m.Data(), &ev); err != nil {
-			t.Fatalf("audit event %s: %v", m.Subject(), err)
+		if err := c.l.addAudit(m); err != nil {
+			t.Fatal(err)
 		}
-		l.auditIDs[ev.EventID]++
-		key := ev.TenantID + "." + ev.AdditionalContext["approval_id"]
-		l.audit[key] = append(l.audit[key], ev)
 	})
-	return l
+	return c.l
 }
 
 // tally counts what a user would check after a run.

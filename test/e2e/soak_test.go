@@ -95,6 +95,9 @@ func TestSoak(t *testing.T) {
 	g := startGuardian(t, "g1", ns.url, env)
 	metricsURL := "http://" + g.httpAddr(g.run()) + "/metrics"
 	nc, js := connect(t, ns.url)
+	// Records and events are gone 11 minutes after their last change: the
+	// ledger is collected as they are stored.
+	live := collectLedger(t, js)
 	c := newClient(t, nc, 5*time.Second)
 	w := newWorkload(0, c)
 	t.Logf("soak: %s at %d approvals/s, sampled every %s; drift checked: %v (needs -e2e.soak >= %s), after a warm-up of %s",
@@ -202,8 +205,8 @@ func TestSoak(t *testing.T) {
 
 	// Correctness: every approval ended once, as decided or expired, with
 	// its events and audit; every acknowledged report is stored once.
-	settled := waitSettled(t, js, n, 2*time.Minute)
-	l := readLedger(t, js)
+	settled := live.waitSettled(js, n, 2*time.Minute)
+	l := live.ledger(t, js)
 	tl := l.tally(w.acked, 0)
 	t.Logf("soak: %s", &tl)
 	if !settled {
