@@ -224,7 +224,9 @@ func (a *api) serve(name string, tenantToken int, h handlerFunc, req micro.Reque
 // It returns the API error.
 func (a *api) respondError(req micro.Request, err error, hdr nats.Header) error {
 	ae := kvapprovals.ToAPIError(err)
-	if ae.Code >= 500 && !errors.Is(err, jsguard.ErrTimeout) {
+	// Timeouts are audited, and calls refused by an open circuit counted:
+	// neither is logged once per request.
+	if ae.Code >= 500 && !errors.Is(err, jsguard.ErrTimeout) && !errors.Is(err, jsguard.ErrCircuitOpen) {
 		a.log.Error("request failed", "subject", req.Subject(), "err", err)
 	}
 	body, _ := encodeJSON(map[string]any{"error": ae}) // plain data: it always encodes

@@ -402,16 +402,17 @@ guardian publishes its calls' latency histograms to the GUARDIAN_LATENCY
 stream (GUARDIAN_LATENCY_INTERVAL, 1m), and suggest sums those of the last
 --window over all of them. The proposal is the --percentile of the calls'
 durations times --margin, rounded up to two significant digits, within
-1ms-1h, and never below the longest call that returned in time unless
---below-max. Categories with fewer than --min-calls calls are left out, and
+1ms-1h, and never below the longest call that succeeded (since that
+guardian started) unless --below-max. Timeouts caused by a caller's own
+shorter deadline are not counted. Categories with fewer than --min-calls calls are left out, and
 proposals that would break T1 < T2 < T3 < T4 < T5 keep the old budget.
 
 It prints old and new budgets side by side with the share of calls that
 timed out under the old one and would have under the new one (estimated
 from the histograms; the calls that timed out count as timeouts under any
 budget). --apply stores the new budgets through the revision-checked
-policy update, as 'policy set' does; every guardian audits the change
-(AUDIT_POLICY_CHANGED).
+policy update, as 'policy set' does, unless the measurements were read
+only in part; the running guardians audit the change (AUDIT_POLICY_CHANGED).
 
 Example:
   guardian policy suggest --window 24h --percentile 99.9 --margin 1.5

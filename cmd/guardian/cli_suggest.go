@@ -27,9 +27,9 @@ type suggestFlags struct {
 func (s *suggestFlags) define(fs *flag.FlagSet) {
 	fs.DurationVar(&s.window, "window", 24*time.Hour, "how far back to take the measurements (at most 192h, what GUARDIAN_LATENCY keeps)")
 	fs.Float64Var(&s.percentile, "percentile", 99.9, "the percentile of the calls' durations a budget must cover (0-100]")
-	fs.Float64Var(&s.margin, "margin", 1.5, "multiply the percentile by this (>= 1)")
+	fs.Float64Var(&s.margin, "margin", 1.5, "multiply the percentile by this (1-1000)")
 	fs.Uint64Var(&s.minCalls, "min-calls", 100, "leave out categories with fewer calls in the window")
-	fs.BoolVar(&s.belowMax, "below-max", false, "allow budgets below the longest call that returned in time")
+	fs.BoolVar(&s.belowMax, "below-max", false, "allow budgets below the longest call that succeeded")
 	fs.BoolVar(&s.apply, "apply", false, "store the new budgets in the GUARDIAN_POLICY bucket (revision-checked, like 'policy set')")
 	fs.StringVar(&s.codes, "codes", "", "only these audit codes, comma-separated, e.g. TIMEOUT_KV_GET,TIMEOUT_KV_PUT (default: all)")
 	fs.DurationVar(&s.maxTime, "max-time", time.Minute, "give up reading the measurements after this long and suggest from what was read (a T5 budget)")
@@ -48,8 +48,8 @@ func suggestCmd(ctx context.Context, fs *flag.FlagSet, cf *clientFlags, so *sugg
 	case so.percentile <= 0 || so.percentile > 100:
 		fmt.Fprintf(stderr, "guardian: --percentile %g is out of range: must be > 0 and <= 100\n", so.percentile)
 		return exitError{2}
-	case so.margin < 1:
-		fmt.Fprintf(stderr, "guardian: --margin %g is out of range: must be >= 1\n", so.margin)
+	case so.margin < 1 || so.margin > 1000:
+		fmt.Fprintf(stderr, "guardian: --margin %g is out of range: must be >= 1 and <= 1000\n", so.margin)
 		return exitError{2}
 	case so.minCalls == 0:
 		fmt.Fprintln(stderr, "guardian: --min-calls must be at least 1")
@@ -116,6 +116,10 @@ func suggestCmd(ctx context.Context, fs *flag.FlagSet, cf *clientFlags, so *sugg
 	}
 	if !so.apply {
 		return nil
+	}
+	if aborted {
+		fmt.Fprintln(stderr, "guardian: not applied: the measurements were read only in part (raise --max-time)")
+		return exitError{3}
 	}
 	changed := 0
 	for _, x := range sugg {

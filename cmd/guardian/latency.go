@@ -144,17 +144,27 @@ func readLatency(ctx context.Context, g *jsguard.Guard, js jetstream.JetStream, 
 		}
 		pending := cons.CachedInfo().NumPending
 		for pending > 0 {
-			batch, err := jsguard.DoValue(ctx, g, jsguard.NATSSubscribe, "read "+latencyStream, func(ctx context.Context) (jetstream.MessageBatch, error) {
-				return cons.FetchNoWait(int(min(pending, 500)))
+			// The fetch and the reading of its messages, under one deadline.
+			msgs, err := jsguard.DoValue(ctx, g, jsguard.NATSSubscribe, "read "+latencyStream, func(ctx context.Context) ([][]byte, error) {
+				batch, err := cons.FetchNoWait(int(min(pending, 500)))
+				if err != nil {
+					return nil, err
+				}
+				var out [][]byte
+				for m := range batch.Messages() {
+					out = append(out, m.Data())
+				}
+				return out, batch.Error()
 			})
 			if err != nil {
 				return struct{}{}, err
 			}
-			n := 0
-			for m := range batch.Messages() {
-				n++
+			if len(msgs) == 0 {
+				break
+			}
+			for _, data := range msgs {
 				var rep latencyReport
-				if json.Unmarshal(m.Data(), &rep) != nil {
+				if json.Unmarshal(data, &rep) != nil {
 					continue
 				}
 				reports++
@@ -177,13 +187,7 @@ func readLatency(ctx context.Context, g *jsguard.Guard, js jetstream.JetStream, 
 					l.MaxOK = max(l.MaxOK, time.Duration(lc.MaxOKNs))
 				}
 			}
-			if err := batch.Error(); err != nil {
-				return struct{}{}, err
-			}
-			if n == 0 {
-				break
-			}
-			pending -= min(pending, uint64(n))
+			pending -= min(pending, uint64(len(msgs)))
 		}
 		return struct{}{}, nil
 	})

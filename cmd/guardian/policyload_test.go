@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"io"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,10 +12,11 @@ import (
 	"github.com/jsguardian/guardian/pkg/jsguard"
 )
 
-// TestLoadPolicy: the policy at start comes from the local cache (T1),
-// else the bucket (T2, which fills the cache), else the environment's
-// when the bucket does not answer within T2's budget; a deleted stored
-// policy removes the cache.
+// TestLoadPolicy: the policy at start comes from the bucket (T2), which
+// fills a local cache; when the bucket does not answer within T2's
+// budget, from that cache (the fallback content), else the environment's;
+// a bucket without a policy removes the cache, so a deleted policy never
+// comes back from it.
 func TestLoadPolicy(t *testing.T) {
 	srv := natstest.Run(t)
 	_, js := natstest.Connect(t, srv)
@@ -49,31 +49,64 @@ func TestLoadPolicy(t *testing.T) {
 	if p == nil || p.Budget(jsguard.KVGet) != 1234*time.Millisecond || from != "bucket" {
 		t.Fatalf("bucket: %v, %q", p, from)
 	}
-	if _, err := os.Stat(cache.path); err != nil {
-		t.Fatalf("no cache written: %v", err)
+	if c, ok := cache.load(); !ok || c.Budget(jsguard.KVGet) != 1234*time.Millisecond {
+		t.Fatalf("cache after the load: %v, %v", c, ok)
 	}
-	// From the cache, before the bucket is asked.
+	// The bucket stays the authority: a newer stored policy wins over
+	// the cache.
 	stored.Budgets[jsguard.KVGet] = 999 * time.Millisecond
 	if err := store.Save(t.Context(), stored); err != nil {
 		t.Fatal(err)
 	}
-	if p, from := loadPolicy(t.Context(), g, store, cache); p == nil || p.Budget(jsguard.KVGet) != 1234*time.Millisecond || !strings.HasPrefix(from, "cache ") {
-		t.Fatalf("cache: %v, %q", p, from)
+	if p, from := loadPolicy(t.Context(), g, store, cache); p == nil || p.Budget(jsguard.KVGet) != 999*time.Millisecond || from != "bucket" {
+		t.Fatalf("newer stored policy: %v, %q", p, from)
 	}
-	// A deleted stored policy removes the cache (the watch reports it).
-	cache.store(nil)
-	if _, err := os.Stat(cache.path); !os.IsNotExist(err) {
-		t.Fatalf("cache still there: %v", err)
-	}
-	// The bucket too slow for T2: the environment's, with one T2 event.
+	// The bucket too slow for T2: the cached policy, with one T2 event.
 	srv.Shutdown()
 	events = nil
 	p, from = loadPolicy(t.Context(), g, store, cache)
-	if p != nil || !strings.Contains(from, "did not answer within 500ms") {
+	if p == nil || p.Budget(jsguard.KVGet) != 999*time.Millisecond || !strings.Contains(from, "did not answer within 500ms") || !strings.HasPrefix(from, "cache ") {
 		t.Fatalf("server down: %v, %q", p, from)
 	}
 	if len(events) != 1 || events[0].Code != "TIMEOUT_T2_FILE" || !events[0].FallbackUsed {
 		t.Errorf("events %+v, want one T2 timeout with fallback_used", events)
+	}
+	// No cache either: the environment's.
+	cache.store(nil)
+	if p, from := loadPolicy(t.Context(), g, store, cache); p != nil || strings.HasPrefix(from, "cache ") {
+		t.Errorf("server down, no cache: %v, %q", p, from)
+	}
+}
+
+// TestLoadPolicyDeletedNotCached: a policy deleted from the bucket while
+// a guardian was down is not brought back by its cache.
+func TestLoadPolicyDeletedNotCached(t *testing.T) {
+	srv := natstest.Run(t)
+	_, js := natstest.Connect(t, srv)
+	g, err := jsguard.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := jsguard.EnsurePolicyBucket(t.Context(), g, js, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := jsguard.NewPolicyStore(g, kv)
+	cache := policyCache{path: filepath.Join(t.TempDir(), "policy-cache.json"), log: newLogger(io.Discard, "error", "json")}
+	if err := store.Save(t.Context(), jsguard.DefaultPolicy()); err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := loadPolicy(t.Context(), g, store, cache); p == nil {
+		t.Fatal("no stored policy loaded")
+	}
+	if err := kv.Delete(t.Context(), jsguard.PolicyKey); err != nil {
+		t.Fatal(err)
+	}
+	if p, from := loadPolicy(t.Context(), g, store, cache); p != nil {
+		t.Errorf("deleted policy came back from %q", from)
+	}
+	if _, ok := cache.load(); ok {
+		t.Error("the cache outlived the deleted policy")
 	}
 }
 

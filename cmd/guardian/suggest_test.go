@@ -76,4 +76,17 @@ func TestPolicySuggest(t *testing.T) {
 		}
 		return st.State.Msgs == 1, fmt.Sprintf("%d policy change events", st.State.Msgs)
 	})
+	// ... and stays one: the watch and the resync apply it once.
+	time.Sleep(6 * time.Second) // past the store's 5s resync
+	st, err := js.Stream(t.Context(), "GUARDIAN_AUDIT")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(t.Context(), jetstream.WithSubjectFilter("guardian.v1.audit._none."+PolicyChangedCode))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 1 {
+		t.Errorf("%d policy change events later, want 1", info.State.Msgs)
+	}
 }

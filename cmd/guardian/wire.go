@@ -266,45 +266,47 @@ func policyChangedEvent(bucket string, p *jsguard.Policy, e jetstream.KeyValueEn
 }
 
 // loadPolicy finds the policy to start with, along the T1–T5 hierarchy:
-// the local cache (T1: the policy last applied, a file), else the one
-// stored in the bucket (T2), else none (the environment's, which the guard
-// holds already). It never waits longer than T2's budget: the policy
-// watch applies the stored policy as soon as the bucket answers. It
-// returns the policy (nil: keep the environment's) and where it came from.
+// the one stored in the bucket (a T2 read), which is the authority; when
+// the bucket does not answer within T2's budget (or cannot be read), the
+// local copy of the policy this guardian last applied (the fallback
+// content); else none (the environment's, which the guard holds already).
+// It never waits longer than T2's budget, whatever the policy's strategy:
+// the policy watch applies the stored policy as soon as the bucket
+// answers. It returns the policy (nil: keep the environment's) and where
+// it came from.
 func loadPolicy(ctx context.Context, g *jsguard.Guard, store *jsguard.PolicyStore, cache policyCache) (*jsguard.Policy, string) {
 	type found struct {
 		p    *jsguard.Policy
 		from string
 	}
+	fromCache := func(why string) found {
+		if p, ok := cache.load(); ok {
+			return found{p, "cache " + cache.path + " (" + why + "; the policy watch applies the stored policy once it answers)"}
+		}
+		return found{nil, why + "; the policy watch applies the stored policy once it answers"}
+	}
 	r, err := jsguard.File(ctx, g, "policy load", func(ctx context.Context) (found, error) {
-		c, err := jsguard.Cached(ctx, g, "policy cache "+cache.path,
-			func(context.Context) (found, bool, error) {
-				p, ok := cache.load()
-				return found{p, "cache " + cache.path}, ok, nil
-			},
-			func(ctx context.Context) (found, error) {
-				p, err := store.Load(ctx)
-				switch {
-				case errors.Is(err, jetstream.ErrKeyNotFound):
-					return found{nil, "no policy is stored in the bucket"}, nil
-				case err != nil:
-					return found{}, err
-				}
-				cache.store(&p)
-				return found{&p, "bucket"}, nil
-			})
-		return c.Value, err
+		p, err := store.Load(ctx)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			cache.store(nil) // the bucket says: none
+			return found{nil, "no policy is stored in the bucket"}, nil
+		case err != nil:
+			return found{}, err
+		}
+		cache.store(&p)
+		return found{&p, "bucket"}, nil
 	}, func(_ context.Context, te *jsguard.TimeoutError) (found, error) {
-		return found{nil, "the bucket did not answer within " + te.Budget.String() + "; the policy watch applies the stored policy once it does"}, nil
-	})
+		return fromCache("the bucket did not answer within " + te.Budget.String()), nil
+	}, jsguard.WithStrategy(jsguard.Graceful))
 	if err != nil {
-		return nil, "the bucket could not be read: " + err.Error()
+		r.Value = fromCache("the bucket could not be read: " + err.Error())
 	}
 	return r.Value.p, r.Value.from
 }
 
 // policyCache is the local copy of the last policy applied from the
-// bucket, the T1 level of the policy load at start.
+// bucket, the fallback of the policy load at start.
 type policyCache struct {
 	path string
 	log  *slog.Logger

@@ -131,7 +131,11 @@ func run(args []string, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "\nwhat degraded, and why:\n")
 	for _, d := range sum.Degraded {
-		fmt.Fprintf(out, "  %s (event %s)\n", d, d.Cause.EventID)
+		if d.Cause != nil {
+			fmt.Fprintf(out, "  %s (event %s)\n", d, d.Cause.EventID)
+		} else {
+			fmt.Fprintf(out, "  %s\n", d)
+		}
 	}
 	return nil
 }

@@ -24,7 +24,7 @@ type CircuitOpenError struct {
 	Until time.Time
 }
 
-// Error returns e.g. "TIMEOUT_KV_GET: circuit open until 12:00:05Z, kv get b/k not called".
+// Error returns e.g. "TIMEOUT_KV_GET: circuit open until 2026-11-30T12:00:05Z; kv get b/k not called".
 func (e *CircuitOpenError) Error() string {
 	if e.Until.IsZero() {
 		return fmt.Sprintf("%s: circuit half-open, its probes are in flight; %s not called", e.Category.Code(), e.Operation)
@@ -144,46 +144,53 @@ type transition struct {
 	to                    CircuitState
 	calls, timeouts, slow int
 	at                    time.Time
+	reason                string // set when not the calls' doing
 }
 
 // admit decides whether a call may run. It returns a *CircuitOpenError when
-// not, whether the call is a half-open probe, and the transition to
-// half-open when this call made it.
-func (b *breaker) admit(c Category, op string, now time.Time) (probe bool, tr *transition, err error) {
+// not, and whether the call is a half-open probe. A change to half-open is
+// reported (see report) before it returns.
+func (b *breaker) admit(g *Guard, c Category, op string, now time.Time) (probe bool, err error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	switch b.state {
 	case CircuitClosed:
-		return false, nil, nil
+		return false, nil
 	case CircuitOpen:
 		if now.Before(b.until) {
-			return false, nil, &CircuitOpenError{Category: c, Operation: op, Until: b.until}
+			return false, &CircuitOpenError{Category: c, Operation: op, Until: b.until}
 		}
 		b.state, b.probing, b.passed = CircuitHalfOpen, 0, 0
-		tr = &transition{to: CircuitHalfOpen, at: now}
+		g.report(c, b, &transition{to: CircuitHalfOpen, at: now})
 	}
 	if b.probing+b.passed >= b.cfg.Probes {
-		return false, tr, &CircuitOpenError{Category: c, Operation: op}
+		return false, &CircuitOpenError{Category: c, Operation: op}
 	}
 	b.probing++
-	return true, tr, nil
+	return true, nil
 }
 
-// done records a call that ran: its outcome and duration. It returns the
-// transition the call caused, if any.
-func (b *breaker) done(probe bool, o Outcome, d time.Duration, now time.Time) *transition {
+// done records a call that ran: its outcome and duration, and reports the
+// change it caused, if any. Changes are reported under the breaker's lock,
+// so in the order they happen.
+func (b *breaker) done(g *Guard, c Category, probe bool, o Outcome, d time.Duration, now time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if tr := b.record(probe, o, d, now); tr != nil {
+		g.report(c, b, tr)
+	}
+}
+
+// record is done's bookkeeping, under b.mu; it returns the change.
+func (b *breaker) record(probe bool, o Outcome, d time.Duration, now time.Time) *transition {
 	if o == Canceled {
 		if probe {
-			b.mu.Lock()
 			b.probing--
-			b.mu.Unlock()
 		}
 		return nil
 	}
 	timedOut := o == TimedOut || o == Abandoned
 	slow := b.cfg.SlowCall > 0 && d >= b.cfg.SlowCall
-	b.mu.Lock()
-	defer b.mu.Unlock()
 	if probe {
 		b.probing--
 		if b.state != CircuitHalfOpen {
@@ -251,7 +258,9 @@ func boolInt(v bool) int {
 
 // setBreakers installs the breakers of a new policy: a category whose
 // configuration did not change keeps its breaker and state; one that
-// changed starts closed; one no longer configured has none.
+// changed starts closed; one no longer configured has none. A breaker
+// that was open or half-open and is replaced or removed is reported
+// closed (reason "policy change").
 func (g *Guard) setBreakers(cfgs map[Category]BreakerConfig) {
 	g.breakersMu.Lock()
 	defer g.breakersMu.Unlock()
@@ -267,6 +276,20 @@ func (g *Guard) setBreakers(cfgs map[Category]BreakerConfig) {
 		m[c] = &breaker{cfg: cfg}
 	}
 	g.breakers.Store(&m)
+	if old == nil {
+		return
+	}
+	for c, b := range *old {
+		if m[c] == b {
+			continue
+		}
+		b.mu.Lock()
+		if b.state != CircuitClosed {
+			b.state = CircuitClosed
+			g.report(c, b, &transition{to: CircuitClosed, at: time.Now(), reason: "policy change"})
+		}
+		b.mu.Unlock()
+	}
 }
 
 // breaker returns c's breaker, nil when the policy configures none.
@@ -291,7 +314,8 @@ func (g *Guard) Circuit(c Category) CircuitState {
 }
 
 // report emits the audit event of a state change and calls
-// Hooks.OnCircuit.
+// Hooks.OnCircuit; its caller holds b.mu, so that changes are reported in
+// order (an emit holds it at most the guard's emit bound).
 func (g *Guard) report(c Category, b *breaker, tr *transition) {
 	code := map[CircuitState]string{CircuitOpen: CircuitOpenCode, CircuitHalfOpen: CircuitHalfOpenCode, CircuitClosed: CircuitClosedCode}[tr.to]
 	details := map[string]string{"category": c.Code(), "state": tr.to.String()}
@@ -304,6 +328,9 @@ func (g *Guard) report(c Category, b *breaker, tr *transition) {
 		details["window"] = b.cfg.Window.String()
 	case CircuitClosed:
 		details["probes"] = strconv.Itoa(tr.calls)
+	}
+	if tr.reason != "" {
+		details["reason"] = tr.reason
 	}
 	if g.hooks.OnCircuit != nil {
 		g.hooks.OnCircuit(c, tr.to)

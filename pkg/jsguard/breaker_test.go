@@ -178,7 +178,7 @@ func TestBreakerSlowCalls(t *testing.T) {
 // one that removes it lets every call run.
 func TestBreakerLiveReload(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		g, _, _ := breakerGuard(t)
+		g, sink, states := breakerGuard(t)
 		for range 4 {
 			_ = g.Do(t.Context(), jsguard.KVGet, "kv get k", honour)
 		}
@@ -201,6 +201,12 @@ func TestBreakerLiveReload(t *testing.T) {
 		}
 		if g.Circuit(jsguard.KVGet) != jsguard.CircuitClosed {
 			t.Error("a changed breaker kept its state")
+		}
+		// The reset is reported: the state hook and one CLOSED event.
+		evs := sink.events()
+		if last := evs[len(evs)-1]; last.Code != jsguard.CircuitClosedCode || last.AdditionalContext["reason"] != "policy change" ||
+			(*states)[len(*states)-1] != jsguard.CircuitClosed {
+			t.Errorf("after the reset: last event %s %v, states %v", last.Code, last.AdditionalContext, *states)
 		}
 		p.Breakers = nil
 		if err := g.SetPolicy(p); err != nil {
@@ -241,5 +247,74 @@ func TestBreakerPolicyJSON(t *testing.T) {
 	p.Breakers[jsguard.KVGet] = jsguard.BreakerConfig{Window: time.Second, MinCalls: 1, Cooldown: time.Second, Probes: 1}
 	if err := p.Validate(); !errors.Is(err, jsguard.ErrInvalidPolicy) || !strings.Contains(err.Error(), "breakers.TIMEOUT_KV_GET") {
 		t.Errorf("a breaker with no rate: %v", err)
+	}
+}
+
+// TestBreakerIgnoresCallerDeadlines: timeouts caused by the caller's own,
+// shorter deadline (a client may send any) neither open the circuit nor
+// count as the category's timeouts in its latency histogram.
+func TestBreakerIgnoresCallerDeadlines(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g, _, _ := breakerGuard(t) // KV_GET 100ms, opens at 2 of 4
+		for range 10 {
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Millisecond)
+			err := g.Do(ctx, jsguard.KVGet, "kv get k", honour)
+			cancel()
+			if te := asTimeout(t, err); !te.ParentBound {
+				t.Fatalf("not parent-bound: %v", err)
+			}
+		}
+		if g.Circuit(jsguard.KVGet) != jsguard.CircuitClosed {
+			t.Errorf("the callers' deadlines opened the circuit")
+		}
+		for _, l := range g.Latency() {
+			if l.Category == jsguard.KVGet && l.Timeouts != 0 {
+				t.Errorf("latency counts %d timeouts of the callers' deadlines", l.Timeouts)
+			}
+		}
+		// The category's own budget still counts.
+		for range 4 {
+			_ = g.Do(t.Context(), jsguard.KVGet, "kv get k", honour)
+		}
+		if g.Circuit(jsguard.KVGet) != jsguard.CircuitOpen {
+			t.Errorf("circuit %s after 4 of its own timeouts", g.Circuit(jsguard.KVGet))
+		}
+	})
+}
+
+// TestLevelsDegradeOnOpenCircuit: under graceful, a File whose read fails
+// fast on an open circuit returns its fallback, and a Cached whose lookup
+// does goes on to the source; breakers on the levels themselves are
+// refused.
+func TestLevelsDegradeOnOpenCircuit(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g, _, _ := breakerGuard(t)
+		for range 4 {
+			_ = g.Do(t.Context(), jsguard.KVGet, "kv get k", honour)
+		}
+		get := func(ctx context.Context) (string, error) {
+			return "", g.Do(ctx, jsguard.KVGet, "kv get k", func(context.Context) error { return nil })
+		}
+		r, err := jsguard.File(t.Context(), g, "read f", get,
+			func(_ context.Context, te *jsguard.TimeoutError) (string, error) { return "fallback", nil })
+		if err != nil || r.Value != "fallback" || !r.Degraded || r.Cause != nil {
+			t.Errorf("File: %+v, %v; want the fallback", r, err)
+		}
+		c, err := jsguard.Cached(t.Context(), g, "cache k",
+			func(ctx context.Context) (string, bool, error) { v, err := get(ctx); return v, err == nil, err },
+			func(context.Context) (string, error) { return "source", nil })
+		if err != nil || c.Value != "source" || !c.Degraded {
+			t.Errorf("Cached: %+v, %v; want the source", c, err)
+		}
+		// Strict: the error.
+		if _, err := jsguard.File(t.Context(), g, "read f", get, func(context.Context, *jsguard.TimeoutError) (string, error) { return "fb", nil },
+			jsguard.WithStrategy(jsguard.Strict)); !errors.Is(err, jsguard.ErrCircuitOpen) {
+			t.Errorf("strict File: %v", err)
+		}
+	})
+	p := jsguard.DefaultPolicy()
+	p.Breakers = map[jsguard.Category]jsguard.BreakerConfig{jsguard.T2File: jsguard.DefaultBreaker()}
+	if err := p.Validate(); err == nil || !strings.Contains(err.Error(), "levels degrade on their own") {
+		t.Errorf("a breaker on T2: %v", err)
 	}
 }

@@ -18,8 +18,8 @@ import (
 // makes the services behind it work longer. A asks B with 300ms; B's
 // handler (MicroHandler) spends 100ms, then asks C through Guard.Request
 // with its own context; C's handler sees about 200ms in the header and
-// its context ends when A stops waiting, not after C's 30s APIRequest
-// budget. B's and C's timeouts are audited once each, bound by the parent.
+// its context ends when A stops waiting, not after its own 5s budget; C's
+// timeout is audited once, bound by the parent.
 func TestDeadlinePropagation(t *testing.T) {
 	srv := natstest.Run(t)
 	nc, _ := natstest.Connect(t, srv)

@@ -443,24 +443,29 @@ func run[T any, F caller[T]](ctx context.Context, g *Guard, c Category, op strin
 	}
 	p := g.policy.Load()
 	st := g.stat(c)
-	ended := Canceled // what the call's record says; see rec
+	ended := Canceled    // what the call's record says; see rec
+	parentBound := false // the caller's deadline, not the budget, applied
 	rec := func(budget, d time.Duration, o Outcome) {
 		ended = o
 		g.record(st, c, op, budget, d, o)
+		if parentBound && (o == TimedOut || o == Abandoned) {
+			st.parentTimeouts.Add(1)
+		}
 	}
 	if br := g.breaker(c); br != nil {
-		probe, tr, err := br.admit(c, op, time.Now())
-		if tr != nil {
-			g.report(c, br, tr)
-		}
+		probe, err := br.admit(g, c, op, time.Now())
 		if err != nil {
 			g.record(st, c, op, 0, 0, Rejected)
 			return runResult[T]{err: err}
 		}
 		defer func(start time.Time) {
-			if tr := br.done(probe, ended, time.Since(start), time.Now()); tr != nil {
-				g.report(c, br, tr)
+			o := ended
+			if parentBound && (o == TimedOut || o == Abandoned) {
+				// The caller's deadline cut it short (a client can send
+				// any): that says nothing about the category.
+				o = Canceled
 			}
+			br.done(g, c, probe, o, time.Since(start), time.Now())
 		}(time.Now())
 	}
 	budget := p.Budget(c)
@@ -477,7 +482,6 @@ func run[T any, F caller[T]](ctx context.Context, g *Guard, c Category, op strin
 	}
 	start := time.Now()
 	deadline := start.Add(budget)
-	parentBound := false
 	cl := &call[T]{}
 	f := &cl.frame
 	f.parent, f.deadline = ctx, deadline

@@ -57,13 +57,19 @@ type Degradation struct {
 	Fallback string
 	// Missing names the parts (T3) or layers (T4) that were left out.
 	Missing []string
-	// Cause is the timeout; its EventID names the audit event.
+	// Cause is the timeout; its EventID names the audit event. It is nil
+	// when a call inside failed fast on an open circuit instead; Open
+	// then says which (Cached and File degrade for that too).
 	Cause *TimeoutError
+	Open  *CircuitOpenError
 }
 
 // String returns e.g. "T3 layer physics: partial result, missing [b.md]".
 func (d Degradation) String() string {
 	s := fmt.Sprintf("%s %s: %s", d.Level, d.Operation, d.Fallback)
+	if d.Open != nil {
+		s += " (" + d.Open.Category.Code() + " circuit open)"
+	}
 	if len(d.Missing) > 0 {
 		s += fmt.Sprintf(", missing %v", d.Missing)
 	}
@@ -164,7 +170,8 @@ func (lv *level) degraded(te *TimeoutError, missing []string) *Degradation {
 // cached value; on a miss it returns source's value. When the lookup's
 // deadline fires under graceful, the cache is skipped: source runs, and
 // the result is marked Degraded with the timeout as Cause (one T1 audit
-// event, fallback_used). source runs under the caller's context, not
+// event, fallback_used). A lookup that fails fast on an open circuit
+// (ErrCircuitOpen) is skipped the same way, with a nil Cause. source runs under the caller's context, not
 // under T1's budget; a T2 File that wraps Cached bounds both.
 //
 // It returns lookup's or source's error, ctx.Err() when ctx is done, or
@@ -182,9 +189,13 @@ func Cached[T any](ctx context.Context, g *Guard, op string, lookup func(context
 		return hit{v, ok}, err
 	}), &o, nil, lv.graceful)
 	var own *Degradation
+	var coe *CircuitOpenError
 	switch {
 	case lv.degrades(r.te):
 		own = lv.degraded(r.te, nil)
+	case lv.graceful() && errors.As(r.err, &coe):
+		own = lv.degraded(nil, nil)
+		own.Open = coe
 	case r.err != nil:
 		lv.finish(nil)
 		return Result[T]{}, r.err
@@ -198,15 +209,17 @@ func Cached[T any](ctx context.Context, g *Guard, op string, lookup func(context
 		return Result[T]{}, err
 	}
 	if own != nil {
-		return Result[T]{Value: v, Degraded: true, Cause: r.te}, nil
+		return Result[T]{Value: v, Degraded: true, Cause: own.Cause}, nil
 	}
 	return Result[T]{Value: v}, nil
 }
 
 // File runs read as a T2 call. When its deadline fires under graceful, it
 // returns fallback's value marked Degraded, with the timeout as Cause and
-// a nil error (one T2 audit event, fallback_used). fallback runs without a
-// deadline of its own and should be cheap: fixed content, a default.
+// a nil error (one T2 audit event, fallback_used). When read fails fast on
+// an open circuit (ErrCircuitOpen), it falls back the same way, with a nil
+// cause. fallback runs without a deadline of its own and should be cheap:
+// fixed content, a default.
 //
 // It returns read's error, ctx.Err() when ctx is done, the *TimeoutError
 // under strict or none, or fallback's error joined with the timeout.
@@ -215,11 +228,14 @@ func File[T any](ctx context.Context, g *Guard, op string, read func(context.Con
 	useFallback := fallback != nil && lv.graceful()
 	o := applyOpts(lv.opts)
 	r := run(lctx, lv.g, T2File, op, valueFunc[T](read), &o, nil, func() bool { return useFallback })
-	if !useFallback || !lv.degrades(r.te) {
+	var coe *CircuitOpenError
+	open := useFallback && r.te == nil && errors.As(r.err, &coe)
+	if !open && (!useFallback || !lv.degrades(r.te)) {
 		lv.finish(nil)
 		return Result[T]{Value: r.v}, r.err
 	}
 	own := lv.degraded(r.te, nil)
+	own.Open = coe
 	lv.finish(own)
 	fv, ferr := fallback(context.WithoutCancel(ctx), r.te)
 	if ferr != nil {

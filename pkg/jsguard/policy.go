@@ -151,6 +151,9 @@ func (p *Policy) Validate() error {
 		if !codePattern.MatchString(c.Code()) {
 			return fmt.Errorf("%w: breakers: category code %q must match %s", ErrInvalidPolicy, c.Code(), codePattern)
 		}
+		if c.Level() != LevelNone {
+			return fmt.Errorf("%w: breakers.%s: the T1-T5 levels degrade on their own; put the breaker on the category of the calls inside them", ErrInvalidPolicy, c.Code())
+		}
 		if err := p.Breakers[c].Validate(); err != nil {
 			return fmt.Errorf("breakers.%s: %w", c.Code(), err)
 		}

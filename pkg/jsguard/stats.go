@@ -25,6 +25,7 @@ type catStats struct {
 	quick                                                atomic.Bool
 	calls, failed, timeouts, abandoned, canceled, events atomic.Uint64
 	rejected                                             atomic.Uint64
+	parentTimeouts                                       atomic.Uint64 // timeouts the caller's deadline caused
 	sumNanos                                             atomic.Int64
 	buckets                                              [16]atomic.Uint64 // len(DurationBuckets)+1
 	// fine is the latency histogram of the calls that returned before
@@ -153,7 +154,7 @@ func (g *Guard) record(s *catStats, c Category, op string, budget, d time.Durati
 		s.canceled.Add(1)
 	}
 	s.sumNanos.Add(int64(d))
-	if o == OK || o == Failed {
+	if o == OK {
 		s.fine[LatencyBucket(d)].Add(1)
 		for m := s.maxOK.Load(); int64(d) > m && !s.maxOK.CompareAndSwap(m, int64(d)); m = s.maxOK.Load() {
 		}
@@ -200,7 +201,7 @@ func LatencyBucket(d time.Duration) int {
 }
 
 // LatencyBound returns the upper bound of latency bucket i: 100µs ×
-// 2^(i/4).
+// 2^(i/4). It panics unless 0 <= i < LatencyBuckets.
 func LatencyBound(i int) time.Duration { return latencyBounds[i] }
 
 var latencyBounds = func() (b [LatencyBuckets]time.Duration) {
@@ -211,8 +212,10 @@ var latencyBounds = func() (b [LatencyBuckets]time.Duration) {
 }()
 
 // Latency is one category's latency histogram since the guard was made:
-// the calls that returned before their deadline by LatencyBucket, how many
-// timed out instead, and the longest that returned in time.
+// the calls that succeeded by LatencyBucket, how many
+// ran out of the category's budget instead (not counting those the
+// caller's own, earlier deadline cut short), and the longest that returned
+// in time.
 type Latency struct {
 	Category Category
 	Counts   [LatencyBuckets]uint64
@@ -230,7 +233,7 @@ func (g *Guard) Latency() []Latency {
 	}
 	out := make([]Latency, 0, len(*m))
 	for c, s := range *m {
-		l := Latency{Category: c, Timeouts: s.timeouts.Load(), MaxOK: time.Duration(s.maxOK.Load())}
+		l := Latency{Category: c, Timeouts: s.timeouts.Load() - min(s.parentTimeouts.Load(), s.timeouts.Load()), MaxOK: time.Duration(s.maxOK.Load())}
 		for i := range s.fine {
 			l.Counts[i] = s.fine[i].Load()
 		}

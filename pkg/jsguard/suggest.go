@@ -14,9 +14,9 @@ type SuggestOptions struct {
 	Margin float64
 	// MinCalls leaves out categories with fewer observed calls (100).
 	MinCalls uint64
-	// BelowMax lets a budget fall below the longest call that returned in
-	// time; by default a budget never does, so no call that succeeded
-	// would have timed out.
+	// BelowMax lets a budget fall below the longest call that succeeded;
+	// by default a budget never does, so no call that succeeded would have
+	// timed out.
 	BelowMax bool
 }
 
@@ -36,13 +36,13 @@ func (o *SuggestOptions) defaults() {
 // on.
 type Suggestion struct {
 	Category Category
-	// Calls returned in time; Timeouts did not.
+	// Calls succeeded; Timeouts ran out of the category's budget.
 	Calls, Timeouts uint64
 	// Observed is the duration at the percentile (the upper bound of its
 	// histogram bucket); when the percentile falls among the timeouts, it
 	// is the old budget, a lower bound.
 	Observed time.Duration
-	// MaxOK is the longest call that returned in time.
+	// MaxOK is the longest call that succeeded (see Latency.MaxOK).
 	MaxOK time.Duration
 	// Old is the budget in force, New the proposal.
 	Old, New time.Duration
@@ -59,7 +59,7 @@ type Suggestion struct {
 // histograms (summed over replicas and a window; see Guard.Latency): the
 // Percentile of the durations times Margin, rounded up to two significant
 // digits, clamped to [1ms, MaxBudget] and, unless BelowMax, to at least
-// the longest call that returned in time. Categories with fewer than
+// the longest call that succeeded. Categories with fewer than
 // MinCalls calls are left out. Proposals that would break the order of
 // the hierarchy's budgets (T1 < … < T5) keep their old budget, with a
 // note. The result is sorted by category; it never fails.
@@ -84,15 +84,16 @@ func Suggest(p Policy, hists []Latency, o SuggestOptions) []Suggestion {
 				break
 			}
 		}
-		s.New = niceCeil(time.Duration(float64(s.Observed) * o.Margin))
-		switch {
-		case s.New < time.Millisecond:
+		switch want := float64(s.Observed) * o.Margin; {
+		case want < float64(time.Millisecond):
 			s.New, s.Note = time.Millisecond, "raised to the 1ms floor"
-		case s.New > MaxBudget:
+		case want > float64(MaxBudget):
 			s.New, s.Note = MaxBudget, "cut to the 1h ceiling"
+		default:
+			s.New = min(niceCeil(time.Duration(want)), MaxBudget)
 		}
 		if !o.BelowMax && s.New < s.MaxOK {
-			s.New, s.Note = min(niceCeil(s.MaxOK), MaxBudget), "raised to the longest call that returned in time"
+			s.New, s.Note = min(niceCeil(s.MaxOK), MaxBudget), "raised to the longest call that succeeded"
 		}
 		if s.Observed == s.Old && seen < rank {
 			s.Note = "the percentile is among the timeouts: the old budget times the margin"

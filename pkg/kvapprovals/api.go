@@ -83,6 +83,7 @@ const (
 	APIInternal         = "internal"          // 500
 	APITimeout          = "timeout"           // 503
 	APIUnavailable      = "unavailable"       // 503
+	APICircuitOpen      = "circuit_open"      // 503: a dependency's circuit breaker is open; retry later
 )
 
 // Error returns the message.
@@ -92,7 +93,7 @@ func (e *APIError) Error() string { return e.Message }
 // ErrUnauthenticated, ErrIdentityMismatch, ErrNotEligible, ErrInvalidRules
 // (with ErrUnavailable), ErrSelfApproval, ErrNotFound, ErrAlreadyDecided, ErrConflict, ErrExpired,
 // ErrTooManyPending, or ErrUnavailable (with jsguard.ErrTimeout for a
-// timeout).
+// timeout, jsguard.ErrCircuitOpen for an open circuit).
 func (e *APIError) Unwrap() []error {
 	switch e.Status {
 	case APIInvalidRequest:
@@ -122,6 +123,8 @@ func (e *APIError) Unwrap() []error {
 		return []error{ErrTooManyPending}
 	case APITimeout:
 		return []error{ErrUnavailable, jsguard.ErrTimeout}
+	case APICircuitOpen:
+		return []error{ErrUnavailable, jsguard.ErrCircuitOpen}
 	}
 	return []error{ErrUnavailable}
 }
@@ -131,7 +134,8 @@ func (e *APIError) Unwrap() []error {
 // identity mismatch, not eligible or self-approval, 404 not
 // found, 409 already decided (with the final status) or conflicting retry,
 // 410 expired, 429 too many pending, 503 with the TIMEOUT_* code when a
-// dependency timed out, 500 otherwise. An *APIError is returned as it is.
+// dependency timed out, 503 circuit_open (with the code) when a
+// dependency's circuit breaker is open, 500 otherwise. An *APIError is returned as it is.
 func ToAPIError(err error) *APIError {
 	var ae *APIError
 	if errors.As(err, &ae) {
@@ -141,6 +145,7 @@ func ToAPIError(err error) *APIError {
 	var fe *FieldError
 	var se *StateError
 	var te *jsguard.TimeoutError
+	var coe *jsguard.CircuitOpenError
 	switch {
 	case errors.As(err, &fe):
 		e.Code, e.Status, e.Field = http.StatusBadRequest, APIInvalidRequest, fe.Field
@@ -176,6 +181,8 @@ func ToAPIError(err error) *APIError {
 		e.Code, e.Status = http.StatusTooManyRequests, APITooManyPending
 	case errors.As(err, &te):
 		e.Code, e.Status, e.TimeoutCode = http.StatusServiceUnavailable, APITimeout, te.Code
+	case errors.As(err, &coe):
+		e.Code, e.Status, e.TimeoutCode = http.StatusServiceUnavailable, APICircuitOpen, coe.Category.Code()
 	default:
 		e.Code, e.Status = http.StatusInternalServerError, APIInternal
 	}
