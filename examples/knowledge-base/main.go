@@ -116,7 +116,7 @@ func run(args []string, out io.Writer) error {
 		return err
 	}
 
-	kb := &knowledgeBase{g: g, store: store}
+	kb := &knowledgeBase{g: g, store: store, cache: newCache()}
 	fmt.Fprintf(out, "answering %d questions under T5 (%s); the budgets are T1 %s, T2 %s, T3 %s, T4 %s:\n", *questions,
 		g.Budget(jsguard.T5Complex), g.Budget(jsguard.T1Cache), g.Budget(jsguard.T2File), g.Budget(jsguard.T3Layer), g.Budget(jsguard.T4Full))
 	start := time.Now()
@@ -184,6 +184,7 @@ func fill(ctx context.Context, g *jsguard.Guard, js jetstream.JetStream) (jetstr
 type knowledgeBase struct {
 	g     *jsguard.Guard
 	store jetstream.ObjectStore
+	cache *cache
 }
 
 // loaded is the knowledge base as one request sees it.
@@ -262,12 +263,12 @@ func (kb *knowledgeBase) layer(ctx context.Context, name string) (jsguard.Partia
 func (kb *knowledgeBase) file(ctx context.Context, name string) (jsguard.Result[string], error) {
 	return jsguard.File(ctx, kb.g, "read "+name, func(ctx context.Context) (string, error) {
 		r, err := jsguard.Cached(ctx, kb.g, "cache "+name, func(ctx context.Context) (string, bool, error) {
-			return remoteCache.get(ctx, name)
+			return kb.cache.get(ctx, name)
 		}, func(ctx context.Context) (string, error) {
 			return kb.source(ctx, name)
 		})
 		if err == nil {
-			remoteCache.put(name, r.Value)
+			kb.cache.put(name, r.Value)
 		}
 		return r.Value, err
 	}, func(context.Context, *jsguard.TimeoutError) (string, error) {
@@ -297,13 +298,15 @@ func (kb *knowledgeBase) source(ctx context.Context, name string) (string, error
 	return kb.store.GetString(ctx, name)
 }
 
-// remoteCache stands for a cache on another machine: lookups take 10ms,
-// some much longer.
-var remoteCache = &cache{m: map[string]string{"core/overview.md": "# core/overview.md (cached)"}}
-
+// cache stands for a cache on another machine: lookups take 10ms, some
+// much longer (slowCache).
 type cache struct {
 	mu sync.Mutex
 	m  map[string]string
+}
+
+func newCache() *cache {
+	return &cache{m: map[string]string{"core/overview.md": "# core/overview.md (cached)"}}
 }
 
 func (c *cache) get(ctx context.Context, name string) (string, bool, error) {
