@@ -116,8 +116,8 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	var lg *jsguard.Guard
 	if maxTime != nil {
-		if *maxTime < time.Millisecond || *maxTime > jsguard.MaxBudget {
-			fmt.Fprintf(stderr, "guardian: --max-time %s is out of range: must be >= 1ms and <= %s\n", *maxTime, jsguard.MaxBudget)
+		if *maxTime < time.Microsecond || *maxTime > jsguard.MaxBudget {
+			fmt.Fprintf(stderr, "guardian: --max-time %s is out of range: must be >= 1µs and <= %s\n", *maxTime, jsguard.MaxBudget)
 			return exitError{2}
 		}
 		lg = levelGuard(*maxTime, stderr)

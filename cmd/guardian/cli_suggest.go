@@ -54,8 +54,8 @@ func suggestCmd(ctx context.Context, fs *flag.FlagSet, cf *clientFlags, so *sugg
 	case so.minCalls == 0:
 		fmt.Fprintln(stderr, "guardian: --min-calls must be at least 1")
 		return exitError{2}
-	case so.maxTime < time.Millisecond || so.maxTime > jsguard.MaxBudget:
-		fmt.Fprintf(stderr, "guardian: --max-time %s is out of range: must be >= 1ms and <= %s\n", so.maxTime, jsguard.MaxBudget)
+	case so.maxTime < time.Microsecond || so.maxTime > jsguard.MaxBudget:
+		fmt.Fprintf(stderr, "guardian: --max-time %s is out of range: must be >= 1µs and <= %s\n", so.maxTime, jsguard.MaxBudget)
 		return exitError{2}
 	}
 	only := map[jsguard.Category]bool{}
