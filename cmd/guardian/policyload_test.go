@@ -81,17 +81,7 @@ func TestLoadPolicy(t *testing.T) {
 // TestLoadPolicyDeletedNotCached: a policy deleted from the bucket while
 // a guardian was down is not brought back by its cache.
 func TestLoadPolicyDeletedNotCached(t *testing.T) {
-	srv := natstest.Run(t)
-	_, js := natstest.Connect(t, srv)
-	g, err := jsguard.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	kv, err := jsguard.EnsurePolicyBucket(t.Context(), g, js, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	store := jsguard.NewPolicyStore(g, kv)
+	g, kv, store := policyBucket(t)
 	cache := policyCache{path: filepath.Join(t.TempDir(), "policy-cache.json"), log: newLogger(io.Discard, "error", "json")}
 	if err := store.Save(t.Context(), jsguard.DefaultPolicy()); err != nil {
 		t.Fatal(err)
@@ -114,17 +104,7 @@ func TestLoadPolicyDeletedNotCached(t *testing.T) {
 // emit the same audit event id, so the audit stream stores the change
 // once; another revision is another event.
 func TestPolicyChangedEventID(t *testing.T) {
-	srv := natstest.Run(t)
-	_, js := natstest.Connect(t, srv)
-	g, err := jsguard.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	kv, err := jsguard.EnsurePolicyBucket(t.Context(), g, js, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	store := jsguard.NewPolicyStore(g, kv)
+	_, kv, store := policyBucket(t)
 	p := jsguard.DefaultPolicy()
 	ids := map[string]bool{}
 	for i := range 2 {
@@ -151,4 +131,20 @@ func TestPolicyChangedEventID(t *testing.T) {
 	if len(ids) != 2 {
 		t.Errorf("two revisions gave %d ids", len(ids))
 	}
+}
+
+// policyBucket starts a server and returns a guard, the policy bucket on
+// it and a store for it.
+func policyBucket(t *testing.T) (*jsguard.Guard, *jsguard.KV, *jsguard.PolicyStore) {
+	t.Helper()
+	_, js := natstest.Connect(t, natstest.Run(t))
+	g, err := jsguard.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := jsguard.EnsurePolicyBucket(t.Context(), g, js, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g, kv, jsguard.NewPolicyStore(g, kv)
 }
