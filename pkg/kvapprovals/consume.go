@@ -211,8 +211,8 @@ func (s *Service) consume(ctx context.Context, cons jetstream.Consumer, workers 
 			cc.Stop()
 		}
 		<-cc.Closed() // the callback has returned: no more sends to shards
-	} else {
-		runErr = err
+	} else if ctx.Err() == nil {
+		runErr = err // a stop while consuming was being set up is no error
 	}
 	for _, ch := range shards {
 		close(ch)
