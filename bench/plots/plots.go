@@ -200,3 +200,59 @@ func formatValue(v float64) string {
 	}
 	return fmt.Sprintf("%.2f", v)
 }
+
+// Line is one named series of a history plot: a value per run.
+type Line struct {
+	Name   string
+	Values []float64 // one per run; NaN where the run did not measure it
+	Target float64   // drawn as a dashed line of the same colour when > 0
+}
+
+// History writes one line per series over the runs, labelled along X, each
+// point a run. A run a series lacks (NaN) is left out of its line.
+func History(path, title, unit string, runs []string, lines []Line) error {
+	p := plot.New()
+	p.Title.Text = title
+	p.Y.Label.Text = unit
+	p.Y.Min = 0
+	p.Add(plotter.NewGrid())
+	var ymax float64
+	for i, l := range lines {
+		var xys plotter.XYs
+		for k, v := range l.Values {
+			if v == v { // not NaN
+				xys = append(xys, plotter.XY{X: float64(k), Y: v})
+				ymax = max(ymax, v)
+			}
+		}
+		if len(xys) == 0 {
+			continue
+		}
+		ln, pts, err := plotter.NewLinePoints(xys)
+		if err != nil {
+			return err
+		}
+		c := palette[i%len(palette)]
+		ln.Color, pts.Color = c, c
+		ln.Width = vg.Points(1.5)
+		p.Add(ln, pts)
+		p.Legend.Add(l.Name, ln, pts)
+		if l.Target > 0 {
+			t, err := plotter.NewLine(plotter.XYs{{X: -0.3, Y: l.Target}, {X: float64(len(runs)) - 0.7, Y: l.Target}})
+			if err != nil {
+				return err
+			}
+			t.Color = c
+			t.Dashes = []vg.Length{vg.Points(5), vg.Points(3)}
+			p.Add(t)
+			ymax = max(ymax, l.Target)
+		}
+	}
+	p.NominalX(runs...)
+	p.X.Min, p.X.Max = -0.5, float64(len(runs))-0.5
+	p.Y.Max = ymax * 1.35
+	p.Legend.Top = true
+	p.Legend.Left = true
+	p.Legend.XOffs = 8
+	return p.Save(vg.Length(max(7, 1.2*float64(len(runs))))*vg.Inch, 5*vg.Inch, path)
+}

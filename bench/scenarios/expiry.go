@@ -394,15 +394,22 @@ func TickerLateness(deadlines []time.Time, period time.Duration, phases int, see
 	return out
 }
 
-// Rows returns scenario 4's rows. Targets: p99 ≤ 0.4 s and max ≤ 0.6 s,
-// raised to the raw markers' p99 + 0.1 s and max + 0.1 s measured in the
-// same run where those are higher (the TTL floor).
+// Scenario 4's targets: guardian's p99 and max lateness may exceed the
+// raw TTL markers' of the same run (the floor: the server's own expiry) by
+// this much.
+const (
+	ExpiryP99Slack = 100 * time.Millisecond
+	ExpiryMaxSlack = 200 * time.Millisecond
+)
+
+// Rows returns scenario 4's rows, with the targets ExpiryP99Slack and
+// ExpiryMaxSlack over the raw markers.
 func (r ExpiryResult) Rows() []Row {
 	var rows []Row
 	for _, run := range r.Runs {
 		sc := fmt.Sprintf("4 Expiry lateness, %s pending", count(run.N))
-		p99Target := max(400*time.Millisecond, run.Raw.P99+100*time.Millisecond)
-		maxTarget := max(600*time.Millisecond, run.Raw.Max+100*time.Millisecond)
+		p99Target := run.Raw.P99 + ExpiryP99Slack
+		maxTarget := run.Raw.Max + ExpiryMaxSlack
 		lat := func(l stats.Latency) string {
 			return fmt.Sprintf("p50 %s, p99 %s, max %s", secs(l.P50), secs(l.P99), secs(l.Max))
 		}

@@ -154,7 +154,10 @@ type KVGetLevel struct {
 }
 
 // KVGetResult is scenario 2's outcome.
-type KVGetResult struct{ Levels []KVGetLevel }
+type KVGetResult struct {
+	Levels []KVGetLevel
+	Rounds int // interleaved rounds per level
+}
 
 // KVGet measures scenario 2: raw and guarded Gets of random keys,
 // interleaved in blocks whose order rotates each round; each variant's
@@ -166,7 +169,7 @@ func KVGet(ctx context.Context, cfg KVGetConfig) (KVGetResult, error) {
 	}
 	defer e.Close()
 	names, fns := e.Variants()
-	var res KVGetResult
+	res := KVGetResult{Rounds: cfg.Rounds}
 	for _, g := range cfg.Goroutines {
 		per := max(cfg.BlockGets/g, 1)
 		for _, fn := range fns { // warm up

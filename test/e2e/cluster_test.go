@@ -132,6 +132,8 @@ func TestClusterLeaderKilled(t *testing.T) {
 	l := readLedger(t, js)
 	tl := l.tally(acked, 0)
 	t.Logf("cluster: %d acknowledged approvals, %d in the bucket, LOST %d", len(acked), tl.Approvals, tl.Missing)
+	record(t, secs("leader elected after", electedAfter), secs("requests succeed again after", recovered), secs("slowest successful request", slowest),
+		count("acknowledged", len(acked)), count("attempts failed", failed), count("lost", tl.Missing))
 	if tl.Missing != 0 {
 		t.Errorf("%d acknowledged approvals are missing from the bucket", tl.Missing)
 	}

@@ -57,6 +57,7 @@ func TestKillDuringExpiries(t *testing.T) {
 	c := l.tally(w.acked, 0)
 	t.Logf("kill -9 during expiries: %s", &c)
 	t.Logf("kill -9 during expiries: LOST %d / DUPLICATED %d; all settled %s after the kill", c.lost(), c.dup(), ms(settleTook))
+	record(t, append(tallyFigures(&c), secs("down", down), secs("settled after the kill", settleTook))...)
 	if !settled {
 		t.Errorf("not settled within 2m of the kill")
 	}
@@ -121,6 +122,7 @@ func TestReplicaKilled(t *testing.T) {
 	c := l.tally(w.acked, 0)
 	t.Logf("replica killed: %s", &c)
 	t.Logf("replica killed: LOST %d / DUPLICATED %d; all settled %s after the kill", c.lost(), c.dup(), ms(time.Since(killed)))
+	record(t, append(tallyFigures(&c), secs("settled after the kill", time.Since(killed)))...)
 	if !settled {
 		t.Errorf("not settled within 2m")
 	}

@@ -120,7 +120,20 @@ func TestSoakDriftDetects(t *testing.T) {
 		}
 		return out
 	}
-	if p := soakDrift(gen(60, nil), 6*time.Minute); len(p) != 0 {
+	failing := func(samples []soakSample) []string {
+		checks, err := soakDrift(samples, 6*time.Minute)
+		if err != nil {
+			return []string{err.Error()}
+		}
+		var out []string
+		for _, c := range checks {
+			if !c.ok() {
+				out = append(out, c.String())
+			}
+		}
+		return out
+	}
+	if p := failing(gen(60, nil)); len(p) != 0 {
 		t.Errorf("steady samples: %v", p)
 	}
 	for _, tc := range []struct {
@@ -129,18 +142,19 @@ func TestSoakDriftDetects(t *testing.T) {
 	}{
 		{"goroutines", func(i int, s *soakSample) { s.goroutines += float64(i) }},
 		{"heap", func(i int, s *soakSample) { s.heapInuse += float64(i) * 2e6 }},
-		{"open files", func(i int, s *soakSample) { s.guardianFDs += float64(i / 2) }},
+		{"guardian open files", func(i int, s *soakSample) { s.guardianFDs += float64(i / 2) }},
+		{"guardian RSS", func(i int, s *soakSample) { s.guardianRSS += float64(i) * 4e6 }},
 		{"nats-server open files", func(i int, s *soakSample) { s.natsFDs += float64(i / 2) }},
 		{"nats-server memory", func(i int, s *soakSample) { s.natsRSS += float64(i) * 4e6 }},
 		// CPU per call growing with time, as with stale TTL entries.
 		{"nats-server CPU per call", func(i int, s *soakSample) { s.natsCPU += float64(i*i) * 6000 * 5e-6 }},
 		{"guardian CPU per call", func(i int, s *soakSample) { s.guardianCPU += float64(i*i) * 6000 * 5e-6 }},
 	} {
-		if p := soakDrift(gen(60, tc.mutate), 6*time.Minute); len(p) != 1 || !strings.Contains(p[0], tc.name) {
+		if p := failing(gen(60, tc.mutate)); len(p) != 1 || !strings.Contains(p[0], tc.name) {
 			t.Errorf("%s leaking: got %q, want one line naming it", tc.name, p)
 		}
 	}
-	if p := soakDrift(gen(8, nil), 6*time.Minute); len(p) != 1 || !strings.Contains(p[0], "samples") {
+	if p := failing(gen(8, nil)); len(p) != 1 || !strings.Contains(p[0], "samples") {
 		t.Errorf("8 samples with a 6 min warm-up: got %q", p)
 	}
 }

@@ -113,14 +113,17 @@ func TestNATSRestart(t *testing.T) {
 			after = append(after, final.DecidedAt.Sub(deadline))
 		}
 	}
+	figs := []figure{count("approvals", tl.Approvals), count("lost", tl.lost()), count("duplicated", tl.dup()), secs("down", restarted.Sub(stopped))}
 	for _, grp := range []struct {
-		name string
-		ds   []time.Duration
-		rel  string
-	}{{"due and written before the stop", before, "deadline"}, {"due while NATS was down (or due before, not yet written)", during, "restart"}, {"due after the restart", after, "deadline"}} {
+		name, key string
+		ds        []time.Duration
+		rel       string
+	}{{"due and written before the stop", "before", before, "deadline"}, {"due while NATS was down (or due before, not yet written)", "during", during, "restart"}, {"due after the restart", "after", after, "deadline"}} {
 		p50, p99, mx := percentiles(grp.ds)
 		t.Logf("nats restart: %4d expiries %s: expired after %s p50 %s p99 %s max %s", len(grp.ds), grp.name, grp.rel, ms(p50), ms(p99), ms(mx))
+		figs = append(figs, latenessFigures("lateness "+grp.key, grp.ds)...)
 	}
+	record(t, figs...)
 	t.Logf("nats restart: %d approvals decided after the restart within %s; LOST %d / DUPLICATED %d", decidedLater, ms(decidedAt), tl.lost(), tl.dup())
 	if !settled {
 		t.Errorf("not settled within 1m of the restart")

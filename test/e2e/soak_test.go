@@ -197,9 +197,19 @@ func TestSoak(t *testing.T) {
 		n, ms(took), float64(n)/took.Seconds(), len(w.decided), reports.Load(), ops.Load(), behind.Load())
 	logSoakSamples(t, samples)
 
+	figs := []figure{secs("duration", took), count("approvals requested", n), count("API calls", int(ops.Load())), count("load generator waited", int(behind.Load()))}
 	if checkDrift {
-		for _, p := range soakDrift(samples, warmup) {
-			t.Errorf("drift: %s", p)
+		drift, err := soakDrift(samples, warmup)
+		if err != nil {
+			t.Errorf("drift: %v", err)
+		}
+		for _, c := range drift {
+			if !c.ok() {
+				t.Errorf("drift: %s", &c)
+			}
+			figs = append(figs, figure{Name: c.name + " first third", Value: c.first, Unit: c.unit},
+				figure{Name: c.name + " last third", Value: c.last, Unit: c.unit},
+				figure{Name: c.name + " allowed", Value: c.allowed(), Unit: c.unit})
 		}
 	}
 
@@ -214,6 +224,7 @@ func TestSoak(t *testing.T) {
 	}
 	assertExactlyOnce(t, &tl)
 	w.assertOutcomes(t, l)
+	record(t, append(figs, tallyFigures(&tl)...)...)
 	counts, err := subjectCounts(t.Context(), js, auditStream, auditPrefix+"soak.TIMEOUT_KV_GET")
 	if err != nil {
 		t.Fatal(err)
@@ -251,6 +262,7 @@ func TestSoak(t *testing.T) {
 		}
 		wheels++
 		t.Logf("soak: %s TTL wheel: %d entries, %d messages in the stream", stream, hw.Count(), msgs[stream])
+		record(t, count("TTL wheel entries "+stream, int(hw.Count())), count("messages "+stream, int(msgs[stream])))
 		if n, ok := msgs[stream]; ok && hw.Count() > n {
 			t.Errorf("%s: %d TTL entries for %d messages: stale entries stay in the wheel", stream, hw.Count(), n)
 		}
@@ -261,11 +273,29 @@ func TestSoak(t *testing.T) {
 	}
 }
 
+// driftCheck is one resource's drift over a soak: the means of the first
+// and the last third of the samples after the warm-up, and the growth
+// allowed (last <= first*(1+rel) + abs).
+type driftCheck struct {
+	name        string
+	first, last float64
+	rel, abs    float64
+	unit        string // "B", "s" or "" (a count)
+}
+
+func (c *driftCheck) allowed() float64 { return c.first*(1+c.rel) + c.abs }
+func (c *driftCheck) ok() bool         { return c.last <= c.allowed() }
+
+func (c *driftCheck) String() string {
+	return fmt.Sprintf("%s grew from %s to %s (allowed: +%.0f%% + %s)",
+		c.name, soakUnit(c.first, c.unit), soakUnit(c.last, c.unit), 100*c.rel, soakUnit(c.abs, c.unit))
+}
+
 // soakDrift compares, for each resource, the mean of the last third of the
-// samples taken after warmup with the mean of the first third, and returns
-// a line for each that grew by more than its allowance. CPU is compared
-// per API call, over the windows between samples.
-func soakDrift(samples []soakSample, warmup time.Duration) []string {
+// samples taken after warmup with the mean of the first third. CPU is
+// compared per API call, over the windows between samples. It returns an
+// error when fewer than 7 samples follow the warm-up.
+func soakDrift(samples []soakSample, warmup time.Duration) ([]driftCheck, error) {
 	var s []soakSample
 	for _, x := range samples {
 		if x.at >= warmup {
@@ -273,7 +303,7 @@ func soakDrift(samples []soakSample, warmup time.Duration) []string {
 		}
 	}
 	if len(s) < 7 {
-		return []string{fmt.Sprintf("only %d samples after the warm-up of %s; need 7", len(s), warmup)}
+		return nil, fmt.Errorf("only %d samples after the warm-up of %s; need 7", len(s), warmup)
 	}
 	perOp := func(cpu func(soakSample) float64) []float64 {
 		var out []float64
@@ -301,6 +331,7 @@ func soakDrift(samples []soakSample, warmup time.Duration) []string {
 		{"guardian goroutines", col(func(x soakSample) float64 { return x.goroutines }), 0.10, 10, ""},
 		{"guardian heap in use", col(func(x soakSample) float64 { return x.heapInuse }), 0.50, 16 * mib, "B"},
 		{"guardian open files", col(func(x soakSample) float64 { return x.guardianFDs }), 0, 10, ""},
+		{"guardian RSS", col(func(x soakSample) float64 { return x.guardianRSS }), 0.50, 64 * mib, "B"},
 		{"guardian CPU per call", perOp(func(x soakSample) float64 { return x.guardianCPU }), 0.50, 0, "s"},
 		{"nats-server open files", col(func(x soakSample) float64 { return x.natsFDs }), 0, 10, ""},
 		// The server's memory also follows what the streams keep: the
@@ -309,15 +340,12 @@ func soakDrift(samples []soakSample, warmup time.Duration) []string {
 		{"nats-server memory", col(func(x soakSample) float64 { return x.natsRSS }), 0.50, 64 * mib, "B"},
 		{"nats-server CPU per call", perOp(func(x soakSample) float64 { return x.natsCPU }), 0.50, 0, "s"},
 	}
-	var out []string
+	out := make([]driftCheck, 0, len(checks))
 	for _, c := range checks {
 		first, last := thirds(c.vals)
-		if last > first*(1+c.rel)+c.abs {
-			out = append(out, fmt.Sprintf("%s grew from %s to %s (allowed: +%.0f%% + %s)",
-				c.name, soakUnit(first, c.unit), soakUnit(last, c.unit), 100*c.rel, soakUnit(c.abs, c.unit)))
-		}
+		out = append(out, driftCheck{name: c.name, first: first, last: last, rel: c.rel, abs: c.abs, unit: c.unit})
 	}
-	return out
+	return out, nil
 }
 
 // thirds returns the means of the first and the last third of vs.

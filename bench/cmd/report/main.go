@@ -2,10 +2,13 @@
 // the results next to baselines measured in the same run, and writes
 // docs/PERFORMANCE.md and PNG plots under docs/.
 //
-//	cd bench && go run ./cmd/report          # quick mode, a few minutes
-//	cd bench && go run ./cmd/report -full    # full sizes (1M approvals; long)
+//	cd bench && go run ./cmd/report          # quick mode, about 20 minutes
+//	cd bench && go run ./cmd/report -full    # full sizes (1M approvals, 1 h soak; long)
+//	cd bench && go run ./cmd/report -peers   # and Temporal, the peer, in the same run
 //
-// -only 1,2,6 runs a subset and writes nothing (for development).
+// -only 1,2,6 runs a subset and writes nothing (for development). Each run
+// that writes the docs also keeps its results in bench/history, and the
+// docs plot the headline ratios of every run kept there.
 package main
 
 import (
@@ -38,16 +41,18 @@ type sizes struct {
 	MemLevels                []int
 	AuditEvents, AuditRounds int
 	VerifyEvents             int
+	Soak                     time.Duration
 }
 
 var quickSizes = sizes{
 	GuardRounds: 15, GuardN: 100_000,
 	KVRounds: 30, KVBlock: 600,
-	ApprovalConc: []int{8, 64}, ApprovalDur: 3 * time.Second, ApprovalRounds: 2,
-	ExpirySizes: []int{1000, 10_000}, TickerPhases: 20,
+	ApprovalConc: []int{8, 64}, ApprovalDur: 3 * time.Second, ApprovalRounds: 3,
+	ExpirySizes: []int{1000, 10_000, 100_000}, TickerPhases: 20,
 	MemLevels:   []int{0, 10_000, 100_000},
 	AuditEvents: 50_000, AuditRounds: 3,
 	VerifyEvents: 100_000,
+	Soak:         4 * time.Minute,
 }
 
 var fullSizes = sizes{
@@ -58,13 +63,17 @@ var fullSizes = sizes{
 	MemLevels:   []int{0, 100_000, 1_000_000},
 	AuditEvents: 200_000, AuditRounds: 5,
 	VerifyEvents: 1_000_000,
+	Soak:         time.Hour,
 }
 
 func main() {
 	var (
-		quick   = flag.Bool("quick", true, "quick mode: smaller sizes, a few minutes on 2 cores")
-		full    = flag.Bool("full", false, "full mode: 100k expiries, 1M pending approvals (overrides -quick)")
-		only    = flag.String("only", "", "comma-separated scenarios to run (1-7); writes no docs")
+		quick   = flag.Bool("quick", true, "quick mode: smaller sizes and a 4 min soak, about 20 minutes on 2 cores")
+		full    = flag.Bool("full", false, "full mode: 1M pending approvals, 10k-approval failover runs, a 1 h soak (overrides -quick)")
+		only    = flag.String("only", "", "comma-separated scenarios to run (1-10); writes no docs")
+		soak    = flag.Duration("soak", 0, "how long scenario 9 soaks (default: 4m quick, 1h full; drift is checked from 3m)")
+		peers   = flag.Bool("peers", false, "also run scenario 10, Temporal as a peer (bench/temporal; the first build downloads and compiles Temporal's server)")
+		history = flag.String("history", "history", "where each run that writes the docs keeps its results.json, and whose runs the history plot shows")
 		root    = flag.String("root", "..", "guardian's repository root (for go build ./cmd/guardian)")
 		docs    = flag.String("docs", "../docs", "where PERFORMANCE.md and the plots go")
 		workDir = flag.String("work", "", "scratch directory (default: a new temporary directory)")
@@ -90,7 +99,7 @@ func main() {
 		exit(fmt.Errorf("unknown role %q", *role))
 	}
 	if *render != "" {
-		exit(renderSaved(*render, *docs))
+		exit(renderSaved(*render, *docs, *history))
 	}
 	mode, sz := "quick", quickSizes
 	if *full || !*quick {
@@ -100,15 +109,33 @@ func main() {
 	if *only != "" {
 		for _, s := range strings.Split(*only, ",") {
 			i, err := strconv.Atoi(strings.TrimSpace(s))
-			if err != nil || i < 1 || i > 7 {
-				exit(fmt.Errorf("-only %q: want numbers 1-7", *only))
+			if err != nil || i < 1 || i > lastScenario {
+				exit(fmt.Errorf("-only %q: want numbers 1-%d", *only, lastScenario))
 			}
 			want[i] = true
 		}
 	}
+	if *soak > 0 {
+		sz.Soak = *soak
+	}
+	if want[10] && !*peers {
+		exit(errors.New("-only 10 runs the Temporal peer: add -peers"))
+	}
 	quietLoad, quietWait = *quietL, *quietW
 	cmdline = strings.Join(os.Args[1:], " ")
-	exit(run(ctx, mode, sz, want, *root, *docs, *workDir, *profDir))
+	exit(run(ctx, options{mode: mode, sz: sz, want: want, root: *root, docs: *docs, workDir: *workDir, profDir: *profDir, peers: *peers, history: *history}))
+}
+
+// lastScenario is the number of the last scenario.
+const lastScenario = 10
+
+// options are one run's settings.
+type options struct {
+	mode                                  string
+	sz                                    sizes
+	want                                  map[int]bool
+	root, docs, workDir, profDir, history string
+	peers                                 bool
 }
 
 var (
@@ -159,13 +186,17 @@ type results struct {
 	Memory    *scenarios.MemoryResult
 	Audit     *scenarios.AuditResult
 	Verify    *scenarios.VerifyResult
+	Failover  *scenarios.E2EResult
+	Soak      *scenarios.E2EResult
+	Temporal  *scenarios.TemporalResult
 	Profile   *scenarios.ApprovalsProfile
 	Failures  []string // scenarios that could not run, and why
 	Durations map[int]time.Duration
 	Load      map[int]string // load average when each scenario started
 }
 
-func run(ctx context.Context, mode string, sz sizes, want map[int]bool, root, docs, workDir, profDir string) error {
+func run(ctx context.Context, o options) error {
+	mode, sz, want, root, docs, workDir, profDir := o.mode, o.sz, o.want, o.root, o.docs, o.workDir, o.profDir
 	started := time.Now()
 	mach := describeMachine()
 	if workDir == "" {
@@ -183,6 +214,11 @@ func run(ctx context.Context, mode string, sz sizes, want map[int]bool, root, do
 		return err
 	}
 	sel := func(i int) bool { return len(want) == 0 || want[i] }
+	if !o.peers {
+		defer func() {
+			fmt.Println("\nTemporal, the peer (scenario 10), was not run: add -peers to run it in the same run.")
+		}()
+	}
 	res := results{Durations: map[int]time.Duration{}, Load: map[int]string{}}
 	fail := func(i int, err error) {
 		msg := fmt.Sprintf("scenario %d: %v", i, err)
@@ -275,6 +311,31 @@ func run(ctx context.Context, mode string, sz sizes, want map[int]bool, root, do
 		res.Memory = &r
 		return err
 	})
+	failoverArgs := []string{}
+	if mode == "full" {
+		failoverArgs = append(failoverArgs, "-e2e.full")
+	}
+	timed(8, func() error {
+		r, err := scenarios.E2E(ctx, root, workDir, scenarios.FailoverTests, 30*time.Minute, failoverArgs...)
+		res.Failover = &r
+		return err
+	})
+	timed(9, func() error {
+		r, err := scenarios.E2E(ctx, root, workDir, scenarios.SoakTests, sz.Soak+20*time.Minute, "-e2e.soak="+sz.Soak.String())
+		res.Soak = &r
+		return err
+	})
+	if o.peers {
+		timed(10, func() error {
+			r, err := scenarios.Temporal(ctx, scenarios.TemporalConfig{
+				Dir: filepath.Join(root, "bench", "temporal"), WorkDir: workDir,
+				InFlight: sz.ApprovalConc, Duration: sz.ApprovalDur, Rounds: sz.ApprovalRounds,
+				Timeouts: temporalSizes(sz.ExpirySizes), MinTimeout: time.Second, MaxTimeout: 10 * time.Second, LeadPerItem: 250 * time.Microsecond,
+			}, func(s string) { logf("%s", s) })
+			res.Temporal = &r
+			return err
+		})
+	}
 	if sel(3) && ctx.Err() == nil {
 		// Diagnosis of scenario 3: what one approval costs, in process.
 		dir := profDir
@@ -312,7 +373,10 @@ func run(ctx context.Context, mode string, sz sizes, want map[int]bool, root, do
 			logf("saved %s (re-render with -render while it exists)", saved)
 		}
 	}
-	if err := writeDocs(docs, &snap); err != nil {
+	if err := keepHistory(o.history, &snap); err != nil {
+		return err
+	}
+	if err := writeDocs(docs, o.history, &snap); err != nil {
 		return err
 	}
 	if len(res.Failures) > 0 {
@@ -332,8 +396,9 @@ type snapshot struct {
 	Waited   time.Duration
 }
 
-// writeDocs writes PERFORMANCE.md and the plots of snap into docs.
-func writeDocs(docs string, snap *snapshot) error {
+// writeDocs writes PERFORMANCE.md and the plots of snap, and the history
+// plot of the runs kept in history, into docs.
+func writeDocs(docs, history string, snap *snapshot) error {
 	if err := os.MkdirAll(docs, 0o755); err != nil {
 		return err
 	}
@@ -341,9 +406,18 @@ func writeDocs(docs string, snap *snapshot) error {
 	if err != nil {
 		return fmt.Errorf("plots: %w", err)
 	}
+	hist, err := loadHistory(history)
+	if err != nil {
+		return fmt.Errorf("history: %w", err)
+	}
+	if p, err := writeHistoryPlot(docs, hist); err != nil {
+		return fmt.Errorf("history plot: %w", err)
+	} else if p[0] != "" {
+		plotsMade = append(plotsMade, p)
+	}
 	cmdline, waited = snap.Cmdline, snap.Waited
 	path := filepath.Join(docs, "PERFORMANCE.md")
-	md := markdown(snap.Mode, snap.Machine, snap.Finished, snap.Elapsed, snap.Results.rows(), &snap.Results, plotsMade)
+	md := markdown(snap.Mode, snap.Machine, snap.Finished, snap.Elapsed, snap.Results.rows(), &snap.Results, plotsMade, hist)
 	if err := os.WriteFile(path, []byte(md), 0o644); err != nil {
 		return err
 	}
@@ -352,7 +426,7 @@ func writeDocs(docs string, snap *snapshot) error {
 }
 
 // renderSaved writes the docs of the run saved in file.
-func renderSaved(file, docs string) error {
+func renderSaved(file, docs, history string) error {
 	b, err := os.ReadFile(file)
 	if err != nil {
 		return err
@@ -361,7 +435,7 @@ func renderSaved(file, docs string) error {
 	if err := json.Unmarshal(b, &snap); err != nil {
 		return fmt.Errorf("%s: %w", file, err)
 	}
-	return writeDocs(docs, &snap)
+	return writeDocs(docs, history, &snap)
 }
 
 func (r *results) rows() []scenarios.Row {
@@ -387,7 +461,16 @@ func (r *results) rows() []scenarios.Row {
 	if r.Verify != nil && r.Verify.Raw > 0 {
 		rows = append(rows, r.Verify.Rows()...)
 	}
-	slices.SortStableFunc(rows, func(a, b scenarios.Row) int { return strings.Compare(a.Scenario[:1], b.Scenario[:1]) })
+	if r.Failover != nil && len(r.Failover.Figures) > 0 {
+		rows = append(rows, r.Failover.FailoverRows()...)
+	}
+	if r.Soak != nil && len(r.Soak.Figures) > 0 {
+		rows = append(rows, r.Soak.SoakRows()...)
+	}
+	if r.Temporal != nil && (len(r.Temporal.Levels) > 0 || len(r.Temporal.Timeouts) > 0) {
+		rows = append(rows, scenarios.TemporalRows(r.Temporal, r.Approvals, r.Expiry)...)
+	}
+	slices.SortStableFunc(rows, func(a, b scenarios.Row) int { return scenarioNumber(a.Scenario) - scenarioNumber(b.Scenario) })
 	return rows
 }
 
@@ -405,4 +488,23 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// scenarioNumber is the number a row's scenario name starts with.
+func scenarioNumber(name string) int {
+	n, _ := strconv.Atoi(strings.Fields(name)[0])
+	return n
+}
+
+// temporalSizes are the expiry sizes the peer runs: Temporal's SQLite dev
+// server drains timers at a few hundred per second, so sizes above 10k
+// would take it many minutes and say nothing more.
+func temporalSizes(sizes []int) []int {
+	var out []int
+	for _, n := range sizes {
+		if n <= 10_000 {
+			out = append(out, n)
+		}
+	}
+	return out
 }
