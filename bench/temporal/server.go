@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"go.temporal.io/server/common/authorization"
@@ -36,6 +37,8 @@ const (
 type serverOptions struct {
 	inMemory bool   // SQLite in memory instead of a temporary file
 	journal  string // SQLite journal_mode pragma ("" leaves SQLite's default)
+	// countWrites installs row-counting triggers (file in WAL mode only).
+	countWrites bool
 }
 
 // embeddedServer is a one-node Temporal server (frontend, history, matching
@@ -47,6 +50,8 @@ type embeddedServer struct {
 	dir      string // temporary directory holding the SQLite file; "" in memory
 	dbPath   string
 	journal  string
+	// countWrites is set when the row-counting triggers are installed.
+	countWrites bool
 }
 
 // startServer creates the SQLite schema and the default namespace, then
@@ -77,6 +82,12 @@ func (s *embeddedServer) start(opts serverOptions) error {
 	sqlConf := sqlConfig(opts, s.dbPath)
 	if err := prepareDB(sqlConf, !opts.inMemory); err != nil {
 		return err
+	}
+	if opts.countWrites && !opts.inMemory && strings.EqualFold(opts.journal, "wal") {
+		if err := installWriteTriggers(s.dbPath); err != nil {
+			return err
+		}
+		s.countWrites = true
 	}
 	conf := serverConfig(sqlConf, ports, s.hostPort)
 	logger := log.NewZapLogger(log.BuildZapLogger(log.Config{Level: "error", Format: "console"}))

@@ -25,6 +25,10 @@ const (
 	pollEvery = 500 * time.Millisecond
 	// settleSample is how many of the newest workflows settle inspects.
 	settleSample = 20
+	// firstSignalFactor is how many times the start rate the first decision
+	// block of a level is assumed to signal at, to start enough workflows;
+	// later blocks assume the rate of the block before.
+	firstSignalFactor = 3
 )
 
 // startWorkflow starts one Approval workflow due at due.
@@ -115,6 +119,7 @@ func (b *bench) level(idx, n int) Level {
 	lv := Level{InFlight: n}
 	prefix := fmt.Sprintf("lv%d-", idx)
 	var pool []string
+	before := b.meter.snap()
 	for r := range b.cfg.rounds {
 		res, ids := b.startBlock(fmt.Sprintf("%ss%d-", prefix, r), n, b.cfg.duration)
 		lv.StartsRounds = append(lv.StartsRounds, res.rate())
@@ -125,7 +130,9 @@ func (b *bench) level(idx, n int) Level {
 	if err := b.settle(pool); err != nil {
 		b.fail(err)
 	}
-	est := lv.Starts
+	b.meter.since(before, b.startWrites)
+	b.startedN += int64(len(pool))
+	est := firstSignalFactor * lv.Starts
 	var closedRounds []float64
 	for r := range b.cfg.rounds {
 		pool = b.topUp(fmt.Sprintf("%st%d-", prefix, r), n, pool, est)
@@ -133,7 +140,7 @@ func (b *bench) level(idx, n int) Level {
 		pool = pool[used:]
 		lv.DecisionsRounds = append(lv.DecisionsRounds, rate)
 		closedRounds = append(closedRounds, closedRate)
-		est = max(est, rate)
+		est = rate
 		logf("in-flight %d: decision round %d: %.0f decisions/s, %.0f closed/s", n, r+1, rate, closedRate)
 	}
 	lv.Decisions = median(lv.DecisionsRounds)
@@ -144,15 +151,19 @@ func (b *bench) level(idx, n int) Level {
 // topUp starts more far-due workflows when pool may not last a decision
 // block at rate est, and waits for the worker to take them in.
 func (b *bench) topUp(prefix string, n int, pool []string, est float64) []string {
-	need := int(math.Ceil(est*b.cfg.duration.Seconds()*1.5)) + n
+	need := int(math.Ceil(est*b.cfg.duration.Seconds()*1.25)) + n
 	if len(pool) >= need {
 		return pool
 	}
 	logf("starting %d more workflows to signal", need-len(pool))
-	pool = append(pool, b.startCount(prefix, n, need-len(pool))...)
+	before := b.meter.snap()
+	more := b.startCount(prefix, n, need-len(pool))
+	pool = append(pool, more...)
 	if err := b.settle(pool); err != nil {
 		b.fail(err)
 	}
+	b.meter.since(before, b.startWrites)
+	b.startedN += int64(len(more))
 	return pool
 }
 
@@ -165,6 +176,7 @@ func (b *bench) decisionRound(prefix string, n int, pool []string) (rate, closed
 		b.fail(err)
 		return 0, 0, 0
 	}
+	before := b.meter.snap()
 	res, used := b.signalBlock(n, b.cfg.duration, pool)
 	if room := b.cfg.sample - len(b.decided); room > 0 {
 		b.decided = append(b.decided, pool[:min(used, room)]...)
@@ -175,12 +187,16 @@ func (b *bench) decisionRound(prefix string, n int, pool []string) (rate, closed
 	if _, err := b.waitClosed(prefix, baseline+res.ok, closeLimit); err != nil {
 		b.fail(err)
 	}
+	b.meter.since(before, b.decideWrites)
+	b.decidedN += res.ok
 	last, err := b.lastClose(prefix)
 	if err != nil {
 		b.fail(err)
 		return res.rate(), 0, used
 	}
 	span := max(last.Sub(res.started), res.elapsed)
+	logf("in-flight %d: %d signals in %v, all closed %v after the block began", n, res.ok,
+		res.elapsed.Round(time.Millisecond), span.Round(time.Millisecond))
 	return res.rate(), float64(res.ok) / span.Seconds(), used
 }
 

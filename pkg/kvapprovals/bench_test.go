@@ -71,6 +71,7 @@ func BenchmarkExpiry(b *testing.B) {
 	}
 	time.Sleep(2500 * time.Millisecond) // every timer has fired
 	cpu0 := processCPU(b)
+	v0, _ := e.srv.Varz(nil)
 	b.ResetTimer()
 	expirerDone := make(chan error, 1)
 	go func() { expirerDone <- e.svc.Expirer(WithoutStartSweep()).Run(ctx) }()
@@ -83,6 +84,10 @@ func BenchmarkExpiry(b *testing.B) {
 	}
 	b.StopTimer()
 	b.ReportMetric(float64((processCPU(b)-cpu0).Microseconds())/float64(b.N), "cpu-µs/expiry")
+	if v1, err := e.srv.Varz(nil); err == nil {
+		b.ReportMetric(float64(v1.InMsgs-v0.InMsgs)/float64(b.N), "msgs-in/expiry")
+		b.ReportMetric(float64(v1.OutMsgs-v0.OutMsgs)/float64(b.N), "msgs-out/expiry")
+	}
 	if written > 0 {
 		b.ReportMetric(float64(b.N)/written.Seconds(), "written/s")
 	}

@@ -369,26 +369,22 @@ func (e *Expirer) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	s.settle(msg, err)
 	if err == nil {
-		s.dropMarker(ctx, msg)
+		s.dropMarker(ctx, rest, msg)
 	}
 }
 
 // dropMarker removes a handled timer's marker, best effort: left alone it
 // would stay for MaxOutage, and the server's memory and every listing of
-// the timers grow with such subjects. It deletes that one message by its
-// sequence, so a timer armed on the key since then (an extension, the
-// warning's successor) is kept. A delete, unlike a purge, stores nothing
-// and makes no consumer re-check its pending messages (a purge costs the
-// server a look at each of the expirer's unacknowledged messages). A
-// marker left behind by a failed delete expires by itself.
-func (s *Service) dropMarker(ctx context.Context, msg jetstream.Msg) {
+// the timers grow with such subjects. The purge applies only while the
+// marker is the key's last message, so a timer armed on the key since
+// then (an extension, the warning's successor) is kept. A marker left
+// behind by a failed purge expires by itself.
+func (s *Service) dropMarker(ctx context.Context, key string, msg jetstream.Msg) {
 	md, err := msg.Metadata()
 	if err != nil {
 		return
 	}
-	_ = s.g.Do(ctx, jsguard.KVDelete, "drop timer marker "+msg.Subject(), func(ctx context.Context) error {
-		return s.timersStream.DeleteMsg(ctx, md.Sequence.Stream)
-	})
+	_ = s.purgeTimer(ctx, key, md.Sequence.Stream)
 }
 
 // expire moves the record at key to expired if it is pending and past its

@@ -13,6 +13,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jsguardian/guardian/pkg/jsguard"
@@ -227,7 +228,7 @@ func (s *Service) Request(ctx context.Context, tenant string, in RequestInput) (
 			// Armed for this request's deadline, not the existing
 			// approval's: take it back; retried arms the right one.
 			kind, _ := rec.nextTimer(s, now)
-			_ = s.timers.Purge(context.WithoutCancel(ctx), key+"."+kind, jetstream.PurgeTTL(purgeTTL))
+			_ = s.purgeTimer(context.WithoutCancel(ctx), key+"."+kind, 0)
 		}
 		existing, gerr := s.getExisting(ctx, key)
 		if gerr != nil {
@@ -371,7 +372,29 @@ func (s *Service) armTimer(ctx context.Context, rec *Record, kind string, at, no
 // written is such a timer.)
 func (s *Service) disarm(ctx context.Context, rec *Record) {
 	kind, _ := rec.nextTimer(s, time.Time{})
-	_ = s.timers.Purge(context.WithoutCancel(ctx), rec.Key()+"."+kind, jetstream.PurgeTTL(purgeTTL))
+	_ = s.purgeTimer(context.WithoutCancel(ctx), rec.Key()+"."+kind, 0)
+}
+
+// purgeTimer removes the timer at key (<tenant>.<id>.<kind>), and with
+// lastSeq > 0 only while the message at lastSeq is the key's last. It
+// stores a purge tombstone that lives purgeTTL and leaves no marker, as
+// KeyValue.Purge with PurgeTTL does, but without a rollup: the bucket
+// keeps one message per key, so the tombstone replaces the timer by that
+// limit. A rollup would make the server check every message the expirer
+// has not acknowledged yet against the purge, once per purge, which at
+// thousands of expiries a second costs more than the expiries. It returns
+// the publish error, also when the condition on lastSeq fails.
+func (s *Service) purgeTimer(ctx context.Context, key string, lastSeq uint64) error {
+	m := nats.NewMsg("$KV." + s.cfg.TimersBucket + "." + key)
+	m.Header.Set("KV-Operation", "PURGE")
+	opts := []jetstream.PublishOpt{jetstream.WithMsgTTL(purgeTTL)}
+	if lastSeq > 0 {
+		opts = append(opts, jetstream.WithExpectLastSequencePerSubject(lastSeq))
+	}
+	return s.g.Do(ctx, jsguard.KVDelete, "purge timer "+s.cfg.TimersBucket+"/"+key, func(ctx context.Context) error {
+		_, err := s.js.PublishMsg(ctx, m, opts...)
+		return err
+	})
 }
 
 // Approve adds the caller's approval to a pending approval and returns the
@@ -612,7 +635,7 @@ func (s *Service) Extend(ctx context.Context, tenant string, in ExtendInput) (Re
 		// fires anyway finds the later deadline and is dropped (see
 		// staleTimer); one that cannot be created is covered by the sweep.
 		for _, kind := range []string{timerWarn, timerExpire} {
-			_ = s.timers.Purge(context.WithoutCancel(ctx), key+"."+kind, jetstream.PurgeTTL(purgeTTL))
+			_ = s.purgeTimer(context.WithoutCancel(ctx), key+"."+kind, 0)
 		}
 		if _, err := s.armNext(context.WithoutCancel(ctx), &next, now); err != nil {
 			s.log.Warn("extended approval's timer not armed; the sweep will expire it", "approval", key, "err", err)
