@@ -22,24 +22,16 @@ type bench struct {
 	c   client.Client
 	cfg config
 
-	decided []string    // sample of decided workflows, for history sizes
-	meter   *writeMeter // nil unless row writes are counted
-
-	// Row writes accumulated per kind of work, and how many workflows did it.
-	startWrites, decideWrites, expiredWrites rowWrites
-	startedN, decidedN, expiredN             int64
+	decided []string // sample of decided workflows, for history sizes
+	// timeoutLengths and probeLengths count sampled expired workflows of the
+	// timeout runs and of the probe by history length.
+	timeoutLengths, probeLengths map[int64]int
+	// writesSentences report the probe's row writes, for Persists.
+	writesSentences []string
 
 	errors   atomic.Int64
 	errMu    sync.Mutex
 	firstErr string
-}
-
-func newBench(c client.Client, cfg config, srv *embeddedServer) *bench {
-	b := &bench{c: c, cfg: cfg, startWrites: rowWrites{}, decideWrites: rowWrites{}, expiredWrites: rowWrites{}}
-	if srv.countWrites {
-		b.meter = &writeMeter{dbPath: srv.dbPath, b: b}
-	}
-	return b
 }
 
 // fail counts an error and keeps the first one's text.

@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 
 	"go.temporal.io/server/common/authorization"
@@ -19,6 +18,7 @@ import (
 	"go.temporal.io/server/common/primitives"
 	sqliteschema "go.temporal.io/server/schema/sqlite"
 	"go.temporal.io/server/temporal"
+	"go.uber.org/zap"
 )
 
 const (
@@ -31,14 +31,17 @@ const (
 	hostCacheSize = 8096
 	// visibilityRPS is the dev server's per-namespace visibility RPS limit.
 	visibilityRPS = 100
+	// busyTimeoutMS is how long an SQLite connection waits for another's lock.
+	busyTimeoutMS = 10000
 )
 
 // serverOptions selects how the embedded server persists.
 type serverOptions struct {
 	inMemory bool   // SQLite in memory instead of a temporary file
 	journal  string // SQLite journal_mode pragma ("" leaves SQLite's default)
-	// countWrites installs row-counting triggers (file in WAL mode only).
-	countWrites bool
+	// busyTimeout makes the server wait for locks held by another connection
+	// (the write probe's) instead of failing at once.
+	busyTimeout bool
 }
 
 // embeddedServer is a one-node Temporal server (frontend, history, matching
@@ -50,8 +53,6 @@ type embeddedServer struct {
 	dir      string // temporary directory holding the SQLite file; "" in memory
 	dbPath   string
 	journal  string
-	// countWrites is set when the row-counting triggers are installed.
-	countWrites bool
 }
 
 // startServer creates the SQLite schema and the default namespace, then
@@ -83,14 +84,11 @@ func (s *embeddedServer) start(opts serverOptions) error {
 	if err := prepareDB(sqlConf, !opts.inMemory); err != nil {
 		return err
 	}
-	if opts.countWrites && !opts.inMemory && strings.EqualFold(opts.journal, "wal") {
-		if err := installWriteTriggers(s.dbPath); err != nil {
-			return err
-		}
-		s.countWrites = true
-	}
 	conf := serverConfig(sqlConf, ports, s.hostPort)
-	logger := log.NewZapLogger(log.BuildZapLogger(log.Config{Level: "error", Format: "console"}))
+	logger, err := quietLogger()
+	if err != nil {
+		return err
+	}
 	authorizer, err := authorization.GetAuthorizerFromConfig(&conf.Global.Authorization)
 	if err != nil {
 		return fmt.Errorf("create authorizer: %w", err)
@@ -116,6 +114,23 @@ func (s *embeddedServer) start(opts serverOptions) error {
 	}
 	s.srv = srv
 	return nil
+}
+
+// quietLogger logs the server's errors to stderr, one line each, without
+// stack traces.
+func quietLogger() (log.Logger, error) {
+	zc := zap.NewProductionConfig()
+	zc.Level = zap.NewAtomicLevelAt(zap.ErrorLevel)
+	zc.Encoding = "console"
+	zc.EncoderConfig = log.DefaultZapEncoderConfig
+	zc.DisableStacktrace = true
+	zc.DisableCaller = true
+	zc.Sampling = nil
+	zl, err := zc.Build()
+	if err != nil {
+		return nil, fmt.Errorf("build server logger: %w", err)
+	}
+	return log.NewZapLogger(zl), nil
 }
 
 // stop stops the server and deletes the SQLite file.
@@ -148,6 +163,9 @@ func sqlConfig(opts serverOptions, dbPath string) *srvconfig.SQL {
 	}
 	if opts.journal != "" {
 		conf.ConnectAttributes["journal_mode"] = opts.journal
+	}
+	if opts.busyTimeout && !opts.inMemory {
+		conf.ConnectAttributes["busy_timeout"] = strconv.Itoa(busyTimeoutMS)
 	}
 	return conf
 }

@@ -119,7 +119,6 @@ func (b *bench) level(idx, n int) Level {
 	lv := Level{InFlight: n}
 	prefix := fmt.Sprintf("lv%d-", idx)
 	var pool []string
-	before := b.meter.snap()
 	for r := range b.cfg.rounds {
 		res, ids := b.startBlock(fmt.Sprintf("%ss%d-", prefix, r), n, b.cfg.duration)
 		lv.StartsRounds = append(lv.StartsRounds, res.rate())
@@ -130,8 +129,6 @@ func (b *bench) level(idx, n int) Level {
 	if err := b.settle(pool); err != nil {
 		b.fail(err)
 	}
-	b.meter.since(before, b.startWrites)
-	b.startedN += int64(len(pool))
 	est := firstSignalFactor * lv.Starts
 	var closedRounds []float64
 	for r := range b.cfg.rounds {
@@ -156,14 +153,10 @@ func (b *bench) topUp(prefix string, n int, pool []string, est float64) []string
 		return pool
 	}
 	logf("starting %d more workflows to signal", need-len(pool))
-	before := b.meter.snap()
-	more := b.startCount(prefix, n, need-len(pool))
-	pool = append(pool, more...)
+	pool = append(pool, b.startCount(prefix, n, need-len(pool))...)
 	if err := b.settle(pool); err != nil {
 		b.fail(err)
 	}
-	b.meter.since(before, b.startWrites)
-	b.startedN += int64(len(more))
 	return pool
 }
 
@@ -176,7 +169,6 @@ func (b *bench) decisionRound(prefix string, n int, pool []string) (rate, closed
 		b.fail(err)
 		return 0, 0, 0
 	}
-	before := b.meter.snap()
 	res, used := b.signalBlock(n, b.cfg.duration, pool)
 	if room := b.cfg.sample - len(b.decided); room > 0 {
 		b.decided = append(b.decided, pool[:min(used, room)]...)
@@ -187,8 +179,6 @@ func (b *bench) decisionRound(prefix string, n int, pool []string) (rate, closed
 	if _, err := b.waitClosed(prefix, baseline+res.ok, closeLimit); err != nil {
 		b.fail(err)
 	}
-	b.meter.since(before, b.decideWrites)
-	b.decidedN += res.ok
 	last, err := b.lastClose(prefix)
 	if err != nil {
 		b.fail(err)

@@ -49,7 +49,7 @@ func (p timeoutPlan) span() (first, last time.Time) {
 
 // timeoutRun starts n workflows that nobody decides and measures how late
 // each one's timer closes it.
-func (b *bench) timeoutRun(idx, n int) (Timeout, []string) {
+func (b *bench) timeoutRun(idx, n int) (Timeout, timeoutPlan) {
 	start := time.Now()
 	plan := b.cfg.planTimeouts(idx, n, start)
 	first, last := plan.span()
@@ -94,7 +94,18 @@ func (b *bench) timeoutRun(idx, n int) (Timeout, []string) {
 	}
 	slices.Sort(ids)
 	t.NotExpired = b.countNotExpired(ids)
-	return t, ids
+	return t, plan
+}
+
+// sample returns up to k workflow IDs evenly spaced over the plan's items.
+func (p timeoutPlan) sample(k int) []string {
+	n := len(p.due)
+	k = min(k, n)
+	ids := make([]string, k)
+	for j := range k {
+		ids[j] = p.id(j * n / k)
+	}
+	return ids
 }
 
 // lateness is each closed workflow's close time minus its due time, in item

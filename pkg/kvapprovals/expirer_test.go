@@ -554,3 +554,45 @@ func timerMsgs(t *testing.T, str jetstream.Stream, bucket string) (uint64, error
 	}
 	return n, nil
 }
+
+// TestPurgeTimerConditional checks the purge that removes a handled
+// marker: it removes the key's last message only while that is the
+// marker, so a timer armed on the key since then survives; it leaves a
+// tombstone that reads as no timer; and it leaves the stream's other keys
+// alone. (TestHandledMarkersRemoved checks that the tombstones expire.)
+func TestPurgeTimerConditional(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	ctx := t.Context()
+	kv := e.svc.timers.Raw()
+	stale, err := kv.Create(ctx, "acme.p1.expire", nil, jetstream.KeyTTL(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.svc.purgeTimer(ctx, "acme.p1.expire", 0); err != nil {
+		t.Fatal(err)
+	}
+	live, err := kv.Create(ctx, "acme.p1.expire", nil, jetstream.KeyTTL(time.Hour))
+	if err != nil {
+		t.Fatalf("create after the purge: %v", err)
+	}
+	if _, err := kv.Create(ctx, "acme.p2.expire", nil, jetstream.KeyTTL(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	// A purge conditioned on the old message fails and keeps the new timer.
+	if err := e.svc.purgeTimer(ctx, "acme.p1.expire", stale); err == nil {
+		t.Fatal("a purge conditioned on a replaced message succeeded")
+	}
+	if en, err := kv.Get(ctx, "acme.p1.expire"); err != nil || en.Revision() != live {
+		t.Fatalf("timer after the refused purge: %v, %v; want revision %d", en, err, live)
+	}
+	if err := e.svc.purgeTimer(ctx, "acme.p1.expire", live); err != nil {
+		t.Fatalf("purge conditioned on the live timer: %v", err)
+	}
+	if _, err := kv.Get(ctx, "acme.p1.expire"); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Fatalf("purged timer reads %v, want ErrKeyNotFound", err)
+	}
+	if _, err := kv.Get(ctx, "acme.p2.expire"); err != nil {
+		t.Fatalf("the other key: %v", err)
+	}
+}
