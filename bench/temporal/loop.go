@@ -16,8 +16,8 @@ import (
 // rpcTimeout bounds each client call made by a workload.
 const rpcTimeout = 30 * time.Second
 
-// bench holds what all workloads share: the client, the flags and the error
-// count.
+// bench holds what all workloads share: the client, the flags, the error
+// count, and what is gathered for Persists.
 type bench struct {
 	c   client.Client
 	cfg config

@@ -19,7 +19,14 @@
 //     spread over [-min, -max] seconds; lateness is the workflow's close time
 //     minus its due time;
 //   - what Temporal persists per approval: history events and bytes, the
-//     SQLite rows left behind, and the file's growth per workflow.
+//     file's growth per workflow over the timeout runs, and the SQLite rows
+//     written per approval, counted by triggers in a probe run after every
+//     timed part (-probe).
+//
+// Versions: go.temporal.io/server v1.32.1 (v1.32.2 needs Go 1.26.10, hence
+// this module's go 1.26.8 line, which v1.32.1 itself requires) and
+// go.temporal.io/sdk v1.50.0 (v1.51.0 needs go.temporal.io/api v1.64, which
+// the v1.32 server does not compile against).
 //
 // Run it with:
 //

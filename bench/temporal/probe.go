@@ -22,16 +22,21 @@ func (b *bench) probe(res *Result, dbPath string) {
 		return
 	}
 	if w, ok := b.probeWrites(dbPath, b.probeDecided); ok {
-		b.writesSentences = append(b.writesSentences,
-			writesSentence("decided approval (started, decided by a signal, closed)", w, int64(b.cfg.probe)))
+		b.addWrites("decided approval (started, decided by a signal, closed)", w)
 	}
 	var expired []string
 	if w, ok := b.probeWrites(dbPath, func() { expired = b.probeExpired() }); ok {
-		b.writesSentences = append(b.writesSentences,
-			writesSentence("expired approval (started, timer fired, closed)", w, int64(b.cfg.probe)))
+		b.addWrites("expired approval (started, timer fired, closed)", w)
 	}
 	if len(expired) > 0 {
 		res.HistoryEventsExpired, res.HistoryBytesExpired, b.probeLengths = b.historyStats(expired[:min(len(expired), b.cfg.sample)])
+	}
+}
+
+// addWrites keeps the sentence reporting w for Persists.
+func (b *bench) addWrites(what string, w rowWrites) {
+	if s := writesSentence(what, w, int64(b.cfg.probe)); s != "" {
+		b.writesSentences = append(b.writesSentences, s)
 	}
 }
 

@@ -288,7 +288,7 @@ func (s *embeddedServer) persistenceLabel() string {
 		mode = "SQLite default journal"
 	}
 	if s.dbPath == "" {
-		return fmt.Sprintf("SQLite in memory (shared cache, journal_mode=%s), one node", mode)
+		return "SQLite in memory (shared cache), one node"
 	}
 	return fmt.Sprintf("SQLite file (journal_mode=%s), one node", mode)
 }

@@ -225,6 +225,9 @@ func (b *bench) pendingWorkflowTask(id string) (bool, error) {
 	return resp.GetPendingWorkflowTask() != nil, nil
 }
 
+// errNotAllClosed reports that a wait for workflows to close ran out of time.
+var errNotAllClosed = errors.New("not all closed")
+
 // closedQuery selects the closed workflows whose ID starts with prefix.
 func closedQuery(prefix string) string {
 	return fmt.Sprintf("WorkflowId STARTS_WITH '%s' AND ExecutionStatus != 'Running'", prefix)
@@ -257,7 +260,7 @@ func (b *bench) waitClosed(prefix string, want int64, limit time.Duration) (int6
 			return got, nil
 		}
 		if time.Now().After(deadline) {
-			return got, fmt.Errorf("only %d of %d workflows %s* closed within %v", got, want, prefix, limit)
+			return got, fmt.Errorf("%w: %d of %d workflows %s* within %v", errNotAllClosed, got, want, prefix, limit)
 		}
 		time.Sleep(pollEvery)
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -73,7 +74,10 @@ func (b *bench) timeoutRun(idx, n int) (Timeout, timeoutPlan) {
 		n, allStarted.Sub(start).Round(time.Millisecond), first.Sub(start), t.DueBeforeAllStarted)
 
 	closedCount, err := b.waitClosed(plan.prefix, int64(n), time.Until(last)+timeoutGrace)
-	if err != nil {
+	switch {
+	case errors.Is(err, errNotAllClosed):
+		logf("timeouts %d: %v (reported as Closed, not as an error)", n, err)
+	case err != nil:
 		b.fail(err)
 	}
 	closes, err := b.listCloses(plan.prefix)
