@@ -260,13 +260,7 @@ func (a *approvalLoad) approvalBlock(ctx context.Context, c int, d time.Duration
 				id := a.next.Add(1)
 				tenant := "t" + strconv.FormatInt(id/a.perTenant, 10)
 				body := fmt.Appendf(nil, `{"id":"b%d","session_id":"s-%d","requested_by":"bench"}`, id, id)
-				rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-				m, err := a.nc.RequestWithContext(rctx, "guardian.v1."+tenant+".approvals.request", body)
-				cancel()
-				if err == nil && m.Header.Get(micro.ErrorCodeHeader) != "" {
-					err = fmt.Errorf("%s %s: %s", m.Header.Get(micro.ErrorCodeHeader), m.Header.Get(micro.ErrorHeader), m.Data)
-				}
-				if err != nil {
+				if err := a.request(ctx, "guardian.v1."+tenant+".approvals.request", body); err != nil {
 					if a.errors.Add(1) == 1 {
 						s := err.Error()
 						a.firstErr.Store(&s)
@@ -294,40 +288,38 @@ func (a *approvalLoad) approvalBlock(ctx context.Context, c int, d time.Duration
 // or until none is left, and returns approvals per second.
 func (a *approvalLoad) decisionBlock(ctx context.Context, c int, d time.Duration) (float64, error) {
 	var n atomic.Int64
-	var wg sync.WaitGroup
-	errs := make(chan error, c)
-	start := time.Now()
-	for range c {
-		wg.Go(func() {
-			for time.Since(start) < d {
-				a.mu.Lock()
-				if len(a.granted) == 0 {
-					a.mu.Unlock()
-					return
-				}
-				k := a.granted[len(a.granted)-1]
-				a.granted = a.granted[:len(a.granted)-1]
-				a.mu.Unlock()
-				body := fmt.Appendf(nil, `{"id":%q,"decided_by":"bench-approver"}`, k[1])
-				rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-				m, err := a.nc.RequestWithContext(rctx, "guardian.v1."+k[0]+".approvals.approve", body)
-				cancel()
-				if err == nil && m.Header.Get(micro.ErrorCodeHeader) != "" {
-					err = fmt.Errorf("approve %s/%s: %s %s: %s", k[0], k[1], m.Header.Get(micro.ErrorCodeHeader), m.Header.Get(micro.ErrorHeader), m.Data)
-				}
-				if err != nil {
-					errs <- err
-					return
-				}
-				n.Add(1)
-			}
-		})
-	}
-	wg.Wait()
-	el := time.Since(start)
-	close(errs)
+	r, err := closedLoop(c, d, func() error {
+		a.mu.Lock()
+		if len(a.granted) == 0 {
+			a.mu.Unlock()
+			return errNoneLeft
+		}
+		k := a.granted[len(a.granted)-1]
+		a.granted = a.granted[:len(a.granted)-1]
+		a.mu.Unlock()
+		n.Add(1)
+		return a.request(ctx, "guardian.v1."+k[0]+".approvals.approve", fmt.Appendf(nil, `{"id":%q,"decided_by":"bench-approver"}`, k[1]))
+	})
 	a.decided.Add(n.Load())
-	return float64(n.Load()) / el.Seconds(), <-errs
+	if errors.Is(err, errNoneLeft) {
+		err = nil
+	}
+	return r, err
+}
+
+// errNoneLeft stops a decision block that has decided every approval.
+var errNoneLeft = errors.New("no approval left to decide")
+
+// request sends a request to guardian's API (or the floor's) and returns
+// the transport error or the error the reply carries.
+func (a *approvalLoad) request(ctx context.Context, subject string, body []byte) error {
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	m, err := a.nc.RequestWithContext(rctx, subject, body)
+	if err == nil && m.Header.Get(micro.ErrorCodeHeader) != "" {
+		err = fmt.Errorf("%s: %s %s: %s", subject, m.Header.Get(micro.ErrorCodeHeader), m.Header.Get(micro.ErrorHeader), m.Data)
+	}
+	return err
 }
 
 // startFloor serves the design floor's endpoint, bench.floor, on a
@@ -380,15 +372,7 @@ func (a *approvalLoad) startFloor(ctx context.Context, url string) (stop func(),
 // floorBlock sends requests to the design floor's endpoint with c in
 // flight for d and returns replies per second.
 func (a *approvalLoad) floorBlock(ctx context.Context, c int, d time.Duration) (float64, error) {
-	return closedLoop(c, d, func() error {
-		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		m, err := a.nc.RequestWithContext(rctx, "bench.floor", a.value)
-		if err == nil && m.Header.Get(micro.ErrorCodeHeader) != "" {
-			err = fmt.Errorf("%s", m.Header.Get(micro.ErrorHeader))
-		}
-		return err
-	})
+	return closedLoop(c, d, func() error { return a.request(ctx, "bench.floor", a.value) })
 }
 
 // caughtUp waits until the events stream holds a requested event for

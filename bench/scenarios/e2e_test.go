@@ -7,7 +7,7 @@ import (
 
 func TestFailoverRows(t *testing.T) {
 	r := E2EResult{Figures: map[string]map[string]float64{
-		"TestReplicaKilled": {"approvals": 700, "lost": 0, "duplicated": 0, "lateness n": 490, "lateness p50": 0.2, "lateness p99": 0.5, "lateness max": 6},
+		"TestReplicaKilled":       {"approvals": 700, "lost": 0, "duplicated": 0, "lateness n": 490, "lateness p50": 0.2, "lateness p99": 0.5, "lateness max": 6},
 		"TestClusterLeaderKilled": {"requests succeed again after": 2.5, "leader elected after": 1.2, "lost": 0, "acknowledged": 900},
 	}}
 	rows := r.FailoverRows()
