@@ -192,7 +192,7 @@ func (r E2EResult) SoakRows() []Row {
 		drifted = true
 		last, _ := r.get(t, name+" last third")
 		allowed, _ := r.get(t, name+" allowed")
-		rows = append(rows, Row{sc, "drift: " + name + " (first → last third after warm-up)", soakValue(name, last), soakValue(name, first),
+		rows = append(rows, Row{sc, "drift: " + name + ", last third of the samples after the warm-up vs the first", soakValue(name, last), soakValue(name, first),
 			changePct(last, first), "≤ " + soakValue(name, allowed), check(last <= allowed)})
 	}
 	if !drifted {

@@ -32,7 +32,7 @@ func findings(rows []scenarios.Row, r *results) string {
 		w("**Expiry (scenario 4).**")
 		for _, run := range e.Runs {
 			window := run.DueSpan + run.Guardian.Max - run.Guardian.Min
-			w(" %s: deadlines spread over %.1f s, expired events over %.1f s (%s expiries/s on average);",
+			w(" %s: deadlines spread over %.1f s, expired events over %.1f s (%s on average);",
 				countLabel(run.N), run.DueSpan.Seconds(), window.Seconds(), fmtRate(float64(run.N)/window.Seconds()))
 			if run.Written.N > 0 {
 				w(" at p99 the expirer's write came %.3f s after the deadline and the event %.3f s after it (the notifier's hop %+.3f s), the raw marker %.3f s.",
