@@ -121,7 +121,7 @@ func TemporalRows(t *TemporalResult, a *ApprovalsResult, e *ExpiryResult) []Row 
 		rs, rd := "", ""
 		if g != nil {
 			gs, gd = rate(g.Approvals), rate(g.Decisions)
-			rs, rd = ratio(g.Approvals, tl.Starts)+"×", ratio(g.Decisions, tl.Decisions)+"×"
+			rs, rd = fmt.Sprintf("guardian %.1f×", g.Approvals/tl.Starts), fmt.Sprintf("guardian %.1f×", g.Decisions/tl.Decisions)
 		}
 		rows = append(rows,
 			Row{sc, fmt.Sprintf("%d in flight: approval requests (guardian) / workflow starts (Temporal)", tl.InFlight), gs, rate(tl.Starts) + " Temporal", rs, "", Info},
@@ -147,7 +147,7 @@ func TemporalRows(t *TemporalResult, a *ApprovalsResult, e *ExpiryResult) []Row 
 		gv, r := "-", ""
 		if g != nil {
 			gv = fmt.Sprintf("p50 %s, p99 %s, max %s", secs(g.Guardian.P50), secs(g.Guardian.P99), secs(g.Guardian.Max))
-			r = fmt.Sprintf("p99 %s×", ratio(g.Guardian.P99.Seconds(), tt.P99.Seconds()))
+			r = fmt.Sprintf("Temporal's p99 %.0f× guardian's", tt.P99.Seconds()/max(g.Guardian.P99.Seconds(), 1e-3))
 		}
 		rows = append(rows, Row{sc, fmt.Sprintf("timeout lateness, %s pending: due → expired event / workflow closed", count(tt.N)), gv, tv, r, "", Info})
 	}
