@@ -250,9 +250,10 @@ func History(path, title, unit string, runs []string, lines []Line) error {
 	}
 	p.NominalX(runs...)
 	p.X.Min, p.X.Max = -0.5, float64(len(runs))-0.5
-	p.Y.Max = ymax * 1.35
+	p.Y.Max = ymax * 1.6
 	p.Legend.Top = true
 	p.Legend.Left = true
 	p.Legend.XOffs = 8
+	p.Legend.YOffs = -12
 	return p.Save(vg.Length(max(7, 1.2*float64(len(runs))))*vg.Inch, 5*vg.Inch, path)
 }

@@ -46,7 +46,7 @@ type sizes struct {
 
 var quickSizes = sizes{
 	GuardRounds: 15, GuardN: 100_000,
-	KVRounds: 30, KVBlock: 600,
+	KVRounds: 15, KVBlock: 6000,
 	ApprovalConc: []int{8, 64}, ApprovalDur: 3 * time.Second, ApprovalRounds: 3,
 	ExpirySizes: []int{1000, 10_000, 100_000}, TickerPhases: 20,
 	MemLevels:   []int{0, 10_000, 100_000},
@@ -57,7 +57,7 @@ var quickSizes = sizes{
 
 var fullSizes = sizes{
 	GuardRounds: 31, GuardN: 300_000,
-	KVRounds: 80, KVBlock: 1200,
+	KVRounds: 31, KVBlock: 12000,
 	ApprovalConc: []int{8, 32, 64}, ApprovalDur: 10 * time.Second, ApprovalRounds: 3,
 	ExpirySizes: []int{1000, 10_000, 100_000}, TickerPhases: 20,
 	MemLevels:   []int{0, 100_000, 1_000_000},
