@@ -49,8 +49,10 @@ func record(t *testing.T, figs ...figure) {
 }
 
 // secs and count make figures of a duration and of a count.
-func secs(name string, d time.Duration) figure { return figure{Name: name, Value: d.Seconds(), Unit: "s"} }
-func count(name string, n int) figure          { return figure{Name: name, Value: float64(n)} }
+func secs(name string, d time.Duration) figure {
+	return figure{Name: name, Value: d.Seconds(), Unit: "s"}
+}
+func count(name string, n int) figure { return figure{Name: name, Value: float64(n)} }
 
 // latenessFigures are a group's lateness percentiles and size.
 func latenessFigures(prefix string, ds []time.Duration) []figure {
