@@ -178,7 +178,7 @@ func Approvals(ctx context.Context, cfg ApprovalsConfig, progress func(string)) 
 		res.Levels = append(res.Levels, lv)
 	}
 	res.Errors, res.Total = a.errors.Load(), a.ok.Load()
-	for _, name := range []string{"KV_GUARDIAN_APPROVALS", "KV_GUARDIAN_TIMERS", "GUARDIAN_EVENTS", "GUARDIAN_AUDIT"} {
+	for _, name := range []string{"KV_GUARDIAN_APPROVALS", "GUARDIAN_TIMERS", "GUARDIAN_EVENTS", "GUARDIAN_AUDIT"} {
 		st, err := js.Stream(ctx, name)
 		if err != nil {
 			return res, fmt.Errorf("stream %s: %w", name, err)

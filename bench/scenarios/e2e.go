@@ -200,7 +200,7 @@ func (r E2EResult) SoakRows() []Row {
 	}
 	for name, v := range r.Figures[t] {
 		stream, ok := strings.CutPrefix(name, "TTL wheel entries ")
-		if !ok || stream != "KV_GUARDIAN_TIMERS" {
+		if !ok || stream != "GUARDIAN_TIMERS" {
 			continue
 		}
 		msgs := r.Figures[t]["messages "+stream]

@@ -514,7 +514,7 @@ func testHTTP(t *testing.T, g *guardian) {
 	}
 	// Consumer lag, looked up at the scrape.
 	for _, c := range []struct{ consumer, stream, durable string }{
-		{"expirer", "KV_GUARDIAN_TIMERS", "guardian-expirer"},
+		{"expirer", "GUARDIAN_TIMERS", "guardian-expirer"},
 		{"notifier", "KV_GUARDIAN_APPROVALS", "guardian-notifier"},
 	} {
 		labels := map[string]string{"consumer": c.consumer, "stream": c.stream, "durable": c.durable}

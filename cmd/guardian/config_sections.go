@@ -25,7 +25,7 @@ type approvalConfig struct {
 	WarningBefore     time.Duration `split_words:"true" default:"5m" desc:"how long before expiry the warning fires, only for longer timeouts (>=1s)"`
 	MaxPending        int           `split_words:"true" default:"10000" desc:"pending approvals allowed per tenant, more are refused with 429 (>=0; 0: no cap)"`
 	Retention         time.Duration `split_words:"true" default:"168h" desc:"how long a record is kept after its last change (>= max timeout + grace + 10m; what exceeds max timeout + grace is how long an outage of every expirer pending records survive)"`
-	MaxOutage         time.Duration `split_words:"true" default:"24h" desc:"longest expirer outage that loses no timer, the timers bucket's marker TTL (>=1s)"`
+	MaxOutage         time.Duration `split_words:"true" default:"24h" desc:"expirer downtime after which its start logs an outage; fired timers wait however long it is down (>=1s)"`
 	SweepInterval     time.Duration `split_words:"true" default:"1m" desc:"how often one guardian checks the records' changes since its last check (each 8s after it was made) and re-arms the timer of any pending approval that has none (whole seconds, 1s-1h)"`
 	RequireReason     bool          `split_words:"true" default:"false" desc:"refuse decisions without a reason"`
 	AllowSelfApproval bool          `split_words:"true" default:"false" desc:"let requested_by approve their own approval (never when more than one approval is required)"`

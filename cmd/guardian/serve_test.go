@@ -145,7 +145,7 @@ func TestDegradedReads(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := js.DeleteConsumer(t.Context(), "KV_GUARDIAN_TIMERS", "guardian-expirer"); err != nil {
+	if err := js.DeleteConsumer(t.Context(), "GUARDIAN_TIMERS", "guardian-expirer"); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -184,7 +184,7 @@ func TestExternalNATS(t *testing.T) {
 		code, body := httpGet(t, g.httpURL+"/readyz")
 		return code == http.StatusServiceUnavailable && strings.Contains(body, "not ready: nats:"), fmt.Sprintf("/readyz %d %q", code, body)
 	})
-	labels := map[string]string{"consumer": "expirer", "stream": "KV_GUARDIAN_TIMERS", "durable": "guardian-expirer"}
+	labels := map[string]string{"consumer": "expirer", "stream": "GUARDIAN_TIMERS", "durable": "guardian-expirer"}
 	start := time.Now()
 	if v, ok := metricValue(scrape(t, g), "guardian_consumer_up", labels); !ok || v != 0 {
 		t.Errorf("guardian_consumer_up with NATS down = %v (present %v), want 0", v, ok)

@@ -176,7 +176,7 @@ func wire(ctx context.Context, cfg *config, g *jsguard.Guard, js jetstream.JetSt
 			},
 			OnExpired: func(l time.Duration) { m.lateness.Observe(l.Seconds()) },
 			OnOutage: func(o kvapprovals.Outage) {
-				log.Warn("expirer was down longer than GUARDIAN_APPROVAL_MAX_OUTAGE; timers may have been missed, the start sweep expires overdue approvals", "outage", fmt.Sprintf("%+v", o))
+				log.Warn("expirer was down longer than GUARDIAN_APPROVAL_MAX_OUTAGE; timers that fired meanwhile are handled now and the start sweep expires overdue approvals", "outage", fmt.Sprintf("%+v", o))
 			},
 			OnConsumeError: func(err error) { log.Warn("approvals consumer", "err", err) },
 			OnNotificationFailed: func(e kvapprovals.Event, err error) {
@@ -197,7 +197,7 @@ func wire(ctx context.Context, cfg *config, g *jsguard.Guard, js jetstream.JetSt
 	if cfg.Approval.WebhookURL != "" {
 		nopts = append(nopts, kvapprovals.WithWebhook(kvapprovals.Webhook{URL: cfg.Approval.WebhookURL}))
 	}
-	expirer := &consumerRef{name: "expirer", stream: "KV_" + acfgApprovals.TimersBucket, durable: acfgApprovals.ExpirerDurable}
+	expirer := &consumerRef{name: "expirer", stream: acfgApprovals.TimersStream, durable: acfgApprovals.ExpirerDurable}
 	notifier := &consumerRef{name: "notifier", stream: "KV_" + acfgApprovals.RecordsBucket, durable: acfgApprovals.NotifierDurable}
 	w.consumers = []*consumerRef{expirer, notifier}
 	w.parts = append(w.parts,

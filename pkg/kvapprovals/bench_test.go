@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -34,16 +35,18 @@ func BenchmarkRequest(b *testing.B) {
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "approvals/s")
 		})
 	}
-	b.Run("raw kv.Create with TTL", func(b *testing.B) {
+	b.Run("raw schedule", func(b *testing.B) {
 		e := newEnv(b, nil)
-		kv := e.svc.timers.Raw()
 		var n atomic.Int64
 		b.SetParallelism(8)
 		b.ResetTimer()
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
 				i := n.Add(1)
-				if _, err := kv.Create(context.Background(), fmt.Sprint("k", i), nil, jetstream.KeyTTL(time.Hour)); err != nil {
+				m := nats.NewMsg(e.svc.timers.sched(fmt.Sprint("k", i)))
+				m.Header.Set("Nats-Schedule", "@at "+time.Now().Add(time.Hour).UTC().Format(time.RFC3339))
+				m.Header.Set("Nats-Schedule-Target", e.svc.timers.fire(fmt.Sprint("k", i)))
+				if _, err := e.js.PublishMsg(context.Background(), m, jetstream.WithExpectLastSequencePerSubject(0)); err != nil {
 					b.Error(err)
 					return
 				}

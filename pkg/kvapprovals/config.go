@@ -16,11 +16,9 @@ var ErrInvalidConfig = errors.New("kvapprovals: invalid config")
 type Config struct {
 	// DefaultTimeout applies when a request names no timeout (30m).
 	DefaultTimeout time.Duration
-	// MinTimeout is the shortest timeout a request may ask for (1s, NATS's
-	// TTL floor). Timers are whole seconds: a timeout that is not a whole
-	// number of seconds keeps its exact expires_at, and its timer TTL is
-	// rounded up, so the timer fires at most 1s after the deadline and never
-	// before it.
+	// MinTimeout is the shortest timeout a request may ask for (1s; at
+	// least 1s). A timer names its instant to the millisecond; the server
+	// fires it then or up to its scheduler's 250 ms period later.
 	MinTimeout time.Duration
 	// MaxTimeout is the longest timeout a request may ask for (120m; at
 	// least DefaultTimeout, at most 24h).
@@ -56,10 +54,10 @@ type Config struct {
 	// MaxTimeout + GracePeriod is also the longest outage of every expirer
 	// that a pending approval's record survives.
 	Retention time.Duration
-	// MaxOutage is how long a fired timer's marker stays in the timers
-	// bucket (its LimitMarkerTTL), so the longest time the expirer may be
-	// down without missing a timer (24h; at least 1s). The expirer's start
-	// sweep covers longer outages.
+	// MaxOutage is how long the expirer may be down before its start
+	// reports an outage (a log line, Hooks.OnOutage and Stats.Outages; 24h;
+	// at least 1s). No timer is lost however long it is down: a fired timer
+	// waits in the timers stream until the expirer acknowledges it.
 	MaxOutage time.Duration
 	// SweepInterval is how often one replica runs the periodic sweep
 	// (1m; 1s–1h, whole seconds). Each sweep reads the records' changes
@@ -83,8 +81,9 @@ type Config struct {
 
 	// RecordsBucket holds the records (GUARDIAN_APPROVALS).
 	RecordsBucket string
-	// TimersBucket holds the TTL timers (GUARDIAN_TIMERS).
-	TimersBucket string
+	// TimersStream holds the timers, as message schedules on subjects
+	// $TIMERS.<TimersStream>.> (GUARDIAN_TIMERS).
+	TimersStream string
 	// EventsStream holds the lifecycle events (GUARDIAN_EVENTS).
 	EventsStream string
 	// EventsSubjectPrefix starts every lifecycle event subject
@@ -114,7 +113,7 @@ func DefaultConfig() Config {
 		EventsDuplicates:    20 * time.Minute,
 		Replicas:            1,
 		RecordsBucket:       "GUARDIAN_APPROVALS",
-		TimersBucket:        "GUARDIAN_TIMERS",
+		TimersStream:        "GUARDIAN_TIMERS",
 		EventsStream:        "GUARDIAN_EVENTS",
 		EventsSubjectPrefix: "guardian.v1.events",
 		ExpirerDurable:      "guardian-expirer",
@@ -172,15 +171,15 @@ func (c *Config) Validate() error {
 		return bad("Identity", fmt.Sprintf("%q", c.Identity), fmt.Sprintf("must be %q or %q", IdentityAsserted, IdentityRequired))
 	}
 	for _, f := range []struct{ name, v string }{
-		{"RecordsBucket", c.RecordsBucket}, {"TimersBucket", c.TimersBucket}, {"EventsStream", c.EventsStream},
+		{"RecordsBucket", c.RecordsBucket}, {"TimersStream", c.TimersStream}, {"EventsStream", c.EventsStream},
 		{"ExpirerDurable", c.ExpirerDurable}, {"NotifierDurable", c.NotifierDurable},
 	} {
 		if !nameRe.MatchString(f.v) {
 			return fmt.Errorf("%w: %s %q must match %s", ErrInvalidConfig, f.name, f.v, nameRe)
 		}
 	}
-	if c.RecordsBucket == c.TimersBucket {
-		return fmt.Errorf("%w: TimersBucket %q must differ from RecordsBucket", ErrInvalidConfig, c.TimersBucket)
+	if c.TimersStream == "KV_"+c.RecordsBucket || c.TimersStream == c.EventsStream {
+		return fmt.Errorf("%w: TimersStream %q must differ from EventsStream and from KV_<RecordsBucket>", ErrInvalidConfig, c.TimersStream)
 	}
 	if !subjectRe.MatchString(c.EventsSubjectPrefix) {
 		return fmt.Errorf("%w: EventsSubjectPrefix %q must be dot-separated tokens of [A-Za-z0-9_-]", ErrInvalidConfig, c.EventsSubjectPrefix)

@@ -46,10 +46,10 @@ func WithWorkers(n int) ConsumerOption {
 
 // WithMaxAckPending sets the durable consumer's MaxAckPending (default
 // 256), the number of messages in flight across all replicas. Keep it a
-// small multiple of the workers: each timer marker the server writes is a
-// purge of its key, and each purge makes the server walk every message
-// the expirer has not acknowledged yet; with 2000 in flight at 10k
-// expiries a second, that walk cost more than the expiries.
+// small multiple of the workers: more only leaves more messages waiting
+// AckWait on a replica that dies, and the server walks a consumer's
+// unacknowledged messages on every purge or rollup of a subject the
+// consumer reads.
 func WithMaxAckPending(n int) ConsumerOption {
 	return func(o *consumerOpts) {
 		if n > 0 {

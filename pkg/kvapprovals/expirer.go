@@ -13,12 +13,13 @@ import (
 	"github.com/jsguardian/guardian/pkg/jsguard"
 )
 
-// Expirer turns fired timers into record transitions: a TTL marker on
-// <tenant>.<id>.expire moves a pending record to expired, one on .warn
-// stamps warned_at and creates the expire timer. It is a durable consumer on the timers bucket's stream
-// that every replica shares (Config.ExpirerDurable), so each marker is
-// processed by one of them; processing is idempotent, so a redelivery after
-// a crash is harmless. An Expirer is safe for concurrent use; run it once
+// Expirer turns fired timers into record transitions: a fired
+// <tenant>.<id>.expire timer moves a pending record to expired, a fired
+// .warn timer stamps warned_at and creates the expire timer. It is a
+// durable consumer on the timers stream's fire subjects that every replica
+// shares (Config.ExpirerDurable), so each fired timer is processed by one
+// of them; processing is idempotent, so a redelivery after a crash is
+// harmless. An Expirer is safe for concurrent use; run it once
 // per process.
 type Expirer struct {
 	s *Service
@@ -33,10 +34,11 @@ func (s *Service) Expirer(opts ...ConsumerOption) *Expirer {
 	return &Expirer{s: s, o: newConsumerOpts(opts), sweeps: make(chan struct{}, 1)}
 }
 
-// Outage describes an expirer start that may have missed timer markers: the
-// durable consumer was idle longer than Config.MaxOutage while timers were
-// written, or the start sweep found pending approvals overdue by more than
-// MaxOutage. Missed markers are made up for by the sweep.
+// Outage describes an expirer start after a long outage: the durable
+// consumer was idle longer than Config.MaxOutage while timers were written,
+// or the start sweep found pending approvals overdue by more than
+// MaxOutage. Nothing was lost: fired timers wait in the timers stream, and
+// the start sweep expires what is overdue at once.
 type Outage struct {
 	// LastActive is the consumer's last delivery or ack before this start,
 	// as the server remembers it; zero when unknown (e.g. after a server
@@ -45,9 +47,9 @@ type Outage struct {
 	// Down is now - LastActive; zero when unknown.
 	Down time.Duration
 	// Overdue counts pending approvals past expires_at + grace that the
-	// start sweep expired; Lost counts those overdue by more than MaxOutage,
-	// whose markers were certainly gone.
-	Overdue, Lost int
+	// start sweep expired; Late counts those overdue by more than
+	// MaxOutage.
+	Overdue, Late int
 }
 
 // budgets returns the expirer's AckWait (consumerAckWait: a handler that
@@ -59,7 +61,7 @@ func (e *Expirer) budgets() (ackWait, handle time.Duration) {
 	return consumerAckWait, handle
 }
 
-// Run creates or updates the durable consumer and processes markers until
+// Run creates or updates the durable consumer and processes fired timers until
 // ctx ends; then it stops fetching, lets in-flight messages finish and
 // returns nil. At start it reports a possible outage (see Outage) to
 // Hooks.OnOutage and the logger, and, unless WithoutStartSweep, sweeps all
@@ -69,11 +71,11 @@ func (e *Expirer) budgets() (ackWait, handle time.Duration) {
 func (e *Expirer) Run(ctx context.Context) error {
 	s := e.s
 	ackWait, handleBudget := e.budgets()
-	stream := "KV_" + s.cfg.TimersBucket
+	stream := s.cfg.TimersStream
 	cons, err := s.g.EnsureConsumer(ctx, s.js, stream, jetstream.ConsumerConfig{
 		Durable:       s.cfg.ExpirerDurable,
 		Description:   "guardian approval expirer",
-		FilterSubject: "$KV." + s.cfg.TimersBucket + ".>",
+		FilterSubject: s.timers.fires(),
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       ackWait,
@@ -95,15 +97,15 @@ func (e *Expirer) Run(ctx context.Context) error {
 		e.report(outage)
 	} else {
 		wg.Go(func() {
-			overdue, lost, err := e.Sweep(sweepCtx)
+			overdue, late, err := e.Sweep(sweepCtx)
 			if err != nil && sweepCtx.Err() == nil {
 				s.consumeError(fmt.Errorf("expirer start sweep: %w", err))
 			}
-			outage.Overdue, outage.Lost = overdue, lost
+			outage.Overdue, outage.Late = overdue, late
 			e.report(outage)
 		})
 	}
-	err = s.consume(ctx, cons, e.o.workers, ackWait, handleBudget, notFired, e.handle)
+	err = s.consume(ctx, cons, e.o.workers, ackWait, handleBudget, nil, e.handle)
 	stopSweeps()
 	wg.Wait()
 	if err != nil {
@@ -112,31 +114,26 @@ func (e *Expirer) Run(ctx context.Context) error {
 	return nil
 }
 
-// sweepKey is the key of the sweep tick in the timers bucket. It has two
-// tokens, timer keys three (<tenant>.<id>.<kind>), so it is never a timer.
+// sweepKey is the key of the sweep tick, a timer in the timers stream. It
+// has two tokens, approvals' timer keys three (<tenant>.<id>.<kind>), so it
+// is never an approval's.
 const sweepKey = "guardian.sweep"
 
-// armSweep creates the sweep tick, a key with a TTL of SweepInterval, when
-// none is live. Of all replicas' attempts one succeeds; its marker, when the
-// TTL runs out, reaches one replica through the shared durable consumer.
+// armSweep arms the sweep tick for SweepInterval from now, when it is not
+// armed. Of all replicas' attempts one succeeds; the tick, when it fires,
+// reaches one replica through the shared durable consumer.
 func (e *Expirer) armSweep(ctx context.Context) error {
 	s := e.s
-	_, err := s.timers.Create(ctx, sweepKey, nil, jetstream.KeyTTL(s.cfg.SweepInterval))
-	if errors.Is(err, jetstream.ErrKeyExists) {
-		return nil
-	}
+	now := time.Now()
+	_, err := s.timers.arm(ctx, sweepKey, now.Add(s.cfg.SweepInterval), now)
 	return err
 }
 
-// tick handles the sweep tick's marker: it arms the next tick first (so a
+// tick handles the fired sweep tick: it arms the next tick first (so a
 // crash mid-sweep does not stop the ticks), acknowledges, and sweeps in the
 // background unless this process is sweeping already.
 func (e *Expirer) tick(ctx context.Context, msg jetstream.Msg) {
 	s := e.s
-	if notFired(msg) {
-		_ = msg.Ack()
-		return
-	}
 	if err := e.armSweep(ctx); err != nil {
 		s.settle(msg, fmt.Errorf("arm the next sweep: %w", err))
 		return
@@ -169,15 +166,10 @@ func (e *Expirer) sweeper(ctx context.Context) {
 	}
 }
 
-// sweepCursorKey holds, in the timers bucket, the time up to which the
-// periodic sweeps have checked the records' changes (RFC 3339). Two
-// tokens: never a timer.
-const sweepCursorKey = "guardian.swept"
-
 // periodicSweepSlack is how old a change must be before the periodic
 // sweep checks it: the request, extension or warning that made it writes
-// its timer at the same time, and a consumer redelivers a marker within
-// its AckWait after a crash.
+// its timer at the same time, and a consumer redelivers a fired timer
+// within its AckWait after a crash.
 const periodicSweepSlack = 2 * consumerAckWait
 
 // sweepOverlap is how far before its cursor a periodic sweep starts, so
@@ -198,14 +190,17 @@ func (e *Expirer) checkChanges(ctx context.Context) (rearmed int, err error) {
 	s := e.s
 	until := time.Now().Add(-periodicSweepSlack).UTC()
 	var since time.Time
-	cur, err := s.timers.Get(ctx, sweepCursorKey)
+	cur, err := jsguard.DoValue(ctx, s.g, jsguard.KVGet, "read sweep cursor "+s.timers.cursor(),
+		func(ctx context.Context) (*jetstream.RawStreamMsg, error) {
+			return s.timers.str.GetLastMsgForSubject(ctx, s.timers.cursor())
+		})
 	switch {
 	case err == nil:
-		t, perr := time.Parse(time.RFC3339Nano, string(cur.Value()))
+		t, perr := time.Parse(time.RFC3339Nano, string(cur.Data))
 		if perr == nil {
 			since = t.Add(-sweepOverlap)
 		}
-	case !errors.Is(err, jetstream.ErrKeyNotFound):
+	case !errors.Is(err, jetstream.ErrMsgNotFound):
 		return 0, fmt.Errorf("read the sweep cursor: %w", err)
 	}
 	if !since.IsZero() && !since.Before(until) {
@@ -255,7 +250,7 @@ func (e *Expirer) checkChanges(ctx context.Context) (rearmed int, err error) {
 		checked = until
 	}
 	if !checked.IsZero() {
-		if _, perr := s.timers.Put(ctx, sweepCursorKey, []byte(checked.UTC().Format(time.RFC3339Nano))); perr != nil && err == nil {
+		if _, perr := s.g.Publish(ctx, s.js, s.timers.cursor(), []byte(checked.UTC().Format(time.RFC3339Nano))); perr != nil && err == nil {
 			err = fmt.Errorf("store the sweep cursor: %w", perr)
 		}
 	}
@@ -263,20 +258,14 @@ func (e *Expirer) checkChanges(ctx context.Context) (rearmed int, err error) {
 }
 
 // ensureTimer makes sure that the approval at key, when pending, has a
-// timer: a live one, or a fired one's marker the expirer has yet to
-// handle. When it has neither, it arms the approval's next timer (one that
+// timer: a live one, or a fired one the expirer has yet to acknowledge.
+// When it has neither, it arms the approval's next timer (one that
 // fires within a second when its time has passed, so the expirer expires
 // it through the usual path) and reports true. It returns the read or
 // write error.
 func (s *Service) ensureTimer(ctx context.Context, key string) (bool, error) {
-	last, err := jsguard.DoValue(ctx, s.g, jsguard.ApprovalCheck, "approval timer "+s.cfg.TimersBucket+"/"+key,
-		func(ctx context.Context) (*jetstream.RawStreamMsg, error) {
-			return s.timersStream.GetLastMsgForSubject(ctx, "$KV."+s.cfg.TimersBucket+"."+key+".*")
-		})
-	switch {
-	case err == nil && last.Header.Get("KV-Operation") == "":
-		return false, nil // a live timer, or a marker on its way
-	case err != nil && !errors.Is(err, jetstream.ErrMsgNotFound):
+	live, err := s.timers.live(ctx, key+".*")
+	if err != nil || live {
 		return false, err
 	}
 	rec, err := s.get(ctx, key)
@@ -305,7 +294,7 @@ func (e *Expirer) lastActivity(ctx context.Context, info *jetstream.ConsumerInfo
 		return Outage{}
 	}
 	st, err := jsguard.DoValue(ctx, e.s.g, jsguard.ApprovalCheck, "stream info "+stream,
-		func(ctx context.Context) (*jetstream.StreamInfo, error) { return e.s.timersStream.Info(ctx) })
+		func(ctx context.Context) (*jetstream.StreamInfo, error) { return e.s.timers.str.Info(ctx) })
 	if err == nil && st.State.LastSeq <= info.Delivered.Stream {
 		return Outage{} // idle, not down: nothing was written meanwhile
 	}
@@ -315,44 +304,28 @@ func (e *Expirer) lastActivity(ctx context.Context, info *jetstream.ConsumerInfo
 
 func (e *Expirer) report(o Outage) {
 	s := e.s
-	if o.Down <= s.cfg.MaxOutage && o.Lost == 0 {
+	if o.Down <= s.cfg.MaxOutage && o.Late == 0 {
 		return
 	}
 	s.stats.outages.Add(1)
-	s.log.Warn("kvapprovals: expirer was down longer than MaxOutage; timer markers may have been lost, the start sweep expired overdue approvals",
-		"last_active", o.LastActive, "down", o.Down, "max_outage", s.cfg.MaxOutage, "overdue", o.Overdue, "lost", o.Lost)
+	s.log.Warn("kvapprovals: expirer was down longer than MaxOutage; the start sweep expired overdue approvals and fired timers are handled now",
+		"last_active", o.LastActive, "down", o.Down, "max_outage", s.cfg.MaxOutage, "overdue", o.Overdue, "late", o.Late)
 	if s.hooks.OnOutage != nil {
 		s.hooks.OnOutage(o)
 	}
 }
 
-// notFired reports whether a message of the timers stream is anything but a
-// timer firing: only a TTL running out is. Timer creation (no header) and
-// guardian's own purges (KV-Operation PURGE/DEL) are acked and ignored; they
-// are most of the stream, one of each per approval.
-func notFired(msg jetstream.Msg) bool {
-	return msg.Headers().Get(jetstream.MarkerReasonHeader) != "MaxAge"
-}
-
-// handle processes one message of the timers stream.
+// handle processes one fired timer.
 func (e *Expirer) handle(ctx context.Context, msg jetstream.Msg) {
 	s := e.s
-	rest, ok := strings.CutPrefix(msg.Subject(), "$KV."+s.cfg.TimersBucket+".")
+	rest, ok := s.timers.firedKey(msg.Subject())
 	if ok && rest == sweepKey {
 		e.tick(ctx, msg)
-		return
-	}
-	if ok && rest == sweepCursorKey {
-		_ = msg.Ack()
 		return
 	}
 	parts := strings.Split(rest, ".")
 	if !ok || len(parts) != 3 {
 		_ = msg.Term() // not a guardian timer
-		return
-	}
-	if notFired(msg) {
-		_ = msg.Ack()
 		return
 	}
 	key := parts[0] + "." + parts[1]
@@ -368,23 +341,6 @@ func (e *Expirer) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	s.settle(msg, err)
-	if err == nil {
-		s.dropMarker(ctx, rest, msg)
-	}
-}
-
-// dropMarker removes a handled timer's marker, best effort: left alone it
-// would stay for MaxOutage, and the server's memory and every listing of
-// the timers grow with such subjects. The purge applies only while the
-// marker is the key's last message, so a timer armed on the key since
-// then (an extension, the warning's successor) is kept. A marker left
-// behind by a failed purge expires by itself.
-func (s *Service) dropMarker(ctx context.Context, key string, msg jetstream.Msg) {
-	md, err := msg.Metadata()
-	if err != nil {
-		return
-	}
-	_ = s.purgeTimer(ctx, key, md.Sequence.Stream)
 }
 
 // expire moves the record at key to expired if it is pending and past its
@@ -501,15 +457,14 @@ func (s *Service) warn(ctx context.Context, key string) error {
 
 // Sweep reads the latest revision of every record and expires each pending
 // one whose expires_at + grace has passed, through the same compare-and-set
-// path as the timers; it also arms the expire timer of a pending one whose
-// warn timer fired more than MaxOutage ago, whose marker may have been lost. Run calls it at start; call it yourself after an
-// outage longer than MaxOutage or to close the window of a request whose
-// process died between writing the record and its timers. It returns how
+// path as the timers; it also arms the next timer of a pending one that has
+// none. Run calls it at start; call it yourself to close the window of a
+// request whose process died between writing the record and its timers. It returns how
 // many it expired (overdue) and how many of those were overdue by more than
-// MaxOutage (lost markers). It runs under the ReplayProcessing budget and
+// MaxOutage (late). It runs under the ReplayProcessing budget and
 // returns the jetstream error or *jsguard.TimeoutError with the counts so
 // far. Safe for concurrent use; cost grows with the retained records.
-func (e *Expirer) Sweep(ctx context.Context) (overdue, lost int, err error) {
+func (e *Expirer) Sweep(ctx context.Context) (overdue, late int, err error) {
 	s := e.s
 	err = s.g.Do(ctx, jsguard.ReplayProcessing, "approval sweep "+s.cfg.RecordsBucket, func(ctx context.Context) error {
 		return scanLatest(ctx, s.recordsStream, "$KV."+s.cfg.RecordsBucket+".>", false, func(m jetstream.Msg) error {
@@ -526,24 +481,11 @@ func (e *Expirer) Sweep(ctx context.Context) (overdue, lost int, err error) {
 			}
 			now := s.now()
 			deadline := rec.Deadline(s.cfg.GracePeriod)
-			late := now.Sub(deadline)
-			if late <= 0 {
-				// Its warn timer fired longer than MaxOutage ago, so the
-				// marker that would have armed the expire timer may be
-				// gone: arm it (a no-op when it exists).
-				warnAt := rec.ExpiresAt.Add(-s.cfg.WarningBefore)
-				if s.warnScheduled(time.Duration(rec.Timeout)) && now.Sub(warnAt) > s.cfg.MaxOutage {
-					created, err := s.armTimer(withTenant(ctx, rec.Tenant), &rec, timerExpire, deadline, now)
-					if err != nil {
-						return fmt.Errorf("arm expire timer %s: %w", rec.Key(), err)
-					}
-					if created {
-						s.stats.repaired.Add(1)
-					}
-					return nil
-				}
-				// Any other pending approval without a timer (one removed
-				// after the periodic sweep checked its record) gets one.
+			by := now.Sub(deadline)
+			if by <= 0 {
+				// A pending approval without a timer (its request failed
+				// halfway, or the timer was removed after the periodic
+				// sweep checked its record) gets one.
 				created, err := s.ensureTimer(withTenant(ctx, rec.Tenant), rec.Key())
 				if err != nil {
 					return fmt.Errorf("check the timer of %s: %w", rec.Key(), err)
@@ -561,12 +503,12 @@ func (e *Expirer) Sweep(ctx context.Context) (overdue, lost int, err error) {
 			}
 			if wrote {
 				overdue++
-				if late > s.cfg.MaxOutage+time.Second {
-					lost++
+				if by > s.cfg.MaxOutage+time.Second {
+					late++
 				}
 			}
 			return nil
 		})
 	})
-	return overdue, lost, err
+	return overdue, late, err
 }

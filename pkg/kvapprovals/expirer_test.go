@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/jsguardian/guardian/internal/natstest"
 	"github.com/jsguardian/guardian/pkg/jsguard"
 )
@@ -262,9 +260,10 @@ func TestReplicas(t *testing.T) {
 	t.Logf("replica A expired %d and published %d events, replica B %d and %d", a.Expired, a.EventsPublished, b.Expired, b.EventsPublished)
 }
 
-// TestOutage: the expirer is down longer than MaxOutage, so the markers of
-// timers that fired meanwhile expire unseen. At start it reports the outage
-// and its sweep expires the overdue approvals anyway.
+// TestOutage: the expirer is down longer than MaxOutage while timers fire.
+// The fired timers wait in the timers stream; at start the expirer reports
+// the outage and every overdue approval is expired, exactly once, by the
+// start sweep or by its waiting timer.
 func TestOutage(t *testing.T) {
 	t.Parallel()
 	outages := make(chan Outage, 4)
@@ -281,14 +280,9 @@ func TestOutage(t *testing.T) {
 	for i := range 5 {
 		e.request("acme", RequestInput{ID: fmt.Sprint("o", i), SessionID: "s", RequestedBy: "alice", Timeout: Duration(time.Second)})
 	}
-	// Timers fire after 1s and their markers live 1s more: wait them out.
-	str, err := e.js.Stream(t.Context(), "KV_"+e.cfg.TimersBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 15*time.Second, "markers to expire", func() bool {
-		n, err := timerMsgs(t, str, e.cfg.TimersBucket)
-		return err == nil && n == 0 && time.Since(e.get("acme", "o4").ExpiresAt) > 2*time.Second
+	waitFor(t, 15*time.Second, "the timers to fire", func() bool {
+		n, err := e.timerMsgs("fire")
+		return err == nil && n == 5 && time.Since(e.get("acme", "o4").ExpiresAt) > 2500*time.Millisecond
 	})
 	for i := range 5 {
 		if st := e.get("acme", fmt.Sprint("o", i)).Status; st != StatusPending {
@@ -296,30 +290,43 @@ func TestOutage(t *testing.T) {
 		}
 	}
 	run(t, e.svc.Expirer().Run)
+	run(t, e.svc.Notifier().Run)
 	var o Outage
 	select {
 	case o = <-outages:
 	case <-time.After(10 * time.Second):
 		t.Fatal("no outage reported")
 	}
-	if o.Down <= time.Second || o.LastActive.IsZero() || o.Overdue != 5 || o.Lost != 5 {
-		t.Errorf("outage = %+v, want down > 1s, 5 overdue, 5 lost", o)
+	if o.Down <= time.Second || o.LastActive.IsZero() || o.Overdue > 5 || o.Late != o.Overdue {
+		t.Errorf("outage = %+v, want down > 1s, at most 5 overdue, all of them late", o)
 	}
-	for i := range 5 {
-		if st := e.get("acme", fmt.Sprint("o", i)).Status; st != StatusExpired {
-			t.Errorf("o%d is %s after the sweep", i, st)
+	waitFor(t, 10*time.Second, "expiries", func() bool {
+		for i := range 5 {
+			if e.get("acme", fmt.Sprint("o", i)).Status != StatusExpired {
+				return false
+			}
 		}
+		return true
+	})
+	waitFor(t, 10*time.Second, "the expired events", func() bool { return e.countEvents("guardian.v1.events.acme.expired") >= 6 })
+	waitFor(t, 10*time.Second, "the fired timers to be acknowledged", func() bool {
+		n, err := e.timerMsgs("*")
+		return err == nil && n == 0
+	})
+	if n := e.countEvents("guardian.v1.events.acme.expired"); n != 6 {
+		t.Errorf("%d expired events, want 6 (warmup and o0..o4)", n)
 	}
-	if e.svc.Stats().Outages != 1 {
-		t.Errorf("stats = %+v", e.svc.Stats())
+	if s := e.svc.Stats(); s.Outages != 1 || s.Expired != 6 {
+		t.Errorf("stats = %+v, want 1 outage, 6 expired", s)
 	}
 }
 
-// TestLostWarnMarker: the expire timer comes from the warn timer's marker.
-// When the expirer was down until that marker was gone (longer than
-// MaxOutage), its start sweep arms the expire timer, and the approval still
-// expires at its deadline, not before.
-func TestLostWarnMarker(t *testing.T) {
+// TestWarnFiredDuringOutage: the expire timer is armed by the handler of
+// the warn timer. When the warn timer fired while the expirer was down,
+// the fired timer waits: at start the warning is sent (late, before the
+// deadline), the expire timer is armed, and the approval expires at its
+// deadline, not before. No timer needs repair.
+func TestWarnFiredDuringOutage(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, func(c *Config) {
 		c.GracePeriod = time.Second
@@ -327,20 +334,15 @@ func TestLostWarnMarker(t *testing.T) {
 		c.MaxOutage = time.Second
 	})
 	r := e.request("acme", RequestInput{ID: "lw", SessionID: "s", RequestedBy: "alice", Timeout: Duration(8 * time.Second)})
-	str, err := e.js.Stream(t.Context(), "KV_"+e.cfg.TimersBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The warn timer fires 4s in; its marker lives MaxOutage (1s) more.
-	waitFor(t, 15*time.Second, "the warn marker to expire", func() bool {
-		n, err := timerMsgs(t, str, e.cfg.TimersBucket)
-		return err == nil && n == 0 && time.Since(r.ExpiresAt.Add(-e.cfg.WarningBefore)) > e.cfg.MaxOutage
+	waitFor(t, 15*time.Second, "the warn timer to fire", func() bool {
+		n, err := e.timerMsgs("fire")
+		return err == nil && n == 1 && time.Since(r.ExpiresAt.Add(-e.cfg.WarningBefore)) > e.cfg.MaxOutage
 	})
 	if !time.Now().Before(r.Deadline(e.cfg.GracePeriod)) {
 		t.Skip("the machine was too slow: the deadline passed before the expirer could start")
 	}
 	if keys := e.timerKeys(); len(keys) != 0 {
-		t.Fatalf("timers before the restart = %v, want none", keys)
+		t.Fatalf("armed timers before the restart = %v, want none", keys)
 	}
 	startConsumers(t, e.svc)
 	waitFor(t, 15*time.Second, "expiry", func() bool { return e.get("acme", "lw").Status == StatusExpired })
@@ -348,19 +350,19 @@ func TestLostWarnMarker(t *testing.T) {
 	if got.DecidedAt.Before(r.Deadline(e.cfg.GracePeriod)) {
 		t.Errorf("expired at %s, before the deadline %s", got.DecidedAt, r.Deadline(e.cfg.GracePeriod))
 	}
-	if got.WarnedAt != nil {
-		t.Errorf("warned_at = %v: the lost marker's warning was sent", got.WarnedAt)
+	if got.WarnedAt == nil || !got.WarnedAt.Before(r.ExpiresAt) {
+		t.Errorf("warned_at = %v: want the warning sent before expires_at %s", got.WarnedAt, r.ExpiresAt)
 	}
-	if s := e.svc.Stats(); s.TimersRepaired != 1 || s.Expired != 1 {
-		t.Errorf("stats = %+v, want 1 timer repaired, 1 expired", s)
+	if s := e.svc.Stats(); s.TimersRepaired != 0 || s.Expired != 1 {
+		t.Errorf("stats = %+v, want no timer repaired, 1 expired", s)
 	}
 }
 
-// TestEarlyMarker: when the expirer's clock is behind the clock that wrote
-// the record, the marker arrives before expires_at + grace by the
-// expirer's clock; it waits (the marker is redelivered later) rather than
+// TestEarlyFire: when the expirer's clock is behind the clock that wrote
+// the record, the timer fires before expires_at + grace by the
+// expirer's clock; it waits (the fired timer is redelivered later) rather than
 // expire early.
-func TestEarlyMarker(t *testing.T) {
+func TestEarlyFire(t *testing.T) {
 	t.Parallel()
 	const skew = 2 * time.Second
 	e := newEnv(t, func(c *Config) { c.GracePeriod = 0 })
@@ -398,14 +400,14 @@ func TestPeriodicSweepExpiresLostTimer(t *testing.T) {
 	run(t, second.Expirer(WithoutStartSweep()).Run)
 	run(t, e.svc.Notifier().Run)
 	r := e.request("acme", RequestInput{ID: "lost", SessionID: "s", RequestedBy: "alice", Timeout: Duration(time.Second)})
-	// Remove the timer as someone with access to the bucket could.
-	if err := e.svc.timers.Purge(t.Context(), r.Key()+"."+timerExpire); err != nil {
+	// Remove the timer as someone with access to the stream could.
+	if err := e.svc.timers.disarm(t.Context(), r.Key()+"."+timerExpire); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 25*time.Second, "the sweep to expire it", func() bool { return e.get("acme", "lost").Status == StatusExpired })
 	got := e.get("acme", "lost")
 	// Checked at most slack + SweepInterval + a sweep after the request,
-	// then the re-armed timer's second and its marker's lateness.
+	// then the re-armed timer's second and its lateness.
 	if late := got.DecidedAt.Sub(r.RequestedAt); late < periodicSweepSlack || late > periodicSweepSlack+2*time.Second+4*time.Second {
 		t.Errorf("expired %s after the request, want after the slack %s and within it plus SweepInterval plus 4s", late, periodicSweepSlack)
 	}
@@ -432,7 +434,7 @@ func TestPeriodicSweepRearmsBeforeDeadline(t *testing.T) {
 	})
 	run(t, e.svc.Expirer(WithoutStartSweep()).Run)
 	r := e.request("acme", RequestInput{ID: "far", SessionID: "s", RequestedBy: "alice", Timeout: Duration(periodicSweepSlack + 6*time.Second)})
-	if err := e.svc.timers.Purge(t.Context(), r.Key()+"."+timerExpire); err != nil {
+	if err := e.svc.timers.disarm(t.Context(), r.Key()+"."+timerExpire); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, periodicSweepSlack+5*time.Second, "the timer to be armed again", func() bool {
@@ -451,7 +453,7 @@ func TestStartSweepRearmsMissingTimer(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, func(c *Config) { c.SendTimeoutWarnings = false })
 	r := e.request("acme", RequestInput{ID: "later", SessionID: "s", RequestedBy: "alice", Timeout: Duration(time.Hour)})
-	if err := e.svc.timers.Purge(t.Context(), r.Key()+"."+timerExpire); err != nil {
+	if err := e.svc.timers.disarm(t.Context(), r.Key()+"."+timerExpire); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, err := e.svc.Expirer().Sweep(t.Context()); err != nil {
@@ -506,11 +508,11 @@ func TestPeriodicSweepReadsChangesOnce(t *testing.T) {
 	}
 }
 
-// TestHandledMarkersRemoved: once the expirer has handled a fired timer,
-// its marker leaves the timers bucket at once rather than after MaxOutage,
-// so the bucket holds only live timers; a timer re-armed on the same key
-// (the warning's successor) stays.
-func TestHandledMarkersRemoved(t *testing.T) {
+// TestHandledTimersLeave: once the expirer has acknowledged a fired
+// timer, it leaves the timers stream (a work queue), so the stream holds
+// only armed timers; the warning's successor, armed while the warn timer
+// was being handled, fires in its turn.
+func TestHandledTimersLeave(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, func(c *Config) {
 		c.GracePeriod = time.Second
@@ -521,14 +523,8 @@ func TestHandledMarkersRemoved(t *testing.T) {
 		e.request("acme", RequestInput{ID: fmt.Sprint("m", i), SessionID: "s", RequestedBy: "alice", Timeout: Duration(3 * time.Second)})
 	}
 	waitFor(t, 20*time.Second, "expiries", func() bool { return e.get("acme", "m9").Status == StatusExpired })
-	str, err := e.js.Stream(t.Context(), "KV_"+e.cfg.TimersBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Tombstones of the purges expire after purgeTTL; markers would stay
-	// for MaxOutage (24h).
-	waitFor(t, 5*time.Second, "the timers bucket to empty", func() bool {
-		n, err := timerMsgs(t, str, e.cfg.TimersBucket)
+	waitFor(t, 5*time.Second, "the timers stream to empty", func() bool {
+		n, err := e.timerMsgs("*")
 		return err == nil && n == 0
 	})
 	for i := range 10 {
@@ -541,58 +537,46 @@ func TestHandledMarkersRemoved(t *testing.T) {
 	}
 }
 
-// timerMsgs counts the messages of approval timers (keys of three tokens)
-// in the timers stream, markers included; the sweep tick is not one.
-func timerMsgs(t *testing.T, str jetstream.Stream, bucket string) (uint64, error) {
-	info, err := str.Info(t.Context(), jetstream.WithSubjectFilter("$KV."+bucket+".*.*.*"))
-	if err != nil {
-		return 0, err
-	}
-	var n uint64
-	for _, c := range info.State.Subjects {
-		n += c
-	}
-	return n, nil
-}
-
-// TestPurgeTimerConditional checks the purge that removes a handled
-// marker: it removes the key's last message only while that is the
-// marker, so a timer armed on the key since then survives; it leaves a
-// tombstone that reads as no timer; and it leaves the stream's other keys
-// alone. (TestHandledMarkersRemoved checks that the tombstones expire.)
-func TestPurgeTimerConditional(t *testing.T) {
+// TestTimers checks the timers' own operations: arm stores a schedule once
+// (a second arm of the key is a no-op), disarm removes it and leaves the
+// stream's other keys alone, a disarmed timer never fires, and a timer for
+// an instant already past fires at once and stays live until acknowledged.
+func TestTimers(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, nil)
 	ctx := t.Context()
-	kv := e.svc.timers.Raw()
-	stale, err := kv.Create(ctx, "acme.p1.expire", nil, jetstream.KeyTTL(time.Hour))
-	if err != nil {
+	tm := e.svc.timers
+	now := time.Now()
+	for _, tc := range []struct {
+		key  string
+		want bool
+	}{{"acme.p1.expire", true}, {"acme.p1.expire", false}, {"acme.p2.expire", true}} {
+		if created, err := tm.arm(ctx, tc.key, now.Add(2*time.Second), now); err != nil || created != tc.want {
+			t.Fatalf("arm %s: %v, %v; want created %v", tc.key, created, err, tc.want)
+		}
+	}
+	if err := tm.disarm(ctx, "acme.p1.expire"); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.svc.purgeTimer(ctx, "acme.p1.expire", 0); err != nil {
-		t.Fatal(err)
+	if keys := e.timerKeys(); !slices.Equal(keys, []string{"acme.p2.expire"}) {
+		t.Fatalf("armed after the disarm: %v, want acme.p2.expire", keys)
 	}
-	live, err := kv.Create(ctx, "acme.p1.expire", nil, jetstream.KeyTTL(time.Hour))
-	if err != nil {
-		t.Fatalf("create after the purge: %v", err)
+	if live, err := tm.live(ctx, "acme.p1.*"); err != nil || live {
+		t.Fatalf("disarmed timer live = %v, %v", live, err)
 	}
-	if _, err := kv.Create(ctx, "acme.p2.expire", nil, jetstream.KeyTTL(time.Hour)); err != nil {
-		t.Fatal(err)
+	if created, err := tm.arm(ctx, "acme.p3.expire", now.Add(-time.Minute), now); err != nil || !created {
+		t.Fatalf("arm in the past: %v, %v", created, err)
 	}
-	// A purge conditioned on the old message fails and keeps the new timer.
-	if err := e.svc.purgeTimer(ctx, "acme.p1.expire", stale); err == nil {
-		t.Fatal("a purge conditioned on a replaced message succeeded")
+	time.Sleep(3 * time.Second) // p2 and p3 fire; p1 would have
+	if n, err := e.timerMsgs("fire"); err != nil || n != 2 {
+		t.Fatalf("fired = %d, %v; want p2 and p3", n, err)
 	}
-	if en, err := kv.Get(ctx, "acme.p1.expire"); err != nil || en.Revision() != live {
-		t.Fatalf("timer after the refused purge: %v, %v; want revision %d", en, err, live)
+	for key, want := range map[string]bool{"acme.p1.*": false, "acme.p2.*": true, "acme.p3.*": true} {
+		if live, err := tm.live(ctx, key); err != nil || live != want {
+			t.Errorf("live(%s) = %v, %v; want %v", key, live, err, want)
+		}
 	}
-	if err := e.svc.purgeTimer(ctx, "acme.p1.expire", live); err != nil {
-		t.Fatalf("purge conditioned on the live timer: %v", err)
-	}
-	if _, err := kv.Get(ctx, "acme.p1.expire"); !errors.Is(err, jetstream.ErrKeyNotFound) {
-		t.Fatalf("purged timer reads %v, want ErrKeyNotFound", err)
-	}
-	if _, err := kv.Get(ctx, "acme.p2.expire"); err != nil {
-		t.Fatalf("the other key: %v", err)
+	if keys := e.timerKeys(); len(keys) != 0 {
+		t.Errorf("armed after firing: %v, want none", keys)
 	}
 }

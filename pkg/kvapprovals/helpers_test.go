@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -209,17 +210,36 @@ func (e *env) history(key string) []Record {
 	return out
 }
 
-// timerKeys returns the live keys of the timers bucket.
+// timerKeys returns the keys of the armed timers, but the sweep tick's.
 func (e *env) timerKeys() []string {
 	e.t.Helper()
-	keys, err := e.svc.timers.Keys(e.t.Context())
-	if errors.Is(err, jetstream.ErrNoKeysFound) {
-		return nil
-	}
+	armed, err := e.svc.timers.scheduled(e.t.Context(), ">")
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	return slices.DeleteFunc(keys, func(k string) bool { return k == sweepKey || k == sweepCursorKey }) // the sweep tick and cursor are no approval's timers
+	var keys []string
+	for subj := range armed {
+		if k := strings.TrimPrefix(subj, e.svc.timers.sched("")); k != sweepKey {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// timerMsgs counts the messages of approvals' timers (keys of three
+// tokens) in the timers stream: kind "sched" for armed ones, "fire" for
+// fired ones not acknowledged yet, "*" for both.
+func (e *env) timerMsgs(kind string) (uint64, error) {
+	info, err := e.svc.timers.str.Info(e.t.Context(), jetstream.WithSubjectFilter(e.svc.timers.prefix+"."+kind+".*.*.*"))
+	if err != nil {
+		return 0, err
+	}
+	var n uint64
+	for _, c := range info.State.Subjects {
+		n += c
+	}
+	return n, nil
 }
 
 // recordKeys returns the keys of the records bucket.

@@ -536,7 +536,7 @@ func TestExtendStaleTimer(t *testing.T) {
 		t.Fatal(err)
 	}
 	key := "acme.s1." + timerExpire
-	if err := e.svc.timers.Purge(ctx, key); err != nil {
+	if err := e.svc.timers.disarm(ctx, key); err != nil {
 		t.Fatal(err)
 	}
 	if slices.Contains(e.timerKeys(), key) {

@@ -5,10 +5,6 @@ import (
 	"fmt"
 	"sync"
 	"time"
-
-	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/jsguardian/guardian/pkg/jsguard"
 )
 
 // How fresh a tenant's pending count must be. Between listings the count is
@@ -139,7 +135,7 @@ func (s *Service) admit(ctx context.Context, tenant string) (bool, error) {
 // tenant's live timers, of which each pending approval has one (see
 // Service.Request): this is the count Config.MaxPending limits.
 // An approval whose timer has fired but which the expirer has not moved yet
-// is not counted. It scans the timers bucket under ApprovalCheck, so its
+// is not counted. It reads the timers stream's subjects under ApprovalCheck, so its
 // cost grows with the tenant's pending approvals. It returns a *FieldError for a bad tenant, or the jetstream
 // error or *jsguard.TimeoutError, wrapped. Safe for concurrent use.
 func (s *Service) Pending(ctx context.Context, tenant string) (int, error) {
@@ -153,18 +149,9 @@ func (s *Service) Pending(ctx context.Context, tenant string) (int, error) {
 	return n, nil
 }
 
-// countPending counts the tenant's live timers, under ApprovalCheck.
-// Fired markers and purge tombstones are not live timers.
+// countPending counts the tenant's armed timers, under ApprovalCheck.
+// Fired timers are not armed.
 func (s *Service) countPending(ctx context.Context, tenant string) (int, error) {
-	return jsguard.DoValue(ctx, s.g, jsguard.ApprovalCheck, "approval count pending "+s.cfg.TimersBucket+"/"+tenant,
-		func(ctx context.Context) (int, error) {
-			n := 0
-			err := scanLatest(ctx, s.timersStream, "$KV."+s.cfg.TimersBucket+"."+tenant+".*.*", true, func(m jetstream.Msg) error {
-				if isEntry(m) {
-					n++
-				}
-				return nil
-			})
-			return n, err
-		})
+	armed, err := s.timers.scheduled(ctx, tenant+".*.*")
+	return len(armed), err
 }

@@ -13,14 +13,13 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jsguardian/guardian/pkg/jsguard"
 )
 
 // Service manages approvals whose state lives in JetStream: records in the
-// records bucket, timers in the timers bucket, lifecycle events in the events
+// records bucket, timers in the timers stream, lifecycle events in the events
 // stream. It keeps no per-approval state in memory, so any number of
 // processes may serve the same buckets. A Service is safe for concurrent use.
 type Service struct {
@@ -28,16 +27,16 @@ type Service struct {
 	js      jetstream.JetStream
 	cfg     Config
 	records *jsguard.KV
-	timers  *jsguard.KV
+	timers  *timers
 	rules   *jsguard.KV // approver rules; nil: no tenant has any
-	// The buckets' streams, for scans and consumers.
-	recordsStream, timersStream jetstream.Stream
-	now                         func() time.Time
-	log                         *slog.Logger
-	hooks                       Hooks
-	pending                     pendingCounts
-	stats                       stats
-	waiters                     waiters
+	// The records bucket's stream, for scans and the notifier.
+	recordsStream jetstream.Stream
+	now           func() time.Time
+	log           *slog.Logger
+	hooks         Hooks
+	pending       pendingCounts
+	stats         stats
+	waiters       waiters
 }
 
 // Hooks are called synchronously; they must be fast and safe for concurrent
@@ -49,8 +48,8 @@ type Hooks struct {
 	// OnExpired is called by the expirer for every approval it expired, with
 	// how late: processing time - (expires_at + grace).
 	OnExpired func(lateness time.Duration)
-	// OnOutage is called by the expirer at start when it may have missed
-	// timer markers (see Outage).
+	// OnOutage is called by the expirer at start after an outage longer
+	// than Config.MaxOutage (see Outage).
 	OnOutage func(Outage)
 	// OnConsumeError is called with errors of the expirer's and notifier's
 	// consumers and with failures to process a message (which is
@@ -76,7 +75,7 @@ func WithLogger(l *slog.Logger) Option { return func(s *Service) { s.log = l } }
 func WithHooks(h Hooks) Option { return func(s *Service) { s.hooks = h } }
 
 // Open validates cfg, creates or updates the records bucket, the timers
-// bucket and the events stream, and returns a Service. g nil means
+// stream and the events stream, and returns a Service. g nil means
 // jsguard.Default(). It returns an error wrapping ErrInvalidConfig, or the
 // jetstream error or *jsguard.TimeoutError of the first provisioning step
 // that failed.
@@ -107,27 +106,16 @@ func Open(ctx context.Context, g *jsguard.Guard, js jetstream.JetStream, cfg Con
 	if err != nil {
 		return nil, fmt.Errorf("open: records bucket %s: %w", cfg.RecordsBucket, err)
 	}
-	s.timers, err = g.EnsureKV(ctx, js, jetstream.KeyValueConfig{
-		Bucket:         cfg.TimersBucket,
-		Description:    "guardian approval timers (per-key TTL)",
-		History:        1,
-		LimitMarkerTTL: cfg.MaxOutage,
-		Replicas:       cfg.Replicas,
-		Storage:        jetstream.FileStorage,
-	})
+	s.recordsStream, err = jsguard.DoValue(ctx, g, jsguard.NATSStreamCreate, "stream KV_"+cfg.RecordsBucket,
+		func(ctx context.Context) (jetstream.Stream, error) { return js.Stream(ctx, "KV_"+cfg.RecordsBucket) })
 	if err != nil {
-		return nil, fmt.Errorf("open: timers bucket %s: %w", cfg.TimersBucket, err)
+		return nil, fmt.Errorf("open: bucket stream KV_%s: %w", cfg.RecordsBucket, err)
 	}
-	for _, b := range []struct {
-		bucket string
-		dst    *jetstream.Stream
-	}{{cfg.RecordsBucket, &s.recordsStream}, {cfg.TimersBucket, &s.timersStream}} {
-		*b.dst, err = jsguard.DoValue(ctx, g, jsguard.NATSStreamCreate, "stream KV_"+b.bucket,
-			func(ctx context.Context) (jetstream.Stream, error) { return js.Stream(ctx, "KV_"+b.bucket) })
-		if err != nil {
-			return nil, fmt.Errorf("open: bucket stream KV_%s: %w", b.bucket, err)
-		}
+	tstr, err := g.EnsureStream(ctx, js, timersStreamConfig(cfg))
+	if err != nil {
+		return nil, fmt.Errorf("open: timers stream %s: %w", cfg.TimersStream, err)
 	}
+	s.timers = &timers{g: g, js: js, str: tstr, prefix: timersPrefix(cfg.TimersStream)}
 	_, err = g.EnsureStream(ctx, js, jetstream.StreamConfig{
 		Name:        cfg.EventsStream,
 		Description: "guardian approval lifecycle events",
@@ -149,7 +137,6 @@ func (s *Service) Config() Config { return s.cfg }
 
 const (
 	maxCASAttempts = 8
-	purgeTTL       = time.Second // lifetime of the tombstone a timer purge leaves
 )
 
 // Request creates a pending approval in tenant and arms its first timer
@@ -228,7 +215,7 @@ func (s *Service) Request(ctx context.Context, tenant string, in RequestInput) (
 			// Armed for this request's deadline, not the existing
 			// approval's: take it back; retried arms the right one.
 			kind, _ := rec.nextTimer(s, now)
-			_ = s.purgeTimer(context.WithoutCancel(ctx), key+"."+kind, 0)
+			_ = s.timers.disarm(context.WithoutCancel(ctx), key+"."+kind)
 		}
 		existing, gerr := s.getExisting(ctx, key)
 		if gerr != nil {
@@ -322,14 +309,6 @@ func (s *Service) warnScheduled(timeout time.Duration) bool {
 	return s.cfg.SendTimeoutWarnings && timeout > s.cfg.WarningBefore
 }
 
-// ttlUntil returns the whole-second TTL that fires no earlier than t.
-func ttlUntil(t, now time.Time) time.Duration {
-	d := t.Sub(now)
-	if d < time.Second {
-		return time.Second
-	}
-	return (d + time.Second - 1).Truncate(time.Second)
-}
 
 // Timer kinds, the last token of a timer key.
 const (
@@ -356,45 +335,20 @@ func (s *Service) armNext(ctx context.Context, rec *Record, now time.Time) (bool
 	return s.armTimer(ctx, rec, kind, at, now)
 }
 
-// armTimer creates timer kind of rec firing no earlier than at. A timer
-// that exists already is left alone. It reports whether it created one.
+// armTimer creates timer kind of rec firing no earlier than at (on the
+// clock now was read from). A timer that exists already is left alone. It
+// reports whether it created one.
 func (s *Service) armTimer(ctx context.Context, rec *Record, kind string, at, now time.Time) (bool, error) {
-	_, err := s.timers.Create(ctx, rec.Key()+"."+kind, nil, jetstream.KeyTTL(ttlUntil(at, now)))
-	if errors.Is(err, jetstream.ErrKeyExists) {
-		return false, nil
-	}
-	return err == nil, err
+	return s.timers.arm(ctx, rec.Key()+"."+kind, at, now)
 }
 
-// disarm purges an approval's live timer after a decision, best effort: a
+// disarm removes an approval's live timer after a decision, best effort: a
 // timer left behind fires into a record that is no longer pending and is
 // ignored. (An expire timer the expirer creates while the decision is being
 // written is such a timer.)
 func (s *Service) disarm(ctx context.Context, rec *Record) {
 	kind, _ := rec.nextTimer(s, time.Time{})
-	_ = s.purgeTimer(context.WithoutCancel(ctx), rec.Key()+"."+kind, 0)
-}
-
-// purgeTimer removes the timer at key (<tenant>.<id>.<kind>), and with
-// lastSeq > 0 only while the message at lastSeq is the key's last. It
-// stores a purge tombstone that lives purgeTTL and leaves no marker, as
-// KeyValue.Purge with PurgeTTL does, but without a rollup: the bucket
-// keeps one message per key, so the tombstone replaces the timer by that
-// limit. A rollup would make the server check every message the expirer
-// has not acknowledged yet against the purge, once per purge, which at
-// thousands of expiries a second costs more than the expiries. It returns
-// the publish error, also when the condition on lastSeq fails.
-func (s *Service) purgeTimer(ctx context.Context, key string, lastSeq uint64) error {
-	m := nats.NewMsg("$KV." + s.cfg.TimersBucket + "." + key)
-	m.Header.Set("KV-Operation", "PURGE")
-	opts := []jetstream.PublishOpt{jetstream.WithMsgTTL(purgeTTL)}
-	if lastSeq > 0 {
-		opts = append(opts, jetstream.WithExpectLastSequencePerSubject(lastSeq))
-	}
-	return s.g.Do(ctx, jsguard.KVDelete, "purge timer "+s.cfg.TimersBucket+"/"+key, func(ctx context.Context) error {
-		_, err := s.js.PublishMsg(ctx, m, opts...)
-		return err
-	})
+	_ = s.timers.disarm(context.WithoutCancel(ctx), rec.Key()+"."+kind)
 }
 
 // Approve adds the caller's approval to a pending approval and returns the
@@ -635,7 +589,7 @@ func (s *Service) Extend(ctx context.Context, tenant string, in ExtendInput) (Re
 		// fires anyway finds the later deadline and is dropped (see
 		// staleTimer); one that cannot be created is covered by the sweep.
 		for _, kind := range []string{timerWarn, timerExpire} {
-			_ = s.purgeTimer(context.WithoutCancel(ctx), key+"."+kind, 0)
+			_ = s.timers.disarm(context.WithoutCancel(ctx), key+"."+kind)
 		}
 		if _, err := s.armNext(context.WithoutCancel(ctx), &next, now); err != nil {
 			s.log.Warn("extended approval's timer not armed; the sweep will expire it", "approval", key, "err", err)

@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/jsguardian/guardian/pkg/jsguard"
 )
 
@@ -40,7 +38,8 @@ func TestConfigValidate(t *testing.T) {
 		{"Replicas", func(c *Config) { c.Replicas = 0 }},
 		{"Replicas", func(c *Config) { c.Replicas = 7 }},
 		{"RecordsBucket", func(c *Config) { c.RecordsBucket = "a.b" }},
-		{"TimersBucket", func(c *Config) { c.TimersBucket = c.RecordsBucket }},
+		{"TimersStream", func(c *Config) { c.TimersStream = "KV_" + c.RecordsBucket }},
+		{"TimersStream", func(c *Config) { c.TimersStream = c.EventsStream }},
 		{"EventsStream", func(c *Config) { c.EventsStream = "" }},
 		{"EventsSubjectPrefix", func(c *Config) { c.EventsSubjectPrefix = "a.>" }},
 		{"ExpirerDurable", func(c *Config) { c.ExpirerDurable = "x y" }},
@@ -187,31 +186,37 @@ func TestRequest(t *testing.T) {
 		t.Errorf("timeout %v expires_at %v: want a duration string and UTC", m["timeout"], m["expires_at"])
 	}
 	// Timers are chained, one live at a time: a request arms the warn
-	// timer (TTL timeout-WarningBefore) when a warning is scheduled, else
-	// the expire timer (TTL timeout+grace); whole seconds rounded up.
+	// timer (at expires_at - WarningBefore) when a warning is scheduled,
+	// else the expire timer (at expires_at + grace), to the millisecond.
 	r2 := e.request("acme", RequestInput{ID: "frac", SessionID: "s", RequestedBy: "u", Timeout: Duration(2500 * time.Millisecond)})
 	// No warning when the timeout is not longer than WarningBefore.
 	r3 := e.request("acme", RequestInput{ID: "short", SessionID: "s", RequestedBy: "u", Timeout: Duration(time.Second)})
 	r4 := e.request("acme", RequestInput{ID: "short-frac", SessionID: "s", RequestedBy: "u", Timeout: Duration(1500 * time.Millisecond)})
 	tests := []struct {
-		key, ttl string
+		key string
+		at  time.Time
 	}{
-		{r.Key() + ".warn", "1s"},
-		{r2.Key() + ".warn", "2s"}, // 1.5s rounded up
-		{r3.Key() + ".expire", "2s"},
-		{r4.Key() + ".warn", "1s"}, // 0.5s: at least 1s
-	}
-	str, err := e.js.Stream(ctx, "KV_"+e.cfg.TimersBucket)
-	if err != nil {
-		t.Fatal(err)
+		{r.Key() + ".warn", r.ExpiresAt.Add(-e.cfg.WarningBefore)},
+		{r2.Key() + ".warn", r2.ExpiresAt.Add(-e.cfg.WarningBefore)},
+		{r3.Key() + ".expire", r3.Deadline(e.cfg.GracePeriod)},
+		{r4.Key() + ".warn", r4.ExpiresAt.Add(-e.cfg.WarningBefore)},
 	}
 	for _, tt := range tests {
-		m, err := str.GetLastMsgForSubject(ctx, "$KV."+e.cfg.TimersBucket+"."+tt.key)
+		m, err := e.svc.timers.str.GetLastMsgForSubject(ctx, e.svc.timers.sched(tt.key))
 		if err != nil {
 			t.Fatalf("timer %s: %v", tt.key, err)
 		}
-		if got := m.Header.Get(jetstream.MsgTTLHeader); got != tt.ttl {
-			t.Errorf("timer %s TTL = %q, want %q", tt.key, got, tt.ttl)
+		at, err := time.Parse(time.RFC3339Nano, strings.TrimPrefix(m.Header.Get("Nats-Schedule"), "@at "))
+		if err != nil {
+			t.Fatalf("timer %s: schedule %q: %v", tt.key, m.Header.Get("Nats-Schedule"), err)
+		}
+		// The instant is moved from the record's clock to the wall clock
+		// at arming; both are time.Now here, read microseconds apart.
+		if d := at.Sub(tt.at); d < -50*time.Millisecond || d > 50*time.Millisecond {
+			t.Errorf("timer %s fires at %s, want %s", tt.key, at, tt.at)
+		}
+		if got, want := m.Header.Get("Nats-Schedule-Target"), e.svc.timers.fire(tt.key); got != want {
+			t.Errorf("timer %s target = %q, want %q", tt.key, got, want)
 		}
 	}
 	keys := e.timerKeys()
@@ -317,7 +322,7 @@ func TestRequestIdempotent(t *testing.T) {
 	}
 
 	// A crash after the record write lost the timer: the retry repairs it.
-	if err := e.svc.timers.Purge(ctx, first.Key()+".warn"); err != nil {
+	if err := e.svc.timers.disarm(ctx, first.Key()+".warn"); err != nil {
 		t.Fatal(err)
 	}
 	if len(e.timerKeys()) != 0 {
@@ -571,7 +576,7 @@ func TestMaxPending(t *testing.T) {
 	if _, err := e.svc.Request(ctx, "acme", req("p4")); !errors.Is(err, ErrTooManyPending) {
 		t.Fatalf("after refill: err = %v, want ErrTooManyPending", err)
 	}
-	// A second replica counts from the timers bucket.
+	// A second replica counts from the timers stream.
 	other := e.open()
 	if _, err := other.Request(ctx, "acme", req("p5")); !errors.Is(err, ErrTooManyPending) {
 		t.Errorf("second replica: err = %v, want ErrTooManyPending", err)

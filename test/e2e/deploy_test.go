@@ -983,7 +983,7 @@ func TestDeployCluster(t *testing.T) {
 
 	// Streams and buckets are replicated on the three nodes; the audit
 	// stream denies delete and purge.
-	for _, name := range []string{"GUARDIAN_AUDIT", "GUARDIAN_EVENTS", "KV_GUARDIAN_APPROVALS", "KV_GUARDIAN_TIMERS", "KV_GUARDIAN_POLICY"} {
+	for _, name := range []string{"GUARDIAN_AUDIT", "GUARDIAN_EVENTS", "KV_GUARDIAN_APPROVALS", "GUARDIAN_TIMERS", "KV_GUARDIAN_POLICY"} {
 		s, err := admin.js.Stream(ctx, name)
 		if err != nil {
 			t.Fatalf("stream %s: %v", name, err)

@@ -21,7 +21,7 @@ import (
 const (
 	recordsBucket = "GUARDIAN_APPROVALS"
 	recordsStream = "KV_GUARDIAN_APPROVALS"
-	timersStream  = "KV_GUARDIAN_TIMERS"
+	timersStream  = "GUARDIAN_TIMERS"
 	policyStream  = "KV_GUARDIAN_POLICY"
 	eventsStream  = "GUARDIAN_EVENTS"
 	auditStream   = "GUARDIAN_AUDIT"

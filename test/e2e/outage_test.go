@@ -167,15 +167,15 @@ func TestOutageSpool(t *testing.T) {
 }
 
 var (
-	outageRE     = regexp.MustCompile(`Overdue:(\d+) Lost:(\d+)`)
+	outageRE     = regexp.MustCompile(`Overdue:(\d+) Late:(\d+)`)
 	outageWarnRE = regexp.MustCompile(`expirer was down longer than GUARDIAN_APPROVAL_MAX_OUTAGE`)
 )
 
 // TestLongOutage (scenario 7): the only guardian is down longer than
-// GUARDIAN_APPROVAL_MAX_OUTAGE, so the timer markers of approvals that
-// fell due meanwhile are gone from the timers bucket. The restarted
-// guardian says so in a WARN line and still expires every overdue
-// approval, once; approvals not yet due stay pending.
+// GUARDIAN_APPROVAL_MAX_OUTAGE while the timers of its approvals fire.
+// The fired timers wait in the timers stream; the restarted guardian says
+// it was down in a WARN line and expires every overdue approval, once;
+// approvals not yet due stay pending.
 func TestLongOutage(t *testing.T) {
 	skipShort(t)
 	n := scale(100, 1000)
@@ -241,14 +241,15 @@ func TestLongOutage(t *testing.T) {
 		t.Fatalf("all %d short approvals expired before the kill: nothing left for the outage", n)
 	}
 
-	// Stay down until the timers have fired and their markers expired
-	// (LimitMarkerTTL = MAX_OUTAGE): only the long approvals' timers are
-	// left, and every short approval is overdue by more than MaxOutage+1s.
+	// Stay down until the short approvals' timers have fired and wait
+	// (only the long approvals' timers are still armed) and every short
+	// approval is overdue by more than MaxOutage+1s.
 	if !poll(time.Minute, 100*time.Millisecond, func() bool {
-		cs, err := subjectCounts(ctx, js, timersStream, "$KV.GUARDIAN_TIMERS.acme.*.*")
-		return err == nil && len(cs) == long
+		armed, err := subjectCounts(ctx, js, timersStream, "$TIMERS.GUARDIAN_TIMERS.sched.acme.*.*")
+		fired, ferr := subjectCounts(ctx, js, timersStream, "$TIMERS.GUARDIAN_TIMERS.fire.acme.*.*")
+		return err == nil && ferr == nil && len(armed) == long && len(fired) >= overdue
 	}) {
-		t.Fatalf("the fired timers' markers did not expire within 1m")
+		t.Fatalf("the short approvals' timers did not all fire within 1m")
 	}
 	time.Sleep(time.Until(lastDeadline.Add(maxOutage + 1500*time.Millisecond))) // overdue by more than MaxOutage+1s
 	if n := g.count(func(l logLine) bool { return l.Level == "WARN" && outageLine(l) }); n != 0 {
@@ -256,7 +257,7 @@ func TestLongOutage(t *testing.T) {
 	}
 	g.start()
 	restarted := time.Now()
-	t.Logf("long outage: guardian down %s with GUARDIAN_APPROVAL_MAX_OUTAGE=%s; %d of %d approvals overdue, the markers of their timers gone",
+	t.Logf("long outage: guardian down %s with GUARDIAN_APPROVAL_MAX_OUTAGE=%s; %d of %d approvals overdue, their fired timers waiting",
 		ms(restarted.Sub(killed)), maxOutage, overdue, n)
 
 	var warn *logLine
@@ -269,10 +270,12 @@ func TestLongOutage(t *testing.T) {
 	} else {
 		t.Logf("long outage: restarted guardian logged: %s", warn.Raw)
 		m := outageRE.FindStringSubmatch(fmt.Sprint(warn.Fields["outage"]))
+		// The start sweep and the waiting timers race to expire the
+		// overdue approvals; the line counts the sweep's share.
 		if m == nil {
-			t.Errorf("outage line without overdue and lost counts: %s", warn.Raw)
-		} else if got, _ := strconv.Atoi(m[1]); got != overdue {
-			t.Errorf("outage line reports %s overdue (lost %s), want %d", m[1], m[2], overdue)
+			t.Errorf("outage line without overdue and late counts: %s", warn.Raw)
+		} else if got, _ := strconv.Atoi(m[1]); got > overdue {
+			t.Errorf("outage line reports %s overdue (late %s), want at most %d", m[1], m[2], overdue)
 		}
 	}
 	if !waitSettled(t, js, n, time.Minute) {

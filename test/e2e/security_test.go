@@ -476,7 +476,7 @@ func TestSecurityShippedPermissions(t *testing.T) {
 	t.Run("tenants cannot touch the buckets", func(t *testing.T) {
 		for _, subject := range []string{
 			"$KV.GUARDIAN_APPROVALS.acme.sec-a1",
-			"$KV.GUARDIAN_TIMERS.acme.sec-a1.expire",
+			"$TIMERS.GUARDIAN_TIMERS.sched.acme.sec-a1.expire",
 			"$JS.API.STREAM.INFO.KV_GUARDIAN_APPROVALS",
 			"$JS.API.DIRECT.GET.KV_GUARDIAN_APPROVALS.$KV.GUARDIAN_APPROVALS.acme.sec-a1",
 			"$JS.API.STREAM.PURGE.KV_GUARDIAN_APPROVALS",

@@ -240,7 +240,7 @@ func TestSoak(t *testing.T) {
 	// per message the stream still has.
 	g.kill()
 	msgs := map[string]uint64{}
-	for _, name := range []string{"KV_GUARDIAN_TIMERS", recordsStream, eventsStream, auditStream} {
+	for _, name := range []string{"GUARDIAN_TIMERS", recordsStream, eventsStream, auditStream} {
 		msgs[name] = streamState(t, js, name).Msgs
 	}
 	ns.stop(t)
