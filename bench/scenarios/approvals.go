@@ -324,24 +324,34 @@ func (a *approvalLoad) request(ctx context.Context, subject string, body []byte)
 
 // startFloor serves the design floor's endpoint, bench.floor, on a
 // connection of its own: each request creates a key in a bucket shaped like
-// guardian's records bucket (history 10) and, at the same time, a key with
-// a 1h TTL in one shaped like the timers bucket, and replies when both are
-// stored. That is the least an approval needs (its record and its timer,
-// durable before the reply), without anything else guardian does.
+// guardian's records bucket (history 64) and, at the same time, stores a
+// message schedule an hour ahead in a stream shaped like guardian's timers
+// stream (a work queue with schedules), and replies when both are stored.
+// That is the least an approval needs (its record and its timer, durable
+// before the reply), without anything else guardian does.
 func (a *approvalLoad) startFloor(ctx context.Context, url string) (stop func(), err error) {
 	nc, js, err := natsrv.Connect(url)
 	if err != nil {
 		return nil, err
 	}
-	recs, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "BENCH_FLOOR_RECORDS", History: 10, Storage: jetstream.FileStorage})
+	recs, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "BENCH_FLOOR_RECORDS", History: 64, Storage: jetstream.FileStorage})
 	if err != nil {
 		nc.Close()
 		return nil, err
 	}
-	timers, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "BENCH_FLOOR_TIMERS", LimitMarkerTTL: time.Hour, Storage: jetstream.FileStorage})
+	_, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name: "BENCH_FLOOR_TIMERS", Subjects: []string{"bench.floor.timers.>"},
+		Retention: jetstream.WorkQueuePolicy, MaxMsgsPerSubject: 1, AllowMsgSchedules: true, AllowRollup: true,
+		Storage: jetstream.FileStorage,
+	})
 	if err != nil {
 		nc.Close()
 		return nil, err
+	}
+	schedule := func(ctx context.Context, key string) error {
+		_, err := js.Publish(ctx, "bench.floor.timers.sched."+key, nil, jetstream.WithScheduleAt(time.Now().Add(time.Hour)),
+			jetstream.WithScheduleTarget("bench.floor.timers.fire."+key), jetstream.WithExpectLastSequencePerSubject(0))
+		return err
 	}
 	var next atomic.Int64
 	svc, err := micro.AddService(nc, micro.Config{Name: "bench-floor", Version: "0.0.1"})
@@ -351,7 +361,7 @@ func (a *approvalLoad) startFloor(ctx context.Context, url string) (stop func(),
 				key := "f" + strconv.FormatInt(next.Add(1), 10)
 				var terr error
 				var wg sync.WaitGroup
-				wg.Go(func() { _, terr = timers.Create(ctx, key+".expire", nil, jetstream.KeyTTL(time.Hour)) })
+				wg.Go(func() { terr = schedule(ctx, key+".expire") })
 				_, err := recs.Create(ctx, key, r.Data())
 				wg.Wait()
 				if err = errors.Join(err, terr); err != nil {

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -43,10 +42,9 @@ func BenchmarkRequest(b *testing.B) {
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
 				i := n.Add(1)
-				m := nats.NewMsg(e.svc.timers.sched(fmt.Sprint("k", i)))
-				m.Header.Set("Nats-Schedule", "@at "+time.Now().Add(time.Hour).UTC().Format(time.RFC3339))
-				m.Header.Set("Nats-Schedule-Target", e.svc.timers.fire(fmt.Sprint("k", i)))
-				if _, err := e.js.PublishMsg(context.Background(), m, jetstream.WithExpectLastSequencePerSubject(0)); err != nil {
+				key := fmt.Sprint("k", i)
+				if _, err := e.js.Publish(context.Background(), e.svc.timers.sched(key), nil, jetstream.WithScheduleAt(time.Now().Add(time.Hour)),
+					jetstream.WithScheduleTarget(e.svc.timers.fire(key)), jetstream.WithExpectLastSequencePerSubject(0)); err != nil {
 					b.Error(err)
 					return
 				}

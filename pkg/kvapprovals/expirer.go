@@ -34,17 +34,18 @@ func (s *Service) Expirer(opts ...ConsumerOption) *Expirer {
 	return &Expirer{s: s, o: newConsumerOpts(opts), sweeps: make(chan struct{}, 1)}
 }
 
-// Outage describes an expirer start after a long outage: the durable
-// consumer was idle longer than Config.MaxOutage while timers were written,
-// or the start sweep found pending approvals overdue by more than
-// MaxOutage. Nothing was lost: fired timers wait in the timers stream, and
+// Outage describes an expirer start after a long outage: a fired timer had
+// waited for the expirer longer than Config.MaxOutage, or the start sweep
+// found pending approvals overdue by more than MaxOutage. Nothing was lost: fired timers wait in the timers stream, and
 // the start sweep expires what is overdue at once.
 type Outage struct {
 	// LastActive is the consumer's last delivery or ack before this start,
 	// as the server remembers it; zero when unknown (e.g. after a server
-	// restart).
+	// restart, or when it never had a fired timer).
 	LastActive time.Time
-	// Down is now - LastActive; zero when unknown.
+	// Down is now - LastActive, or, when that is unknown, how long the
+	// oldest fired timer had waited; zero when only the sweep saw the
+	// outage.
 	Down time.Duration
 	// Overdue counts pending approvals past expires_at + grace that the
 	// start sweep expired; Late counts those overdue by more than
@@ -85,7 +86,7 @@ func (e *Expirer) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("expirer: %w", err)
 	}
-	outage := e.lastActivity(ctx, cons.CachedInfo(), stream)
+	outage := e.lastActivity(ctx, cons.CachedInfo())
 	if err := e.armSweep(ctx); err != nil {
 		s.consumeError(fmt.Errorf("expirer: arm the periodic sweep: %w", err))
 	}
@@ -278,27 +279,36 @@ func (s *Service) ensureTimer(ctx context.Context, key string) (bool, error) {
 	return s.armNext(ctx, &rec, s.now().UTC())
 }
 
-// lastActivity fills LastActive and Down from the consumer's state before
-// this start, when the server still knows it and timers were written since.
-func (e *Expirer) lastActivity(ctx context.Context, info *jetstream.ConsumerInfo, stream string) Outage {
-	var o Outage
-	if info == nil {
-		return o
+// lastActivity reports an outage when the oldest fired timer still in the
+// timers stream (a work queue: handled ones are gone) has waited longer
+// than MaxOutage. LastActive is the consumer's last delivery or ack before
+// this start, when the server remembers one; Down is the time since then,
+// or, without one, how long that timer has waited.
+func (e *Expirer) lastActivity(ctx context.Context, info *jetstream.ConsumerInfo) Outage {
+	s := e.s
+	oldest, err := jsguard.DoValue(ctx, s.g, jsguard.ApprovalCheck, "oldest fired timer "+s.timers.fires(),
+		func(ctx context.Context) (*jetstream.RawStreamMsg, error) {
+			return s.timers.str.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(s.timers.fires()))
+		})
+	if err != nil {
+		return Outage{} // none waits, or it cannot be told
 	}
-	for _, t := range []*time.Time{info.Delivered.Last, info.AckFloor.Last} {
-		if t != nil && t.After(o.LastActive) {
-			o.LastActive = *t
-		}
-	}
-	if o.LastActive.IsZero() || e.s.now().Sub(o.LastActive) <= e.s.cfg.MaxOutage {
+	now := s.now()
+	waited := now.Sub(oldest.Time)
+	if waited <= s.cfg.MaxOutage {
 		return Outage{}
 	}
-	st, err := jsguard.DoValue(ctx, e.s.g, jsguard.ApprovalCheck, "stream info "+stream,
-		func(ctx context.Context) (*jetstream.StreamInfo, error) { return e.s.timers.str.Info(ctx) })
-	if err == nil && st.State.LastSeq <= info.Delivered.Stream {
-		return Outage{} // idle, not down: nothing was written meanwhile
+	o := Outage{Down: waited}
+	if info != nil {
+		for _, t := range []*time.Time{info.Delivered.Last, info.AckFloor.Last} {
+			if t != nil && t.After(o.LastActive) {
+				o.LastActive = *t
+			}
+		}
 	}
-	o.Down = e.s.now().Sub(o.LastActive)
+	if !o.LastActive.IsZero() {
+		o.Down = now.Sub(o.LastActive)
+	}
 	return o
 }
 

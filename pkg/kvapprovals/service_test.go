@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/jsguardian/guardian/pkg/jsguard"
 )
 
@@ -206,16 +208,16 @@ func TestRequest(t *testing.T) {
 		if err != nil {
 			t.Fatalf("timer %s: %v", tt.key, err)
 		}
-		at, err := time.Parse(time.RFC3339Nano, strings.TrimPrefix(m.Header.Get("Nats-Schedule"), "@at "))
+		at, err := time.Parse(time.RFC3339Nano, strings.TrimPrefix(m.Header.Get(jetstream.ScheduleHeader), "@at "))
 		if err != nil {
-			t.Fatalf("timer %s: schedule %q: %v", tt.key, m.Header.Get("Nats-Schedule"), err)
+			t.Fatalf("timer %s: schedule %q: %v", tt.key, m.Header.Get(jetstream.ScheduleHeader), err)
 		}
 		// The instant is moved from the record's clock to the wall clock
 		// at arming; both are time.Now here, read microseconds apart.
 		if d := at.Sub(tt.at); d < -50*time.Millisecond || d > 50*time.Millisecond {
 			t.Errorf("timer %s fires at %s, want %s", tt.key, at, tt.at)
 		}
-		if got, want := m.Header.Get("Nats-Schedule-Target"), e.svc.timers.fire(tt.key); got != want {
+		if got, want := m.Header.Get(jetstream.ScheduleTargetHeader), e.svc.timers.fire(tt.key); got != want {
 			t.Errorf("timer %s target = %q, want %q", tt.key, got, want)
 		}
 	}

@@ -74,9 +74,10 @@ func (t *timers) cursor() string { return t.prefix + ".swept" }
 // publish error or *jsguard.TimeoutError (TIMEOUT_NATS_PUBLISH).
 func (t *timers) arm(ctx context.Context, key string, at, now time.Time) (bool, error) {
 	m := nats.NewMsg(t.sched(key))
-	m.Header.Set("Nats-Schedule", "@at "+time.Now().Add(at.Sub(now)).UTC().Format(time.RFC3339Nano))
-	m.Header.Set("Nats-Schedule-Target", t.fire(key))
-	_, err := t.g.PublishMsg(ctx, t.js, m, jetstream.WithExpectLastSequencePerSubject(0))
+	// Not jetstream.WithScheduleAt: it writes whole seconds, cut down, so
+	// the timer would fire up to a second before its instant.
+	m.Header.Set(jetstream.ScheduleHeader, "@at "+time.Now().Add(at.Sub(now)).UTC().Format(time.RFC3339Nano))
+	_, err := t.g.PublishMsg(ctx, t.js, m, jetstream.WithScheduleTarget(t.fire(key)), jetstream.WithExpectLastSequencePerSubject(0))
 	if isWrongLastSeq(err) {
 		return false, nil
 	}

@@ -167,7 +167,7 @@ func TestOutageSpool(t *testing.T) {
 }
 
 var (
-	outageRE     = regexp.MustCompile(`Overdue:(\d+) Late:(\d+)`)
+	outageRE     = regexp.MustCompile(`Down:(\S+) Overdue:(\d+) Late:(\d+)`)
 	outageWarnRE = regexp.MustCompile(`expirer was down longer than GUARDIAN_APPROVAL_MAX_OUTAGE`)
 )
 
@@ -273,9 +273,16 @@ func TestLongOutage(t *testing.T) {
 		// The start sweep and the waiting timers race to expire the
 		// overdue approvals; the line counts the sweep's share.
 		if m == nil {
-			t.Errorf("outage line without overdue and late counts: %s", warn.Raw)
-		} else if got, _ := strconv.Atoi(m[1]); got > overdue {
-			t.Errorf("outage line reports %s overdue (late %s), want at most %d", m[1], m[2], overdue)
+			t.Errorf("outage line without downtime, overdue and late counts: %s", warn.Raw)
+		} else {
+			// Nothing was delivered before the kill, so the downtime is
+			// how long the oldest fired timer waited.
+			if down, err := time.ParseDuration(m[1]); err != nil || down <= maxOutage {
+				t.Errorf("outage line reports down %s, want more than %s", m[1], maxOutage)
+			}
+			if got, _ := strconv.Atoi(m[2]); got > overdue {
+				t.Errorf("outage line reports %s overdue (late %s), want at most %d", m[2], m[3], overdue)
+			}
 		}
 	}
 	if !waitSettled(t, js, n, time.Minute) {

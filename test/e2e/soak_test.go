@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"flag"
 	"fmt"
 	"io"
@@ -234,19 +235,21 @@ func TestSoak(t *testing.T) {
 	}
 	g.assertAlive()
 
-	// No stale entries in nats-server's TTL wheels (#8594): once guardian
-	// is stopped and everything due has fired, each stream's wheel,
-	// written to thw.db when nats-server stops, holds at most one entry
-	// per message the stream still has.
+	// No stale entries in nats-server's timer state (the kind of #8594):
+	// once guardian is stopped, the message scheduler's state of the
+	// timers stream, written to sched.db when nats-server stops, holds at
+	// most one entry per message the stream still has, although every
+	// decision removed a schedule; each TTL wheel (thw.db) at most one per
+	// message of its stream.
 	g.kill()
 	msgs := map[string]uint64{}
-	for _, name := range []string{"GUARDIAN_TIMERS", recordsStream, eventsStream, auditStream} {
+	for _, name := range []string{timersStream, recordsStream, eventsStream, auditStream} {
 		msgs[name] = streamState(t, js, name).Msgs
 	}
 	ns.stop(t)
-	wheels := 0
+	schedules := 0
 	_ = filepath.WalkDir(ns.dir, func(path string, e fs.DirEntry, err error) error {
-		if err != nil || e.Name() != "thw.db" {
+		if err != nil || (e.Name() != "thw.db" && e.Name() != "sched.db") {
 			return nil
 		}
 		stream := filepath.Base(filepath.Dir(filepath.Dir(path)))
@@ -255,21 +258,34 @@ func TestSoak(t *testing.T) {
 			t.Errorf("%s: %v", path, err)
 			return nil
 		}
-		hw := thw.NewHashWheel()
-		if _, err := hw.Decode(b); err != nil {
-			t.Errorf("%s: %v", path, err)
-			return nil
+		var entries uint64
+		if e.Name() == "sched.db" {
+			// Version byte, entry count (uint64, little endian), ...
+			if len(b) < 9 || b[0] != 1 {
+				t.Errorf("%s: not a version 1 schedule state (%d bytes)", path, len(b))
+				return nil
+			}
+			entries = binary.LittleEndian.Uint64(b[1:9])
+			if stream == timersStream {
+				schedules++
+			}
+		} else {
+			hw := thw.NewHashWheel()
+			if _, err := hw.Decode(b); err != nil {
+				t.Errorf("%s: %v", path, err)
+				return nil
+			}
+			entries = hw.Count()
 		}
-		wheels++
-		t.Logf("soak: %s TTL wheel: %d entries, %d messages in the stream", stream, hw.Count(), msgs[stream])
-		record(t, count("TTL wheel entries "+stream, int(hw.Count())), count("messages "+stream, int(msgs[stream])))
-		if n, ok := msgs[stream]; ok && hw.Count() > n {
-			t.Errorf("%s: %d TTL entries for %d messages: stale entries stay in the wheel", stream, hw.Count(), n)
+		t.Logf("soak: %s %s: %d entries, %d messages in the stream", stream, e.Name(), entries, msgs[stream])
+		record(t, count("timer entries "+stream, int(entries)), count("messages "+stream, int(msgs[stream])))
+		if n, ok := msgs[stream]; ok && entries > n {
+			t.Errorf("%s: %d %s entries for %d messages: stale entries stay", stream, entries, e.Name(), n)
 		}
 		return nil
 	})
-	if wheels == 0 {
-		t.Errorf("no thw.db written under %s", ns.dir)
+	if schedules == 0 {
+		t.Errorf("no sched.db of %s written under %s", timersStream, ns.dir)
 	}
 }
 
