@@ -18,7 +18,7 @@ import (
 // approvalConfig is GUARDIAN_APPROVAL_*.
 type approvalConfig struct {
 	DefaultTimeout    time.Duration `split_words:"true" default:"30m" desc:"timeout of a request that names none (>= min timeout, <= max timeout)"`
-	MinTimeout        time.Duration `split_words:"true" default:"1s" desc:"shortest timeout a request may ask for (>=1s, the NATS TTL floor)"`
+	MinTimeout        time.Duration `split_words:"true" default:"1s" desc:"shortest timeout a request may ask for (>=1s)"`
 	MaxTimeout        time.Duration `split_words:"true" default:"2h" desc:"longest timeout a request may ask for (>= default, <=24h)"`
 	GracePeriod       time.Duration `split_words:"true" default:"30s" desc:"how long after expires_at a decision is still accepted (0-60s)"`
 	SendWarnings      bool          `split_words:"true" default:"true" desc:"publish a warning event before an approval expires"`
