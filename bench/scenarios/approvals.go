@@ -39,8 +39,8 @@ type ApprovalsLevel struct {
 	// Raw is sync kv.Create per second on the same server, same concurrency.
 	Raw float64
 	// Floor is what the design allows at best: request/reply to a micro
-	// endpoint that writes a record and a TTL timer, both at once, and
-	// replies; no validation, no consumers, no events.
+	// endpoint that writes a record and a timer (a message schedule), both
+	// at once, and replies; no validation, no consumers, no events.
 	Floor float64
 	// Decisions per second: replies to guardian.v1.<tenant>.approvals.approve
 	// for approvals granted in the block before, same number in flight.

@@ -59,6 +59,9 @@ type ExpiryRun struct {
 	DueSpan                   time.Duration // first to last deadline
 	// Raw: due → TTL marker received by a durable consumer.
 	Raw        stats.Latency
+	// Sched: due → fire message of a raw message schedule received by a
+	// durable consumer (the mechanism guardian's timers use).
+	Sched      stats.Latency
 	RawLate    []time.Duration
 	RawCreate  float64
 	RawDueSpan time.Duration
@@ -116,6 +119,10 @@ func expiryAt(ctx context.Context, cfg ExpiryConfig, n int, progress func(string
 	progress(fmt.Sprintf("expiry %d: raw TTL markers", n))
 	if err := rawMarkers(ctx, js, cfg, n, &run); err != nil {
 		return run, fmt.Errorf("raw markers: %w", err)
+	}
+	progress(fmt.Sprintf("expiry %d: raw message schedules", n))
+	if err := rawSchedules(ctx, js, cfg, n, &run); err != nil {
+		return run, fmt.Errorf("raw schedules: %w", err)
 	}
 	progress(fmt.Sprintf("expiry %d: guardian", n))
 	deadlines, err := guardianExpiry(ctx, srv.ClientURL(), js, cfg, n, &run)
@@ -202,6 +209,79 @@ func rawMarkers(ctx context.Context, js jetstream.JetStream, cfg ExpiryConfig, n
 	defer mu.Unlock()
 	run.RawLate = late
 	run.Raw = stats.Summarize(late)
+	return nil
+}
+
+// rawSchedules stores n message schedules ("@at" the same spread of
+// instants as rawMarkers) in a stream shaped like guardian's timers stream,
+// and measures when a durable consumer of the fire subjects receives each
+// after its instant.
+func rawSchedules(ctx context.Context, js jetstream.JetStream, cfg ExpiryConfig, n int, run *ExpiryRun) error {
+	str, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name: "RAW_SCHED", Subjects: []string{"raw.sched.>", "raw.fire.>"}, Retention: jetstream.WorkQueuePolicy,
+		MaxMsgsPerSubject: 1, AllowMsgSchedules: true, AllowRollup: true, Storage: jetstream.FileStorage,
+	})
+	if err != nil {
+		return err
+	}
+	cons, err := str.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{Durable: "raw", FilterSubject: "raw.fire.>", AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: -1})
+	if err != nil {
+		return err
+	}
+	due := make([]time.Time, n)
+	var mu sync.Mutex
+	late := make([]time.Duration, 0, n)
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		at := time.Now()
+		_ = m.Ack()
+		i, err := strconv.Atoi(strings.TrimPrefix(m.Subject(), "raw.fire.k"))
+		if err != nil {
+			return
+		}
+		mu.Lock()
+		late = append(late, at.Sub(due[i]))
+		mu.Unlock()
+	}, jetstream.ConsumeErrHandler(func(jetstream.ConsumeContext, error) {}))
+	if err != nil {
+		return err
+	}
+	defer cc.Stop()
+	var wg sync.WaitGroup
+	errs := make(chan error, cfg.Creators)
+	for w := range cfg.Creators {
+		wg.Go(func() {
+			for i := w; i < n; i += cfg.Creators {
+				at := time.Now().Add(timeoutOf(cfg, n, i))
+				mu.Lock()
+				due[i] = at
+				mu.Unlock()
+				k := "k" + strconv.Itoa(i)
+				m := nats.NewMsg("raw.sched." + k)
+				m.Header.Set(jetstream.ScheduleHeader, "@at "+at.UTC().Format(time.RFC3339Nano))
+				if _, err := js.PublishMsg(ctx, m, jetstream.WithScheduleTarget("raw.fire."+k)); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return err
+	}
+	last := due[0]
+	for _, d := range due {
+		last = maxTime(last, d)
+	}
+	if err := waitUntil(ctx, time.Until(last)+30*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(late) >= n }); err != nil {
+		mu.Lock()
+		defer mu.Unlock()
+		return fmt.Errorf("%d of %d fired: %w", len(late), n, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	run.Sched = stats.Summarize(late)
 	return nil
 }
 
@@ -419,6 +499,7 @@ func (r ExpiryResult) Rows() []Row {
 			Row{sc, "max", secs(run.Guardian.Max), secs(run.Raw.Max),
 				fmt.Sprintf("%+.3f s", (run.Guardian.Max - run.Raw.Max).Seconds()), "≤ " + secs(maxTarget), check(run.Guardian.Max <= maxTarget)},
 			Row{sc, "p50", secs(run.Guardian.P50), secs(run.Raw.P50), "", "", Info},
+			Row{sc, "raw message schedules, the mechanism of guardian's timers (due → fire received), same run", "", lat(run.Sched), "", "", Info},
 			Row{sc, "split: expires_at → expirer wrote expired (Hooks.OnExpired)", lat(run.Written), "", "", "", Info},
 			Row{sc, fmt.Sprintf("split: deadlines while approvals were still being created (%d) / after (%d)", run.DuringCreate.N, run.AfterCreate.N),
 				"p99 " + secs(run.DuringCreate.P99) + " / " + secs(run.AfterCreate.P99), "", "", "", Info},
