@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -136,6 +137,10 @@ func TestDecidedNeverExpires(t *testing.T) {
 	e.request("acme", RequestInput{ID: "b", SessionID: "s", RequestedBy: "alice", Timeout: Duration(time.Second)})
 	if _, err := e.svc.Approve(ctx, "acme", DecisionInput{ID: "a", DecidedBy: "bob"}); err != nil {
 		t.Fatal(err)
+	}
+	// The decision removed a's timer before it could fire.
+	if keys := e.timerKeys(); slices.ContainsFunc(keys, func(k string) bool { return strings.HasPrefix(k, "acme.a.") }) {
+		t.Errorf("armed timers after a's approval: %v", keys)
 	}
 	// Decide b behind the service's back so its timer stays armed.
 	rb := e.get("acme", "b")
