@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -151,64 +152,21 @@ func rawMarkers(ctx context.Context, js jetstream.JetStream, cfg ExpiryConfig, n
 	if err != nil {
 		return err
 	}
-	due := make([]time.Time, n)
-	var mu sync.Mutex
-	late := make([]time.Duration, 0, n)
-	cc, err := cons.Consume(func(m jetstream.Msg) {
-		at := time.Now()
+	fired := func(m jetstream.Msg) (int, bool) {
 		if m.Headers().Get(jetstream.MarkerReasonHeader) != "MaxAge" {
-			return
+			return 0, false
 		}
 		i, err := strconv.Atoi(strings.TrimPrefix(m.Subject(), "$KV.RAW_TTL.k"))
-		if err != nil {
-			return
-		}
-		mu.Lock()
-		late = append(late, at.Sub(due[i]))
-		mu.Unlock()
-	}, jetstream.ConsumeErrHandler(func(jetstream.ConsumeContext, error) {}))
+		return i, err == nil
+	}
+	late, rate, span, err := rawLateness(ctx, cfg, n, cons, fired, func(i int, ttl time.Duration) error {
+		_, err := kv.Create(ctx, "k"+strconv.Itoa(i), nil, jetstream.KeyTTL(ttl))
+		return err
+	})
 	if err != nil {
-		return err
+		return fmt.Errorf("markers: %w", err)
 	}
-	defer cc.Stop()
-	var wg sync.WaitGroup
-	errs := make(chan error, cfg.Creators)
-	start := time.Now()
-	for w := range cfg.Creators {
-		wg.Go(func() {
-			for i := w; i < n; i += cfg.Creators {
-				ttl := timeoutOf(cfg, n, i)
-				now := time.Now()
-				mu.Lock()
-				due[i] = now.Add(ttl)
-				mu.Unlock()
-				if _, err := kv.Create(ctx, "k"+strconv.Itoa(i), nil, jetstream.KeyTTL(ttl)); err != nil {
-					errs <- err
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	run.RawCreate = float64(n) / time.Since(start).Seconds()
-	close(errs)
-	if err := <-errs; err != nil {
-		return err
-	}
-	first, last := due[0], due[0]
-	for _, d := range due {
-		first, last = minTime(first, d), maxTime(last, d)
-	}
-	run.RawDueSpan = last.Sub(first)
-	if err := waitUntil(ctx, time.Until(last)+30*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(late) >= n }); err != nil {
-		mu.Lock()
-		defer mu.Unlock()
-		return fmt.Errorf("%d of %d markers: %w", len(late), n, err)
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	run.RawLate = late
-	run.Raw = stats.Summarize(late)
+	run.RawLate, run.Raw, run.RawCreate, run.RawDueSpan = late, stats.Summarize(late), rate, span
 	return nil
 }
 
@@ -228,14 +186,39 @@ func rawSchedules(ctx context.Context, js jetstream.JetStream, cfg ExpiryConfig,
 	if err != nil {
 		return err
 	}
+	fired := func(m jetstream.Msg) (int, bool) {
+		_ = m.Ack()
+		i, err := strconv.Atoi(strings.TrimPrefix(m.Subject(), "raw.fire.k"))
+		return i, err == nil
+	}
+	late, _, _, err := rawLateness(ctx, cfg, n, cons, fired, func(i int, ttl time.Duration) error {
+		k := "k" + strconv.Itoa(i)
+		m := nats.NewMsg("raw.sched." + k)
+		m.Header.Set(jetstream.ScheduleHeader, "@at "+time.Now().Add(ttl).UTC().Format(time.RFC3339Nano))
+		_, err := js.PublishMsg(ctx, m, jetstream.WithScheduleTarget("raw.fire."+k))
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("schedules: %w", err)
+	}
+	run.Sched = stats.Summarize(late)
+	return nil
+}
+
+// rawLateness creates timers 0..n-1 with create, from cfg.Creators
+// goroutines, each due timeoutOf(cfg, n, i) after its creation, while cons
+// delivers; a message for which fired reports (i, true) is timer i firing.
+// It returns each timer's lateness (received − due), the creation rate and
+// the span from the first to the last due time, or the first create error,
+// or an error when not all have fired 30 s after the last was due.
+func rawLateness(ctx context.Context, cfg ExpiryConfig, n int, cons jetstream.Consumer, fired func(jetstream.Msg) (int, bool), create func(i int, ttl time.Duration) error) ([]time.Duration, float64, time.Duration, error) {
 	due := make([]time.Time, n)
 	var mu sync.Mutex
 	late := make([]time.Duration, 0, n)
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		at := time.Now()
-		_ = m.Ack()
-		i, err := strconv.Atoi(strings.TrimPrefix(m.Subject(), "raw.fire.k"))
-		if err != nil {
+		i, ok := fired(m)
+		if !ok || i < 0 || i >= n {
 			return
 		}
 		mu.Lock()
@@ -243,22 +226,20 @@ func rawSchedules(ctx context.Context, js jetstream.JetStream, cfg ExpiryConfig,
 		mu.Unlock()
 	}, jetstream.ConsumeErrHandler(func(jetstream.ConsumeContext, error) {}))
 	if err != nil {
-		return err
+		return nil, 0, 0, err
 	}
 	defer cc.Stop()
 	var wg sync.WaitGroup
 	errs := make(chan error, cfg.Creators)
+	start := time.Now()
 	for w := range cfg.Creators {
 		wg.Go(func() {
 			for i := w; i < n; i += cfg.Creators {
-				at := time.Now().Add(timeoutOf(cfg, n, i))
+				ttl := timeoutOf(cfg, n, i)
 				mu.Lock()
-				due[i] = at
+				due[i] = time.Now().Add(ttl)
 				mu.Unlock()
-				k := "k" + strconv.Itoa(i)
-				m := nats.NewMsg("raw.sched." + k)
-				m.Header.Set(jetstream.ScheduleHeader, "@at "+at.UTC().Format(time.RFC3339Nano))
-				if _, err := js.PublishMsg(ctx, m, jetstream.WithScheduleTarget("raw.fire."+k)); err != nil {
+				if err := create(i, ttl); err != nil {
 					errs <- err
 					return
 				}
@@ -266,23 +247,23 @@ func rawSchedules(ctx context.Context, js jetstream.JetStream, cfg ExpiryConfig,
 		})
 	}
 	wg.Wait()
+	rate := float64(n) / time.Since(start).Seconds()
 	close(errs)
 	if err := <-errs; err != nil {
-		return err
+		return nil, 0, 0, err
 	}
-	last := due[0]
+	first, last := due[0], due[0]
 	for _, d := range due {
-		last = maxTime(last, d)
+		first, last = minTime(first, d), maxTime(last, d)
 	}
 	if err := waitUntil(ctx, time.Until(last)+30*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(late) >= n }); err != nil {
 		mu.Lock()
 		defer mu.Unlock()
-		return fmt.Errorf("%d of %d fired: %w", len(late), n, err)
+		return nil, 0, 0, fmt.Errorf("%d of %d fired: %w", len(late), n, err)
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	run.Sched = stats.Summarize(late)
-	return nil
+	return slices.Clone(late), rate, last.Sub(first), nil
 }
 
 // guardianExpiry creates n approvals through kvapprovals.Service.Request
