@@ -59,7 +59,7 @@ type ExpiryRun struct {
 	Retries                   int           // requests that failed and were retried
 	DueSpan                   time.Duration // first to last deadline
 	// Raw: due → TTL marker received by a durable consumer.
-	Raw        stats.Latency
+	Raw stats.Latency
 	// Sched: due → fire message of a raw message schedule received by a
 	// durable consumer (the mechanism guardian's timers use).
 	Sched      stats.Latency
