@@ -236,11 +236,22 @@ func TestSoak(t *testing.T) {
 	g.assertAlive()
 
 	// No stale entries in nats-server's timer state (the kind of #8594):
-	// once guardian is stopped, the message scheduler's state of the
-	// timers stream, written to sched.db when nats-server stops, holds at
-	// most one entry per message the stream still has, although every
-	// decision removed a schedule; each TTL wheel (thw.db) at most one per
-	// message of its stream.
+	// once guardian is stopped and the instant of every schedule has
+	// passed, the message scheduler's state of the timers stream, written
+	// to sched.db when nats-server stops, holds at most one entry per
+	// message the stream still has, although every decision removed a
+	// schedule (nats-server drops a removed schedule's entry when its
+	// instant comes, not at the removal); each TTL wheel (thw.db) at most
+	// one per message of its stream.
+	var lastInstant time.Time
+	for _, revs := range l.revs {
+		for _, r := range revs {
+			if r.ExpiresAt.After(lastInstant) {
+				lastInstant = r.ExpiresAt // grace 0: no timer is later
+			}
+		}
+	}
+	time.Sleep(time.Until(lastInstant.Add(time.Second)))
 	g.kill()
 	msgs := map[string]uint64{}
 	for _, name := range []string{timersStream, recordsStream, eventsStream, auditStream} {
