@@ -66,11 +66,11 @@ type ApprovalsResult struct {
 
 // Approvals measures scenario 3: the guardian binary runs with its
 // embedded nats-server on a free port (default configuration, so each
-// approval has a record, an expire and a warn timer and a requested
-// event); this process sends approval requests over NATS request/reply
+// approval has a record, its warn timer and a requested event); this process sends approval requests over NATS request/reply
 // with a fixed number in flight, and, in alternating blocks, sync
 // kv.Create to a bucket on the same server with the same number of
-// goroutines.
+// goroutines. It returns the results so far and the first error of
+// starting guardian, connecting, or a block of requests.
 func Approvals(ctx context.Context, cfg ApprovalsConfig, progress func(string)) (ApprovalsResult, error) {
 	var res ApprovalsResult
 	port, err := natsrv.FreePort()

@@ -76,9 +76,11 @@ type ExpiryRun struct {
 type ExpiryResult struct{ Runs []ExpiryRun }
 
 // Expiry measures scenario 4 at each size on a fresh embedded server: first
-// the raw TTL-marker floor, then guardian (kvapprovals with Expirer and
-// Notifier running, GracePeriod 0, MinTimeout 1s), then the in-memory
-// ticker design on guardian's own deadlines.
+// the raw TTL-marker floor, then raw message schedules (the mechanism of
+// guardian's timers), then guardian (kvapprovals with Expirer and Notifier
+// running, GracePeriod 0, MinTimeout 1s), then the in-memory ticker design
+// on guardian's own deadlines. It returns the sizes measured so far and the
+// first error, naming the size and the step.
 func Expiry(ctx context.Context, cfg ExpiryConfig, progress func(string)) (ExpiryResult, error) {
 	var res ExpiryResult
 	for _, n := range cfg.Sizes {

@@ -12,9 +12,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// BenchmarkRequest measures Request throughput (record + two timers) next to
-// raw kv.Create with a TTL, both with 64 concurrent callers, on the same
-// embedded server. Run with -bench Request -benchtime 20000x.
+// BenchmarkRequest measures Request throughput (a record and its first
+// timer) next to a raw message schedule, both with 8 × GOMAXPROCS concurrent callers,
+// on the same embedded server. Run with -bench Request -benchtime 20000x.
 func BenchmarkRequest(b *testing.B) {
 	for _, pending := range []int{0, 1_000_000} {
 		b.Run(fmt.Sprintf("approval/maxpending=%d", pending), func(b *testing.B) {

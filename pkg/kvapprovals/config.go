@@ -35,9 +35,11 @@ type Config struct {
 	WarningBefore time.Duration
 	// MaxPending caps the pending approvals of one tenant (10000; 0 means no
 	// cap). Over it Request fails with ErrTooManyPending. The count is the
-	// tenant's live timers (one per pending approval), listed at most once a second per tenant
-	// and process and adjusted locally in between, so several replicas
-	// together may briefly admit a few more than the cap.
+	// tenant's armed timers (one per pending approval), listed at most once
+	// a second per tenant and process and adjusted locally in between, so
+	// several replicas together may briefly admit a few more than the cap.
+	// Above 100,000 armed timers in a tenant the listing comes in pages,
+	// and approvals requested or decided meanwhile may be missed.
 	MaxPending int
 	// RequireReason makes the reason mandatory for Approve, Deny and Cancel.
 	RequireReason bool
@@ -65,7 +67,7 @@ type Config struct {
 	// the timer of every approval still pending that has none (written by
 	// a request that failed halfway, or removed behind guardian's back
 	// before the check). Such an approval then expires at its deadline, or
-	// about a second after the check when that is later: at most
+	// within a second of the check when that is later: at most
 	// SweepInterval plus 8s plus one sweep after the change. Its cost
 	// follows the rate of changes, not Retention. A timer removed by hand
 	// after its record was checked is found by Expirer.Sweep, which runs
@@ -76,7 +78,8 @@ type Config struct {
 	// must exceed the notifier's redelivery horizon (AckWait plus webhook
 	// backoff).
 	EventsDuplicates time.Duration
-	// Replicas of the buckets and the events stream (1; 1–5).
+	// Replicas of the buckets, the timers stream and the events stream
+	// (1; 1–5).
 	Replicas int
 
 	// RecordsBucket holds the records (GUARDIAN_APPROVALS).

@@ -28,7 +28,7 @@ type Expirer struct {
 	sweeps chan struct{} // a tick asks Run's sweeper for a sweep
 }
 
-// Expirer returns an expirer for s's buckets. Options: WithWorkers,
+// Expirer returns an expirer for s's timers stream and records bucket. Options: WithWorkers,
 // WithMaxAckPending, WithoutStartSweep.
 func (s *Service) Expirer(opts ...ConsumerOption) *Expirer {
 	return &Expirer{s: s, o: newConsumerOpts(opts), sweeps: make(chan struct{}, 1)}
@@ -125,8 +125,7 @@ const sweepKey = "guardian.sweep"
 // reaches one replica through the shared durable consumer.
 func (e *Expirer) armSweep(ctx context.Context) error {
 	s := e.s
-	now := time.Now()
-	_, err := s.timers.arm(ctx, sweepKey, now.Add(s.cfg.SweepInterval), now)
+	_, err := s.timers.arm(ctx, sweepKey, s.now().Add(s.cfg.SweepInterval))
 	return err
 }
 
@@ -293,7 +292,7 @@ func (e *Expirer) lastActivity(ctx context.Context, info *jetstream.ConsumerInfo
 	if err != nil {
 		return Outage{} // none waits, or it cannot be told
 	}
-	now := s.now()
+	now := s.timers.serverNow() // oldest.Time and the consumer's times are the server's
 	waited := now.Sub(oldest.Time)
 	if waited <= s.cfg.MaxOutage {
 		return Outage{}
@@ -460,7 +459,7 @@ func (s *Service) warn(ctx context.Context, key string) error {
 			s.stats.warned.Add(1)
 			s.transition(rec.Tenant, StatusPending, true)
 		}
-		_, err = s.armTimer(ctx, &rec, timerExpire, rec.Deadline(s.cfg.GracePeriod), now)
+		_, err = s.armTimer(ctx, &rec, timerExpire, rec.Deadline(s.cfg.GracePeriod))
 		return err
 	}
 }

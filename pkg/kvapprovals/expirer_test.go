@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/jsguardian/guardian/internal/natstest"
 	"github.com/jsguardian/guardian/pkg/jsguard"
 )
@@ -390,7 +392,7 @@ func TestEarlyFire(t *testing.T) {
 // leaves it) still expires, exactly once, with two replicas running: the
 // periodic sweep checks the record's change periodicSweepSlack after it
 // was made, within SweepInterval, and arms the timer again. One whose
-// deadline has passed by then expires about a second after the check.
+// deadline has passed by then expires within a second of the check.
 func TestPeriodicSweepExpiresLostTimer(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, func(c *Config) {
@@ -556,7 +558,7 @@ func TestTimers(t *testing.T) {
 		key  string
 		want bool
 	}{{"acme.p1.expire", true}, {"acme.p1.expire", false}, {"acme.p2.expire", true}} {
-		if created, err := tm.arm(ctx, tc.key, now.Add(2*time.Second), now); err != nil || created != tc.want {
+		if created, err := tm.arm(ctx, tc.key, now.Add(2*time.Second)); err != nil || created != tc.want {
 			t.Fatalf("arm %s: %v, %v; want created %v", tc.key, created, err, tc.want)
 		}
 	}
@@ -569,7 +571,7 @@ func TestTimers(t *testing.T) {
 	if live, err := tm.live(ctx, "acme.p1.*"); err != nil || live {
 		t.Fatalf("disarmed timer live = %v, %v", live, err)
 	}
-	if created, err := tm.arm(ctx, "acme.p3.expire", now.Add(-time.Minute), now); err != nil || !created {
+	if created, err := tm.arm(ctx, "acme.p3.expire", now.Add(-time.Minute)); err != nil || !created {
 		t.Fatalf("arm in the past: %v, %v", created, err)
 	}
 	time.Sleep(3 * time.Second) // p2 and p3 fire; p1 would have
@@ -583,5 +585,36 @@ func TestTimers(t *testing.T) {
 	}
 	if keys := e.timerKeys(); len(keys) != 0 {
 		t.Errorf("armed after firing: %v, want none", keys)
+	}
+}
+
+// TestTimersSkew: a timer names its instant on the stream leader's clock.
+// With the server's clock measured 10 s ahead of this host's, a timer due
+// in 1 s is scheduled 11 s ahead by this host's clock; a server on this
+// host's clock (here: in process) is measured as no skew at all.
+func TestTimersSkew(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	ctx := t.Context()
+	tm := e.svc.timers
+	if _, err := tm.measureSkew(ctx); err != nil || tm.skew.Load() != 0 {
+		t.Fatalf("skew of an in-process server = %s, %v; want 0", time.Duration(tm.skew.Load()), err)
+	}
+	tm.skew.Store(int64(10 * time.Second))
+	defer tm.skew.Store(0)
+	before := time.Now()
+	if _, err := tm.arm(ctx, "acme.sk.expire", e.svc.now().Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	m, err := tm.str.GetLastMsgForSubject(ctx, tm.sched("acme.sk.expire"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	at, err := time.Parse(time.RFC3339Nano, strings.TrimPrefix(m.Header.Get(jetstream.ScheduleHeader), "@at "))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := at.Sub(before); d < 11*time.Second || d > 11*time.Second+time.Second {
+		t.Errorf("scheduled %s after arming, want 11s (1s + the server's 10s ahead)", d)
 	}
 }

@@ -21,7 +21,7 @@ import (
 // Service manages approvals whose state lives in JetStream: records in the
 // records bucket, timers in the timers stream, lifecycle events in the events
 // stream. It keeps no per-approval state in memory, so any number of
-// processes may serve the same buckets. A Service is safe for concurrent use.
+// processes may serve the same buckets and streams. A Service is safe for concurrent use.
 type Service struct {
 	g       *jsguard.Guard
 	js      jetstream.JetStream
@@ -115,7 +115,13 @@ func Open(ctx context.Context, g *jsguard.Guard, js jetstream.JetStream, cfg Con
 	if err != nil {
 		return nil, fmt.Errorf("open: timers stream %s: %w", cfg.TimersStream, err)
 	}
-	s.timers = &timers{g: g, js: js, str: tstr, prefix: timersPrefix(cfg.TimersStream)}
+	if !tstr.CachedInfo().Config.AllowMsgSchedules {
+		return nil, fmt.Errorf("open: timers stream %s: the server did not enable message schedules (AllowMsgSchedules): guardian's timers need nats-server 2.14 or later", cfg.TimersStream)
+	}
+	s.timers = &timers{g: g, js: js, str: tstr, prefix: timersPrefix(cfg.TimersStream), now: func() time.Time { return s.now() }}
+	if _, err := s.timers.measureSkew(ctx); err != nil {
+		return nil, fmt.Errorf("open: timers stream %s: %w", cfg.TimersStream, err)
+	}
 	_, err = g.EnsureStream(ctx, js, jetstream.StreamConfig{
 		Name:        cfg.EventsStream,
 		Description: "guardian approval lifecycle events",
@@ -309,7 +315,6 @@ func (s *Service) warnScheduled(timeout time.Duration) bool {
 	return s.cfg.SendTimeoutWarnings && timeout > s.cfg.WarningBefore
 }
 
-
 // Timer kinds, the last token of a timer key.
 const (
 	timerWarn   = "warn"
@@ -332,14 +337,14 @@ func (r *Record) nextTimer(s *Service, now time.Time) (kind string, at time.Time
 // exists already is left alone. It reports whether it created one.
 func (s *Service) armNext(ctx context.Context, rec *Record, now time.Time) (bool, error) {
 	kind, at := rec.nextTimer(s, now)
-	return s.armTimer(ctx, rec, kind, at, now)
+	return s.armTimer(ctx, rec, kind, at)
 }
 
 // armTimer creates timer kind of rec firing no earlier than at (on the
-// clock now was read from). A timer that exists already is left alone. It
-// reports whether it created one.
-func (s *Service) armTimer(ctx context.Context, rec *Record, kind string, at, now time.Time) (bool, error) {
-	return s.timers.arm(ctx, rec.Key()+"."+kind, at, now)
+// Service's clock). A timer that exists already is left alone. It reports
+// whether it created one.
+func (s *Service) armTimer(ctx context.Context, rec *Record, kind string, at time.Time) (bool, error) {
+	return s.timers.arm(ctx, rec.Key()+"."+kind, at)
 }
 
 // disarm removes an approval's live timer after a decision, best effort: a

@@ -3,6 +3,7 @@ package kvapprovals
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -25,8 +26,23 @@ type timers struct {
 	g      *jsguard.Guard
 	js     jetstream.JetStream
 	str    jetstream.Stream
-	prefix string // "$TIMERS.<stream>"
+	prefix string           // "$TIMERS.<stream>"
+	now    func() time.Time // the clock deadlines are read on (Service.now)
+	// skew is the stream leader's clock minus this host's, in
+	// nanoseconds, as measured at measured (Unix nanoseconds; see
+	// measureSkew); refreshing is set while arm has a measurement running.
+	skew, measured atomic.Int64
+	refreshing     atomic.Bool
 }
+
+// skewRefresh is how old the skew estimate may get before arm measures it
+// again, in the background.
+const skewRefresh = time.Minute
+
+// skewDeadband is the skew estimate taken for none: clocks that NTP keeps
+// in step differ by less, and timers are no finer than the server's
+// 250 ms scheduler period anyway.
+const skewDeadband = 50 * time.Millisecond
 
 // timersPrefix is the subject prefix of the timers stream name.
 func timersPrefix(stream string) string { return "$TIMERS." + stream }
@@ -66,23 +82,60 @@ func (t *timers) firedKey(subject string) (string, bool) {
 // cursor is the subject of the periodic sweep's cursor.
 func (t *timers) cursor() string { return t.prefix + ".swept" }
 
-// arm stores the schedule of key for at, unless key has one already. at is
-// read on the clock now was read from; the schedule names the same distance
-// from this host's wall clock, and the server fires it on its own clock
-// (its scheduler runs every 250 ms at most). An instant already past fires
-// at once. It reports whether it stored the schedule, and returns the
-// publish error or *jsguard.TimeoutError (TIMEOUT_NATS_PUBLISH).
-func (t *timers) arm(ctx context.Context, key string, at, now time.Time) (bool, error) {
+// arm stores the schedule of key for at, unless key has one already. at
+// is read on t.now's clock; the schedule names the instant that is as far
+// from now on the stream leader's clock (this host's wall clock corrected
+// by the measured skew), so neither a fake clock nor a server clock that
+// differs from this host's moves it. The server fires it then, or up to
+// its scheduler's 250 ms period later; an instant already past fires at
+// once. It reports whether it stored the schedule, and returns the publish
+// error or *jsguard.TimeoutError (TIMEOUT_NATS_PUBLISH).
+func (t *timers) arm(ctx context.Context, key string, at time.Time) (bool, error) {
+	if time.Since(time.Unix(0, t.measured.Load())) > skewRefresh && t.refreshing.CompareAndSwap(false, true) {
+		go func() {
+			defer t.refreshing.Store(false)
+			_, _ = t.measureSkew(context.WithoutCancel(ctx))
+		}()
+	}
 	m := nats.NewMsg(t.sched(key))
+	wait := at.Sub(t.now()) // before reading the wall clock: never early
+	instant := time.Now().Add(time.Duration(t.skew.Load()) + wait)
 	// Not jetstream.WithScheduleAt: it writes whole seconds, cut down, so
 	// the timer would fire up to a second before its instant.
-	m.Header.Set(jetstream.ScheduleHeader, "@at "+time.Now().Add(at.Sub(now)).UTC().Format(time.RFC3339Nano))
+	m.Header.Set(jetstream.ScheduleHeader, "@at "+instant.UTC().Format(time.RFC3339Nano))
 	_, err := t.g.PublishMsg(ctx, t.js, m, jetstream.WithScheduleTarget(t.fire(key)), jetstream.WithExpectLastSequencePerSubject(0))
 	if isWrongLastSeq(err) {
 		return false, nil
 	}
 	return err == nil, err
 }
+
+// measureSkew estimates the stream leader's clock minus this host's from
+// the time stamp of a stream info answer, taken as read halfway through
+// the round trip, and keeps it for arm. It returns the stream info, or the
+// jetstream error or *jsguard.TimeoutError (TIMEOUT_APPROVAL_CHECK), and
+// then keeps the previous estimate.
+func (t *timers) measureSkew(ctx context.Context) (*jetstream.StreamInfo, error) {
+	start := time.Now()
+	info, err := jsguard.DoValue(ctx, t.g, jsguard.ApprovalCheck, "stream info "+t.str.CachedInfo().Config.Name,
+		func(ctx context.Context) (*jetstream.StreamInfo, error) { return t.str.Info(ctx) })
+	if err != nil {
+		return nil, err
+	}
+	if !info.TimeStamp.IsZero() {
+		rtt := time.Since(start)
+		skew := info.TimeStamp.Sub(start.Add(rtt / 2))
+		if skew.Abs() <= rtt/2+skewDeadband {
+			skew = 0 // within what the measurement can tell
+		}
+		t.skew.Store(int64(skew))
+	}
+	t.measured.Store(time.Now().UnixNano())
+	return info, nil
+}
+
+// serverNow returns the stream leader's time as last estimated.
+func (t *timers) serverNow() time.Time { return time.Now().Add(time.Duration(t.skew.Load())) }
 
 // disarm removes the schedule of key, if any; a timer that fired already
 // is not touched. It returns the jetstream error or *jsguard.TimeoutError

@@ -155,8 +155,8 @@ func TestBadInput(t *testing.T) {
 		t.Fatal(err)
 	}
 	streams := []string{recordsStream, timersStream, eventsStream, auditStream, policyStream}
-	// Settle: three events published, the decided approval's timer purged
-	// and its tombstone gone, nothing moving for a second.
+	// Settle: three events published, the decided approval's timer
+	// removed, nothing moving for a second.
 	var before map[string][2]uint64
 	if !poll(30*time.Second, 500*time.Millisecond, func() bool {
 		cs, err := subjectCounts(ctx, js, eventsStream, eventsPrefix+">")

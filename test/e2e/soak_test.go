@@ -68,11 +68,12 @@ type soakSample struct {
 // fifth. It samples guardian's goroutines, heap, open files and CPU, and
 // nats-server's memory, open files and CPU, and fails when one of them
 // drifts upward: the mean of the last third of the samples after the
-// warm-up against the first third, CPU per API call for CPU. A timer
-// purged before it fires once left a stale entry in nats-server's TTL
-// wheel that every later pass walked again (nats-io/nats-server#8594,
-// fixed in 2.15.2 by #8595); with that defect nats-server's CPU per call
-// climbs here. At the end every approval must have ended exactly once.
+// warm-up against the first third, CPU per API call for CPU. (A timer
+// removed before it fired once left a stale entry in nats-server's TTL
+// wheel that every later pass walked again, nats-io/nats-server#8594; the
+// timers are message schedules now, and the end of the test checks the
+// scheduler's state for stale entries.) At the end every approval must
+// have ended exactly once.
 //
 //	go test -v -run TestSoak -timeout 2h ./test/e2e/ -e2e.soak 1h
 func TestSoak(t *testing.T) {
