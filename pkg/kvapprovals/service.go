@@ -593,6 +593,10 @@ func (s *Service) Extend(ctx context.Context, tenant string, in ExtendInput) (Re
 		// Re-arm: the live timer fires at the old deadline. A timer that
 		// fires anyway finds the later deadline and is dropped (see
 		// staleTimer); one that cannot be created is covered by the sweep.
+		// An old timer firing while this runs removes the schedule on its
+		// subject as it fires, which can take the new one of the same kind
+		// with it; its fire then finds the later deadline and arms it
+		// again (staleTimer).
 		for _, kind := range []string{timerWarn, timerExpire} {
 			_ = s.timers.disarm(context.WithoutCancel(ctx), key+"."+kind)
 		}
