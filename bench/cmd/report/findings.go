@@ -35,8 +35,12 @@ func findings(rows []scenarios.Row, r *results) string {
 			w(" %s: deadlines spread over %.1f s, expired events over %.1f s (%s on average);",
 				countLabel(run.N), run.DueSpan.Seconds(), window.Seconds(), fmtRate(float64(run.N)/window.Seconds()))
 			if run.Written.N > 0 {
-				w(" at p99 the expirer's write came %.3f s after the deadline and the event %.3f s after it (the notifier's hop %+.3f s), the raw marker %.3f s.",
+				w(" at p99 the expirer's write came %.3f s after the deadline and the event %.3f s after it (the notifier's hop %+.3f s), the raw marker %.3f s",
 					run.Written.P99.Seconds(), run.Guardian.P99.Seconds(), (run.Guardian.P99 - run.Written.P99).Seconds(), run.Raw.P99.Seconds())
+				if run.Sched.N > 0 {
+					w(" and the raw message schedule, guardian's timer, %.3f s", run.Sched.P99.Seconds())
+				}
+				w(".")
 			}
 		}
 		w("\n\n")
