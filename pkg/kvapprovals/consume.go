@@ -176,6 +176,12 @@ func (s *Service) consume(ctx context.Context, cons jetstream.Consumer, workers 
 			}()
 		}
 	}
+	// The callback hands messages to the shards under sendMu, and the
+	// shards close only once it is set closed: ConsumeContext.Closed can
+	// report the end while a last callback still runs (nats.go closes it
+	// as soon as the subscription is invalid).
+	var sendMu sync.RWMutex
+	sendClosed := false
 	cc, err := jsguard.DoValue(ctx, s.g, jsguard.NATSSubscribe, "consume "+cons.CachedInfo().Stream+"/"+cons.CachedInfo().Name,
 		func(context.Context) (jetstream.ConsumeContext, error) {
 			return cons.Consume(func(m jetstream.Msg) {
@@ -185,6 +191,12 @@ func (s *Service) consume(ctx context.Context, cons jetstream.Consumer, workers 
 				}
 				h := fnv.New32a()
 				h.Write([]byte(m.Subject()))
+				sendMu.RLock()
+				defer sendMu.RUnlock()
+				if sendClosed {
+					_ = m.Nak()
+					return
+				}
 				shards[h.Sum32()%uint32(workers)] <- m
 			}, jetstream.ConsumeErrHandler(onErr),
 				// A pull request outlives a process that dies (or, in a
@@ -214,10 +226,15 @@ func (s *Service) consume(ctx context.Context, cons jetstream.Consumer, workers 
 		} else {
 			cc.Stop()
 		}
-		<-cc.Closed() // the callback has returned: no more sends to shards
+		<-cc.Closed()
 	} else if ctx.Err() == nil {
 		runErr = err // a stop while consuming was being set up is no error
 	}
+	// Workers keep emptying the shards, so a callback blocked on a full
+	// one returns and the lock is had.
+	sendMu.Lock()
+	sendClosed = true
+	sendMu.Unlock()
 	for _, ch := range shards {
 		close(ch)
 	}
