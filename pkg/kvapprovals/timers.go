@@ -3,6 +3,7 @@ package kvapprovals
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -72,11 +73,8 @@ func (t *timers) fires() string { return t.prefix + ".fire.>" }
 // firedKey returns the key of a fire message's subject, and false for any
 // other subject.
 func (t *timers) firedKey(subject string) (string, bool) {
-	p := t.prefix + ".fire."
-	if len(subject) <= len(p) || subject[:len(p)] != p {
-		return "", false
-	}
-	return subject[len(p):], true
+	key, ok := strings.CutPrefix(subject, t.prefix+".fire.")
+	return key, ok && key != ""
 }
 
 // cursor is the subject of the periodic sweep's cursor.
