@@ -119,9 +119,10 @@ func Open(ctx context.Context, g *jsguard.Guard, js jetstream.JetStream, cfg Con
 		return nil, fmt.Errorf("open: timers stream %s: the server did not enable message schedules (AllowMsgSchedules): guardian's timers need nats-server 2.14 or later", cfg.TimersStream)
 	}
 	s.timers = &timers{g: g, js: js, str: tstr, prefix: timersPrefix(cfg.TimersStream), now: func() time.Time { return s.now() }}
-	if _, err := s.timers.measureSkew(ctx); err != nil {
-		return nil, fmt.Errorf("open: timers stream %s: %w", cfg.TimersStream, err)
-	}
+	// Best effort: without a measurement the first timer armed measures
+	// in the background, and until then timers name instants on this
+	// host's clock.
+	_, _ = s.timers.measureSkew(ctx)
 	_, err = g.EnsureStream(ctx, js, jetstream.StreamConfig{
 		Name:        cfg.EventsStream,
 		Description: "guardian approval lifecycle events",

@@ -112,12 +112,13 @@ func (t *timers) arm(ctx context.Context, key string, at time.Time) (bool, error
 // the time stamp of a stream info answer, taken as read halfway through
 // the round trip, and keeps it for arm. It returns the stream info, or the
 // jetstream error or *jsguard.TimeoutError (TIMEOUT_APPROVAL_CHECK), and
-// then keeps the previous estimate.
+// then keeps the previous estimate until the next try, skewRefresh later.
 func (t *timers) measureSkew(ctx context.Context) (*jetstream.StreamInfo, error) {
 	start := time.Now()
 	info, err := jsguard.DoValue(ctx, t.g, jsguard.ApprovalCheck, "stream info "+t.str.CachedInfo().Config.Name,
 		func(ctx context.Context) (*jetstream.StreamInfo, error) { return t.str.Info(ctx) })
 	if err != nil {
+		t.measured.Store(time.Now().UnixNano()) // try again after skewRefresh, not at every arm
 		return nil, err
 	}
 	if !info.TimeStamp.IsZero() {
