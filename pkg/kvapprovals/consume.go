@@ -25,8 +25,10 @@ type consumerOpts struct {
 	webhook       *Webhook
 }
 
-func newConsumerOpts(opts []ConsumerOption) consumerOpts {
-	o := consumerOpts{workers: 64, maxAckPending: 256}
+// newConsumerOpts applies opts to the defaults: 64 workers and
+// maxAckPending.
+func newConsumerOpts(maxAckPending int, opts []ConsumerOption) consumerOpts {
+	o := consumerOpts{workers: 64, maxAckPending: maxAckPending}
 	for _, f := range opts {
 		f(&o)
 	}
@@ -44,12 +46,19 @@ func WithWorkers(n int) ConsumerOption {
 	}
 }
 
-// WithMaxAckPending sets the durable consumer's MaxAckPending (default
-// 256), the number of messages in flight across all replicas. Keep it a
-// small multiple of the workers: more only leaves more messages waiting
-// AckWait on a replica that dies, and the server walks a consumer's
-// unacknowledged messages on every purge or rollup of a subject the
-// consumer reads.
+// WithMaxAckPending sets the durable consumer's MaxAckPending, the number
+// of messages in flight across all replicas.
+//
+// The notifier's default is 256. Keep it a small multiple of the workers:
+// more only leaves more messages waiting AckWait on a replica that dies,
+// and the server walks a consumer's unacknowledged messages on every purge
+// or rollup of a subject the consumer reads, which the records' subjects
+// have.
+//
+// The expirer's default is 16384: its in-flight messages include the
+// timers it holds until their instant (timers fire up to about a second
+// early), so it should exceed the most expiries and warnings due in one
+// second. Fire messages are never purged or rolled up.
 func WithMaxAckPending(n int) ConsumerOption {
 	return func(o *consumerOpts) {
 		if n > 0 {
@@ -120,9 +129,16 @@ const consumerAckWait = 4 * time.Second
 // pullExpiry is how long each pull request of the consumers lasts.
 const pullExpiry = 5 * time.Second
 
+// handler handles one message: it acknowledges, naks or terminates it and
+// returns 0, or returns how long consume is to hold the message before it
+// hands it to the handler again (a timer that fired ahead of its instant).
+type handler func(context.Context, jetstream.Msg) (hold time.Duration)
+
 // consume runs cons until ctx ends, handing each message to handle on one of
 // workers goroutines picked by subject, so one subject's messages stay in
-// order. handle must Ack, Nak or Term. A message for which ignore (when not
+// order. handle must Ack, Nak or Term, or ask for the message to be held:
+// then it waits in memory, not on a worker, and goes back to its worker when
+// the hold ends; a stop naks held messages at once. A message for which ignore (when not
 // nil) returns true is acked at once instead, without a worker. Handlers run on a context that is not
 // cancelled with ctx, bounded by budget, so that a stop lets messages in
 // progress finish; messages fetched but not started are Nak'ed at once so
@@ -131,10 +147,26 @@ const pullExpiry = 5 * time.Second
 // takes over quickly after a crash) never redelivers a message that is
 // being worked on. It returns nil when ctx ends and an error when
 // consuming stopped by itself.
-func (s *Service) consume(ctx context.Context, cons jetstream.Consumer, workers int, ackWait, budget time.Duration, ignore func(jetstream.Msg) bool, handle func(context.Context, jetstream.Msg)) error {
+func (s *Service) consume(ctx context.Context, cons jetstream.Consumer, workers int, ackWait, budget time.Duration, ignore func(jetstream.Msg) bool, handle handler) error {
 	hctx := context.WithoutCancel(ctx)
 	var stopping atomic.Bool
 	shards := make([]chan jetstream.Msg, workers)
+	// The callback and the ends of holds hand messages to the shards under
+	// sendMu, and the shards close only once it is set closed:
+	// ConsumeContext.Closed can report the end while a last callback still
+	// runs (nats.go closes it as soon as the subscription is invalid).
+	var sendMu sync.RWMutex
+	sendClosed := false
+	send := func(ch chan jetstream.Msg, m jetstream.Msg) {
+		sendMu.RLock()
+		defer sendMu.RUnlock()
+		if sendClosed {
+			_ = m.Nak()
+			return
+		}
+		ch <- m
+	}
+	h := holds{held: make(map[*time.Timer]jetstream.Msg)}
 	var wg sync.WaitGroup
 	for i := range shards {
 		ch := make(chan jetstream.Msg, 16)
@@ -147,9 +179,12 @@ func (s *Service) consume(ctx context.Context, cons jetstream.Consumer, workers 
 				}
 				mctx, cancel := context.WithTimeout(hctx, budget)
 				keep := keepInProgress(m, ackWait/2)
-				handle(mctx, m)
+				d := handle(mctx, m)
 				keep.stop()
 				cancel()
+				if d > 0 {
+					h.hold(m, d, func() { send(ch, m) })
+				}
 			}
 		})
 	}
@@ -176,12 +211,6 @@ func (s *Service) consume(ctx context.Context, cons jetstream.Consumer, workers 
 			}()
 		}
 	}
-	// The callback hands messages to the shards under sendMu, and the
-	// shards close only once it is set closed: ConsumeContext.Closed can
-	// report the end while a last callback still runs (nats.go closes it
-	// as soon as the subscription is invalid).
-	var sendMu sync.RWMutex
-	sendClosed := false
 	cc, err := jsguard.DoValue(ctx, s.g, jsguard.NATSSubscribe, "consume "+cons.CachedInfo().Stream+"/"+cons.CachedInfo().Name,
 		func(context.Context) (jetstream.ConsumeContext, error) {
 			return cons.Consume(func(m jetstream.Msg) {
@@ -189,15 +218,9 @@ func (s *Service) consume(ctx context.Context, cons jetstream.Consumer, workers 
 					_ = m.Ack()
 					return
 				}
-				h := fnv.New32a()
-				h.Write([]byte(m.Subject()))
-				sendMu.RLock()
-				defer sendMu.RUnlock()
-				if sendClosed {
-					_ = m.Nak()
-					return
-				}
-				shards[h.Sum32()%uint32(workers)] <- m
+				f := fnv.New32a()
+				f.Write([]byte(m.Subject()))
+				send(shards[f.Sum32()%uint32(workers)], m)
 			}, jetstream.ConsumeErrHandler(onErr),
 				// A pull request outlives a process that dies (or, in a
 				// cluster, its removal may not reach the consumer's leader
@@ -230,6 +253,7 @@ func (s *Service) consume(ctx context.Context, cons jetstream.Consumer, workers 
 	} else if ctx.Err() == nil {
 		runErr = err // a stop while consuming was being set up is no error
 	}
+	h.stop()
 	// Workers keep emptying the shards, so a callback blocked on a full
 	// one returns and the lock is had.
 	sendMu.Lock()
@@ -240,6 +264,48 @@ func (s *Service) consume(ctx context.Context, cons jetstream.Consumer, workers 
 	}
 	wg.Wait()
 	return runErr
+}
+
+// holds are the messages consume holds in memory: fired timers that came
+// ahead of their instant.
+type holds struct {
+	mu      sync.Mutex
+	held    map[*time.Timer]jetstream.Msg
+	stopped bool
+}
+
+// hold calls resume with m after d, unless stop comes first; after stop
+// it naks m at once.
+func (h *holds) hold(m jetstream.Msg, d time.Duration, resume func()) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.stopped {
+		_ = m.Nak()
+		return
+	}
+	var t *time.Timer
+	t = time.AfterFunc(d, func() {
+		h.mu.Lock()
+		_, ok := h.held[t]
+		delete(h.held, t)
+		h.mu.Unlock()
+		if ok {
+			resume()
+		}
+	})
+	h.held[t] = m
+}
+
+// stop naks every held message, so that another replica takes it now.
+func (h *holds) stop() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.stopped = true
+	for t, m := range h.held {
+		t.Stop() // a callback that runs already finds m gone
+		_ = m.Nak()
+	}
+	clear(h.held)
 }
 
 func (s *Service) consumeError(err error) {

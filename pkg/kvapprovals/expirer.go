@@ -19,7 +19,16 @@ import (
 // durable consumer on the timers stream's fire subjects that every replica
 // shares (Config.ExpirerDurable), so each fired timer is processed by one
 // of them; processing is idempotent, so a redelivery after a crash is
-// harmless. An Expirer is safe for concurrent use; run it once
+// harmless.
+//
+// Timers are scheduled to fire a second ahead of their instant, because
+// the server fires schedules in rounds at least 250 ms apart and hands a
+// round's thousands over one after another. The expirer holds a timer that
+// comes early in memory (on no worker) until its instant and only then
+// reads and writes the record, so expiries and warnings are neither early
+// nor a round late (Stats.TimersHeld counts them). A stop, or a crash,
+// leaves held timers to another replica: a stop naks them at once, a crash
+// after AckWait. An Expirer is safe for concurrent use; run it once
 // per process.
 type Expirer struct {
 	s *Service
@@ -31,7 +40,7 @@ type Expirer struct {
 // Expirer returns an expirer for s's timers stream and records bucket. Options: WithWorkers,
 // WithMaxAckPending, WithoutStartSweep.
 func (s *Service) Expirer(opts ...ConsumerOption) *Expirer {
-	return &Expirer{s: s, o: newConsumerOpts(opts), sweeps: make(chan struct{}, 1)}
+	return &Expirer{s: s, o: newConsumerOpts(16384, opts), sweeps: make(chan struct{}, 1)}
 }
 
 // Outage describes an expirer start after a long outage: a fired timer had
@@ -324,18 +333,25 @@ func (e *Expirer) report(o Outage) {
 	}
 }
 
-// handle processes one fired timer.
-func (e *Expirer) handle(ctx context.Context, msg jetstream.Msg) {
+// handle processes one fired timer. A timer that came ahead of its
+// instant, by at most maxHold, is held until then (by its dueHeader, before
+// any read, or by the record's deadline); one that came earlier still is
+// redelivered when it is due.
+func (e *Expirer) handle(ctx context.Context, msg jetstream.Msg) (hold time.Duration) {
 	s := e.s
 	rest, ok := s.timers.firedKey(msg.Subject())
 	if ok && rest == sweepKey {
 		e.tick(ctx, msg)
-		return
+		return 0
 	}
 	parts := strings.Split(rest, ".")
 	if !ok || len(parts) != 3 {
 		_ = msg.Term() // not a guardian timer
-		return
+		return 0
+	}
+	if wait := s.timers.early(msg); wait > 0 {
+		s.stats.held.Add(1)
+		return wait
 	}
 	key := parts[0] + "." + parts[1]
 	ctx = withTenant(ctx, parts[0])
@@ -347,9 +363,15 @@ func (e *Expirer) handle(ctx context.Context, msg jetstream.Msg) {
 		err = s.warn(ctx, key)
 	default:
 		_ = msg.Term()
-		return
+		return 0
+	}
+	var wait errRetryAfter
+	if errors.As(err, &wait) && time.Duration(wait) <= maxHold {
+		s.stats.held.Add(1)
+		return time.Duration(wait)
 	}
 	s.settle(msg, err)
+	return 0
 }
 
 // expire moves the record at key to expired if it is pending and past its

@@ -614,7 +614,63 @@ func TestTimersSkew(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := at.Sub(before); d < 11*time.Second || d > 11*time.Second+time.Second {
-		t.Errorf("scheduled %s after arming, want 11s (1s + the server's 10s ahead)", d)
+	want := 11*time.Second - timerLead
+	if d := at.Sub(before); d < want || d > want+time.Second {
+		t.Errorf("scheduled %s after arming, want %s (1s + the server's 10s ahead - the lead)", d, want)
+	}
+	if due := m.Header.Get(dueHeader); due == "" {
+		t.Errorf("no %s header on the schedule", dueHeader)
+	}
+}
+
+// TestHeldTimer: a timer fires timerLead ahead of its instant; the expirer
+// holds it in memory until then, without a redelivery, and expires the
+// approval at its deadline, not before.
+func TestHeldTimer(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, func(c *Config) { c.GracePeriod, c.SendTimeoutWarnings = 0, false })
+	run(t, e.svc.Expirer().Run)
+	r := e.request("acme", RequestInput{ID: "h", SessionID: "s", RequestedBy: "alice", Timeout: Duration(3 * time.Second)})
+	waitFor(t, 10*time.Second, "the timer to be held", func() bool { return e.svc.Stats().TimersHeld == 1 })
+	waitFor(t, 10*time.Second, "expiry", func() bool { return e.get("acme", "h").Status == StatusExpired })
+	if got := e.get("acme", "h"); got.DecidedAt.Before(r.Deadline(0)) {
+		t.Errorf("expired at %s, before its deadline %s", got.DecidedAt, r.Deadline(0))
+	}
+	cons, err := e.svc.js.Consumer(t.Context(), e.cfg.TimersStream, e.cfg.ExpirerDurable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := cons.Info(t.Context()); err != nil || info.NumRedelivered != 0 {
+		t.Errorf("consumer info %+v, %v: want no redelivery", info, err)
+	}
+}
+
+// TestHeldTimerNakedOnStop: an expirer that stops while it holds a timer
+// naks it at once, rather than leaving it to AckWait, and another replica
+// expires the approval at its deadline.
+func TestHeldTimerNakedOnStop(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, func(c *Config) { c.GracePeriod, c.SendTimeoutWarnings = 0, false })
+	stop := run(t, e.svc.Expirer().Run)
+	r := e.request("acme", RequestInput{ID: "n", SessionID: "s", RequestedBy: "alice", Timeout: Duration(3 * time.Second)})
+	waitFor(t, 10*time.Second, "the timer to be held", func() bool { return e.svc.Stats().TimersHeld == 1 })
+	stop()
+	cons, err := e.svc.js.Consumer(t.Context(), e.cfg.TimersStream, e.cfg.ExpirerDurable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Without the nak the fire would stay pending for AckWait.
+	waitFor(t, consumerAckWait/2, "the held timer to be nak'ed", func() bool {
+		info, err := cons.Info(t.Context())
+		return err == nil && info.NumAckPending == 0
+	})
+	second := e.open()
+	run(t, second.Expirer().Run)
+	waitFor(t, 10*time.Second, "expiry", func() bool { return e.get("acme", "n").Status == StatusExpired })
+	if got := e.get("acme", "n"); got.DecidedAt.Before(r.Deadline(0)) {
+		t.Errorf("expired at %s, before its deadline %s", got.DecidedAt, r.Deadline(0))
+	}
+	if s1, s2 := e.svc.Stats(), second.Stats(); s1.Expired != 0 || s2.Expired != 1 {
+		t.Errorf("expired by the first %d, by the second %d; want 0 and 1", s1.Expired, s2.Expired)
 	}
 }

@@ -126,7 +126,7 @@ type Notifier struct {
 // Notifier returns a notifier for s's buckets. Options: WithWorkers,
 // WithMaxAckPending, WithWebhook.
 func (s *Service) Notifier(opts ...ConsumerOption) *Notifier {
-	return &Notifier{s: s, o: newConsumerOpts(opts)}
+	return &Notifier{s: s, o: newConsumerOpts(256, opts)}
 }
 
 func (n *Notifier) budgets() (ackWait, handle time.Duration) {
@@ -159,7 +159,10 @@ func (n *Notifier) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("notifier: %w", err)
 	}
-	if err := s.consume(ctx, cons, n.o.workers, ackWait, handleBudget, nil, n.handle); err != nil {
+	if err := s.consume(ctx, cons, n.o.workers, ackWait, handleBudget, nil, func(ctx context.Context, m jetstream.Msg) time.Duration {
+		n.handle(ctx, m)
+		return 0
+	}); err != nil {
 		return fmt.Errorf("notifier: %w", err)
 	}
 	return nil

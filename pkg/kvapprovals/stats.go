@@ -42,12 +42,15 @@ type Stats struct {
 	// denials recorded without deciding (N-of-M).
 	Extended uint64
 	Votes    uint64
+	// TimersHeld counts fired timers the expirer held in memory until
+	// their instant, because they came ahead of it (see Expirer).
+	TimersHeld uint64
 }
 
 type stats struct {
 	requested, approved, denied, cancelled, expired, warned, repaired  atomic.Uint64
 	published, audit, webhookOK, webhookFailed, consumeErrors, outages atomic.Uint64
-	sweeps, sweepChecked, extended, votes                              atomic.Uint64
+	sweeps, sweepChecked, extended, votes, held                        atomic.Uint64
 }
 
 func (s *stats) byStatus(st Status) *atomic.Uint64 {
@@ -74,5 +77,6 @@ func (s *Service) Stats() Stats {
 		WebhookDelivered: t.webhookOK.Load(), WebhookFailed: t.webhookFailed.Load(),
 		ConsumeErrors: t.consumeErrors.Load(), Outages: t.outages.Load(), Sweeps: t.sweeps.Load(),
 		SweepChecked: t.sweepChecked.Load(), Extended: t.extended.Load(), Votes: t.votes.Load(),
+		TimersHeld: t.held.Load(),
 	}
 }

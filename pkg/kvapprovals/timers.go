@@ -36,6 +36,23 @@ type timers struct {
 	refreshing     atomic.Bool
 }
 
+// timerLead is how long before its instant a timer is scheduled to fire.
+// The server fires schedules in rounds at least 250 ms apart, and a round
+// that fires thousands hands them over one after another; the expirer
+// holds a timer that comes early in memory until its instant (see
+// timers.early), so expiries are on time rather than up to a round late.
+const timerLead = time.Second
+
+// maxHold is the longest the expirer holds a fired timer in memory; one
+// that comes earlier still (clocks that differ) is redelivered later
+// instead. It stays below consumerAckWait.
+const maxHold = 2 * time.Second
+
+// dueHeader carries a timer's instant, on the service's clock, from the
+// schedule to its fire message (the server copies headers that are not
+// its own).
+const dueHeader = "Guardian-Due"
+
 // skewRefresh is how old the skew estimate may get before arm measures it
 // again, in the background.
 const skewRefresh = time.Minute
@@ -83,10 +100,10 @@ func (t *timers) cursor() string { return t.prefix + ".swept" }
 // arm stores the schedule of key for at, unless key has one already. at
 // is read on t.now's clock; the schedule names the instant that is as far
 // from now on the stream leader's clock (this host's wall clock corrected
-// by the measured skew), so neither a fake clock nor a server clock that
-// differs from this host's moves it. The server fires it then, or up to
-// its scheduler's 250 ms period later; an instant already past fires at
-// once. It reports whether it stored the schedule, and returns the publish
+// by the measured skew), less timerLead, so neither a fake clock nor a
+// server clock that differs from this host's moves it. The server fires it
+// then, or up to its scheduler's 250 ms period later, with at in the
+// dueHeader; an instant already past fires at once. It reports whether it stored the schedule, and returns the publish
 // error or *jsguard.TimeoutError (TIMEOUT_NATS_PUBLISH).
 func (t *timers) arm(ctx context.Context, key string, at time.Time) (bool, error) {
 	if time.Since(time.Unix(0, t.measured.Load())) > skewRefresh && t.refreshing.CompareAndSwap(false, true) {
@@ -97,10 +114,11 @@ func (t *timers) arm(ctx context.Context, key string, at time.Time) (bool, error
 	}
 	m := nats.NewMsg(t.sched(key))
 	wait := at.Sub(t.now()) // before reading the wall clock: never early
-	instant := time.Now().Add(time.Duration(t.skew.Load()) + wait)
+	instant := time.Now().Add(time.Duration(t.skew.Load()) + wait - timerLead)
 	// Not jetstream.WithScheduleAt: it writes whole seconds, cut down, so
 	// the timer would fire up to a second before its instant.
 	m.Header.Set(jetstream.ScheduleHeader, "@at "+instant.UTC().Format(time.RFC3339Nano))
+	m.Header.Set(dueHeader, at.UTC().Format(time.RFC3339Nano))
 	_, err := t.g.PublishMsg(ctx, t.js, m, jetstream.WithScheduleTarget(t.fire(key)), jetstream.WithExpectLastSequencePerSubject(0))
 	if isWrongLastSeq(err) {
 		return false, nil
@@ -131,6 +149,24 @@ func (t *timers) measureSkew(ctx context.Context) (*jetstream.StreamInfo, error)
 	}
 	t.measured.Store(time.Now().UnixNano())
 	return info, nil
+}
+
+// early returns how long before its instant a fire message came, by
+// t.now's clock, when that is more than nothing and at most maxHold, and
+// otherwise 0 (also for a fire without the dueHeader).
+func (t *timers) early(m jetstream.Msg) time.Duration {
+	v := m.Headers().Get(dueHeader)
+	if v == "" {
+		return 0
+	}
+	at, err := time.Parse(time.RFC3339Nano, v)
+	if err != nil {
+		return 0
+	}
+	if wait := at.Sub(t.now()); wait > 0 && wait <= maxHold {
+		return wait
+	}
+	return 0
 }
 
 // serverNow returns the stream leader's time as last estimated.
