@@ -55,6 +55,9 @@ type ExpiryRun struct {
 	// being created, and after.
 	DuringCreate, AfterCreate stats.Latency
 	Duplicates                int           // expired events seen more than once
+	// Held counts fired timers the expirer held until their instant
+	// (they fire a second ahead; Stats.TimersHeld).
+	Held int
 	CreateRate                float64       // approvals created per second
 	Retries                   int           // requests that failed and were retried
 	DueSpan                   time.Duration // first to last deadline
@@ -397,6 +400,7 @@ func guardianExpiry(ctx context.Context, url string, js jetstream.JetStream, cfg
 	}
 	run.GuardianLate = late
 	run.GuardianEarly = early
+	run.Held = int(svc.Stats().TimersHeld)
 	run.Guardian = stats.Summarize(late)
 	var during, after []time.Duration
 	for i, d := range dues {

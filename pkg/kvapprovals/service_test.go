@@ -212,11 +212,15 @@ func TestRequest(t *testing.T) {
 		if err != nil {
 			t.Fatalf("timer %s: schedule %q: %v", tt.key, m.Header.Get(jetstream.ScheduleHeader), err)
 		}
-		// The instant is moved from the record's clock to the wall clock
-		// at arming; both are time.Now here, so it moves by the time the
-		// request took until then: never earlier, and no whole second.
-		if d := at.Sub(tt.at); d < 0 || d >= 500*time.Millisecond {
-			t.Errorf("timer %s fires at %s, want %s or within 500ms after it", tt.key, at, tt.at)
+		// The instant, timerLead ahead, is moved from the record's clock
+		// to the wall clock at arming; both are time.Now here, so it moves
+		// by the time the request took until then: never earlier, and no
+		// whole second. The fire carries the moment itself.
+		if d := at.Sub(tt.at.Add(-timerLead)); d < 0 || d >= 500*time.Millisecond {
+			t.Errorf("timer %s fires at %s, want %s or within 500ms after it", tt.key, at, tt.at.Add(-timerLead))
+		}
+		if due, err := time.Parse(time.RFC3339Nano, m.Header.Get(dueHeader)); err != nil || !due.Equal(tt.at) {
+			t.Errorf("timer %s is due at %s (%v), want %s", tt.key, due, err, tt.at)
 		}
 		if got, want := m.Header.Get(jetstream.ScheduleTargetHeader), e.svc.timers.fire(tt.key); got != want {
 			t.Errorf("timer %s target = %q, want %q", tt.key, got, want)

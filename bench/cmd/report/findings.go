@@ -40,6 +40,7 @@ func findings(rows []scenarios.Row, r *results) string {
 				if run.Sched.N > 0 {
 					w(" and the raw message schedule, guardian's timer, %.3f s", run.Sched.P99.Seconds())
 				}
+				w(". Timers are scheduled a second ahead of their instant; the expirer held %d that came early until the instant itself", run.Held)
 				w(".")
 			}
 		}
