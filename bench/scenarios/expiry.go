@@ -54,13 +54,13 @@ type ExpiryRun struct {
 	// Lateness of approvals whose deadline fell while approvals were still
 	// being created, and after.
 	DuringCreate, AfterCreate stats.Latency
-	Duplicates                int           // expired events seen more than once
+	Duplicates                int // expired events seen more than once
 	// Held counts fired timers the expirer held until their instant
 	// (they fire a second ahead; Stats.TimersHeld).
-	Held int
-	CreateRate                float64       // approvals created per second
-	Retries                   int           // requests that failed and were retried
-	DueSpan                   time.Duration // first to last deadline
+	Held       int
+	CreateRate float64       // approvals created per second
+	Retries    int           // requests that failed and were retried
+	DueSpan    time.Duration // first to last deadline
 	// Raw: due → TTL marker received by a durable consumer.
 	Raw stats.Latency
 	// Sched: due → fire message of a raw message schedule received by a
