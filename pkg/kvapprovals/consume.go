@@ -25,6 +25,12 @@ type consumerOpts struct {
 	webhook       *Webhook
 }
 
+// The consumers' default MaxAckPending; see WithMaxAckPending.
+const (
+	expirerMaxAckPending  = 16384
+	notifierMaxAckPending = 256
+)
+
 // newConsumerOpts applies opts to the defaults: 64 workers and
 // maxAckPending.
 func newConsumerOpts(maxAckPending int, opts []ConsumerOption) consumerOpts {

@@ -40,7 +40,7 @@ type Expirer struct {
 // Expirer returns an expirer for s's timers stream and records bucket. Options: WithWorkers,
 // WithMaxAckPending, WithoutStartSweep.
 func (s *Service) Expirer(opts ...ConsumerOption) *Expirer {
-	return &Expirer{s: s, o: newConsumerOpts(16384, opts), sweeps: make(chan struct{}, 1)}
+	return &Expirer{s: s, o: newConsumerOpts(expirerMaxAckPending, opts), sweeps: make(chan struct{}, 1)}
 }
 
 // Outage describes an expirer start after a long outage: a fired timer had

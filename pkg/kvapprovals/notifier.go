@@ -126,7 +126,7 @@ type Notifier struct {
 // Notifier returns a notifier for s's buckets. Options: WithWorkers,
 // WithMaxAckPending, WithWebhook.
 func (s *Service) Notifier(opts ...ConsumerOption) *Notifier {
-	return &Notifier{s: s, o: newConsumerOpts(256, opts)}
+	return &Notifier{s: s, o: newConsumerOpts(notifierMaxAckPending, opts)}
 }
 
 func (n *Notifier) budgets() (ackWait, handle time.Duration) {
