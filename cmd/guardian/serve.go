@@ -263,12 +263,17 @@ func run(ctx context.Context, cfg *config, log *slog.Logger) error {
 	apiUp.set()
 	if ui != nil {
 		c, err := startConsole(ctx, cfg, consoleMode, w, g, nc, js, log)
-		if err != nil {
+		switch {
+		case err == nil:
+			defer c.Close()
+			ui.h.Store(c)
+			log.Info("console", "mode", consoleMode, "url", "http://"+httpAddr+"/ui/")
+		case ctx.Err() == nil:
 			return err
+		default:
+			// Stopped while the console was starting: shut down in
+			// order below, without the console.
 		}
-		defer c.Close()
-		ui.h.Store(c)
-		log.Info("console", "mode", consoleMode, "url", "http://"+httpAddr+"/ui/")
 	}
 	if cfg.onReady != nil {
 		cfg.onReady(url)
